@@ -1,0 +1,80 @@
+"""Ingest manifest contract: one row per file found under the lake source.
+
+See ``data_specs/manifest.md`` for the human-readable version of this contract.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from data_specs.validation import ContractError, check_table
+
+MANIFEST_SCHEMA_VERSION = "1"
+
+#: Every file found under SRC gets exactly one of these statuses.
+STATUSES: tuple[str, ...] = ("sharded", "duplicate", "rejected", "skipped")
+
+#: Reasons a file is ``rejected`` (it was read but is not a usable image).
+REJECT_REASONS: tuple[str, ...] = (
+    "empty",
+    "not_an_image",
+    "unsupported_format",
+    "truncated",
+    "decompression_bomb",
+    "decode_error",
+    "read_error",
+)
+
+#: Reasons a file is ``skipped`` (found, deliberately not read).
+SKIP_REASONS: tuple[str, ...] = (
+    "hidden",
+    "hidden_directory",
+    "symlink_outside_source",
+    "symlink_loop",
+    "broken_symlink",
+    "not_a_regular_file",
+)
+
+MANIFEST_SCHEMA = pa.schema(
+    [
+        pa.field("source_uri", pa.string(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("reason", pa.string()),
+        pa.field("key", pa.string()),
+        pa.field("shard", pa.string()),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("bytes", pa.int64()),
+        pa.field("sha256", pa.string()),
+        pa.field("format", pa.string()),
+        pa.field("reencoded", pa.bool_()),
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("ingested_at", pa.timestamp("ms", tz="UTC"), nullable=False),
+    ],
+    metadata={"lakelabel.contract": "manifest", "lakelabel.schema_version": MANIFEST_SCHEMA_VERSION},
+)
+
+
+def validate_manifest(table: pa.Table) -> pa.Table:
+    """Check a manifest table against the contract; return it cast to the exact schema.
+
+    Raises ``ContractError`` naming the first offending column or value.
+    """
+    table = check_table(table, MANIFEST_SCHEMA, "manifest")
+    status = table.column("status")
+    bad = pc.unique(pc.filter(status, pc.invert(pc.is_in(status, pa.array(STATUSES)))))
+    if len(bad):
+        raise ContractError(f"manifest: unknown status {bad[0].as_py()!r}; valid: {', '.join(STATUSES)}")
+    kept = pc.is_in(status, pa.array(["sharded", "duplicate"]))
+    missing_ids = pc.or_(pc.or_(pc.is_null(table.column("key")), pc.is_null(table.column("shard"))),
+                         pc.is_null(table.column("sha256")))
+    bad_rows = pc.indices_nonzero(pc.and_(kept, missing_ids))
+    if len(bad_rows):
+        i = bad_rows[0].as_py()
+        raise ContractError(f"manifest row {i}: status {status[i].as_py()!r} needs key, shard and sha256")
+    bad_rows = pc.indices_nonzero(pc.and_(pc.invert(kept), pc.is_null(table.column("reason"))))
+    if len(bad_rows):
+        i = bad_rows[0].as_py()
+        raise ContractError(f"manifest row {i}: status {status[i].as_py()!r} needs a reason")
+    return table

@@ -1,0 +1,96 @@
+"""The ``lakelabel`` command line. Every subcommand has ``--help``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from pipeline.config import ConfigError, IngestConfig, load_yaml, validate_config
+
+
+def _add_ingest_options(p: argparse.ArgumentParser) -> None:
+    defaults = IngestConfig()
+    p.add_argument("--config", help="YAML file with an `ingest:` section (flags override it)")
+    p.add_argument("--max-side", type=int, help="resize so the longer side is at most N pixels")
+    p.add_argument("--max-pixels", type=int, help=f"reject larger images as decompression bombs (default {defaults.max_pixels})")
+    p.add_argument("--jpeg-quality", type=int, help=f"quality of re-encoded JPEGs (default {defaults.jpeg_quality})")
+    p.add_argument("--shard-max-count", type=int, help=f"samples per shard at most (default {defaults.shard_max_count})")
+    p.add_argument("--shard-max-bytes", type=int, help=f"bytes per shard at most (default {defaults.shard_max_bytes})")
+    p.add_argument("--workers", type=int, help="decode processes (default: all cores; 0 = in-process)")
+    p.add_argument("--batch-size", type=int, help=f"files per unit of work (default {defaults.batch_size})")
+    p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="fsspec option for the source, e.g. endpoint_url=http://127.0.0.1:9000 (repeatable)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+
+
+def _ingest_config(args: argparse.Namespace) -> IngestConfig:
+    data = {}
+    if args.config:
+        data = dict(load_yaml(args.config).get("ingest") or {})
+    for name in ("max_side", "max_pixels", "jpeg_quality", "shard_max_count", "shard_max_bytes", "workers", "batch_size"):
+        value = getattr(args, name)
+        if value is not None:
+            data[name] = value
+    options = dict(data.get("storage_options") or {})
+    for item in args.storage_option:
+        if "=" not in item:
+            raise ConfigError(f"--storage-option must be KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        options[key] = value
+    if options:
+        data["storage_options"] = options
+    return validate_config(IngestConfig, data, "ingest")
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from pipeline.ingest import run_ingest
+
+    config = _ingest_config(args)
+    bar = None
+    if sys.stderr.isatty() and not args.no_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(unit="file", desc="ingest", smoothing=0.1)
+    try:
+        summary = run_ingest(args.src, args.out, config, progress=bar.update if bar else None)
+    finally:
+        if bar:
+            bar.close()
+    print(json.dumps(summary, separators=(",", ":")))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lakelabel",
+        description="Pseudo-labels and curation for unlabeled image lakes.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        "ingest",
+        help="validate and de-duplicate a lake into WebDataset shards + a Parquet manifest",
+        description="Ingest SRC (folder, fsspec URL such as s3://bucket/prefix, or .tar/.tar.gz/.zip) into "
+        "ROOT/shards and ROOT/manifest. Safe to re-run: only files not yet in the manifest are processed.",
+    )
+    p.add_argument("src", help="lake folder, fsspec URL or archive")
+    p.add_argument("--out", required=True, help="output root (local folder)")
+    _add_ingest_options(p)
+    p.set_defaults(func=cmd_ingest)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, ValueError, RuntimeError) as exc:
+        print(f"lakelabel {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

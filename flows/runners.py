@@ -1,0 +1,24 @@
+"""Prefect task runners from a :class:`RunnerConfig` (threads, processes or a Dask scheduler)."""
+
+from __future__ import annotations
+
+import os
+
+from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
+
+from pipeline.config import RunnerConfig
+
+
+def make_task_runner(config: RunnerConfig) -> TaskRunner:
+    """The task runner ``config`` names; a Dask address always means Dask."""
+    kind = config.resolved_kind()
+    workers = config.max_workers or os.cpu_count() or 1
+    if kind == "threads":
+        return ThreadPoolTaskRunner(max_workers=workers)
+    if kind == "processes":
+        return ProcessPoolTaskRunner(max_workers=workers)
+    try:
+        from prefect_dask import DaskTaskRunner
+    except ImportError as exc:  # pragma: no cover - depends on extras
+        raise RuntimeError("the Dask task runner needs `pip install lakelabel[dask]`") from exc
+    return DaskTaskRunner(address=config.dask_address)

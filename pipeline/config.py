@@ -1,0 +1,88 @@
+"""Configuration models: the one place where defaults live.
+
+The same objects are the CLI input (``--config file.yaml`` plus flags), the Prefect flow
+parameters and the Prefect UI form. ``extra="forbid"`` everywhere: a misspelt key is an error.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class StrictModel(BaseModel):
+    """Base for all config sections: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class IngestConfig(StrictModel):
+    """Lake → WebDataset shards."""
+
+    max_pixels: int = Field(89_478_485, gt=0, description="Reject images with more pixels (decompression bombs).")
+    max_side: int | None = Field(None, gt=0, description="Resize so the longer side is at most this many pixels.")
+    jpeg_quality: int = Field(95, ge=1, le=100, description="Quality of re-encoded JPEGs.")
+    shard_max_count: int = Field(5000, gt=0, description="Samples per shard at most.")
+    shard_max_bytes: int = Field(512 * 2**20, gt=0, description="Bytes per shard at most.")
+    workers: int | None = Field(None, ge=0, description="Decode processes; None = all cores, 0 = in-process.")
+    batch_size: int = Field(256, gt=0, description="Files per unit of work sent to a worker.")
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for the source (e.g. endpoint_url).")
+    flow_partition_size: int = Field(2048, gt=0, description="Files per mapped Prefect task in ingest_flow.")
+
+    def resolve_flow_window(self) -> int:
+        return self.resolved_workers() or 1
+
+    def resolved_workers(self) -> int:
+        if self.workers is None:
+            return os.cpu_count() or 1
+        return self.workers
+
+
+class RunnerConfig(StrictModel):
+    """How Prefect runs mapped tasks: local threads or processes, or a Dask cluster."""
+
+    kind: str = Field("threads", description="threads | processes | dask")
+    max_workers: int | None = Field(None, gt=0, description="Local threads/processes; None = all cores.")
+    dask_address: str | None = Field(None, description="Dask scheduler address (tcp://host:8786); switches kind to dask.")
+
+    def resolved_kind(self) -> str:
+        kind = "dask" if self.dask_address else self.kind
+        if kind not in RUNNER_KINDS:
+            raise ConfigError(f"unknown task runner {kind!r}; valid: {', '.join(RUNNER_KINDS)}")
+        return kind
+
+
+RUNNER_KINDS = ("threads", "processes", "dask")
+
+
+class ConfigError(ValueError):
+    """A configuration file or value is invalid."""
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; a clear error when the file is missing or not a mapping."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {str(p)!r}")
+    data = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(p)!r} must hold a mapping, got {type(data).__name__}")
+    return data
+
+
+def validate_config(model: type[StrictModel], data: dict[str, Any], origin: str = "config") -> StrictModel:
+    """Build ``model`` from ``data``; errors name the offending key and list the valid ones."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        if first["type"] == "extra_forbidden":
+            raise ConfigError(
+                f"{origin}: unknown option {loc!r}; valid options: {', '.join(model.model_fields)}"
+            ) from None
+        raise ConfigError(f"{origin}: {loc}: {first['msg']} (got {first.get('input')!r})") from None

@@ -1,0 +1,245 @@
+"""Listing an image lake: a local folder, an fsspec URL, or a tar/zip archive of images.
+
+Every file found under the source becomes exactly one :class:`LakeFile`; files that are found but
+deliberately not read (hidden, symlinks leaving the source, ...) carry a ``skip_reason``.
+Listing order is deterministic (names sorted within each directory).
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import stat
+import tarfile
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import fsspec
+
+ARCHIVE_SUFFIXES: tuple[str, ...] = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".zip")
+
+
+class LakeFile(NamedTuple):
+    """One file found under the source.
+
+    ``uri`` is what the manifest records; ``path`` is what the source's filesystem opens (``None``
+    for archive members, whose bytes travel in ``data``).
+    """
+
+    uri: str
+    path: str | None = None
+    data: bytes | None = None
+    skip_reason: str | None = None
+    size: int | None = None
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """Where a lake lives: enough to re-open it in another process (picklable)."""
+
+    url: str
+    kind: str  # "local" | "fsspec" | "archive"
+    protocol: str = "file"
+    root: str = ""
+    storage_options: dict = field(default_factory=dict)
+
+
+class SourceError(ValueError):
+    """The lake source cannot be opened."""
+
+
+def is_archive(url: str) -> bool:
+    """True when ``url`` names a tar or zip archive (by suffix)."""
+    return url.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def resolve_source(src: str, storage_options: dict | None = None) -> SourceSpec:
+    """Classify ``src`` (a folder, ``file://``/``s3://``/``gs://`` URL, or archive) and check it exists."""
+    if not isinstance(src, str) or not src:
+        raise SourceError(f"source must be a non-empty path or URL, got {src!r}")
+    storage_options = dict(storage_options or {})
+    protocol, path = fsspec.core.split_protocol(src)
+    protocol = protocol or "file"
+    if protocol in ("file", "local"):
+        local = os.path.abspath(os.path.expanduser(path))
+        if not os.path.exists(local):
+            raise SourceError(f"source does not exist: {src!r}")
+        if os.path.isdir(local):
+            return SourceSpec(url=src, kind="local", protocol="file", root=local)
+        if is_archive(local):
+            return SourceSpec(url=src, kind="archive", protocol="file", root=local)
+        raise SourceError(f"source is a file but not an archive ({', '.join(ARCHIVE_SUFFIXES)}): {src!r}")
+    try:
+        fs = fsspec.filesystem(protocol, **storage_options)
+    except (ImportError, ValueError) as exc:
+        raise SourceError(f"cannot open filesystem for {src!r}: {exc}") from exc
+    root = fs._strip_protocol(src)
+    if is_archive(root):
+        if not fs.exists(root):
+            raise SourceError(f"source does not exist: {src!r}")
+        return SourceSpec(url=src, kind="archive", protocol=protocol, root=root, storage_options=storage_options)
+    if not fs.isdir(root):
+        raise SourceError(f"source is not a folder or archive: {src!r}")
+    return SourceSpec(url=src, kind="fsspec", protocol=protocol, root=root.rstrip("/"), storage_options=storage_options)
+
+
+def file_uri(path: str) -> str:
+    """fsspec URL of an absolute local path (not percent-encoded: ``fsspec.open`` takes it as is)."""
+    return "file://" + path
+
+
+def remote_uri(protocol: str, path: str) -> str:
+    return f"{protocol}://{path}"
+
+
+def archive_base_uri(spec: SourceSpec) -> str:
+    return file_uri(spec.root) if spec.protocol == "file" else remote_uri(spec.protocol, spec.root)
+
+
+def member_uri(spec: SourceSpec, member: str) -> str:
+    """fsspec chained URL of an archive member (``tar://m::file:///lake.tar.gz``)."""
+    scheme = "zip" if spec.root.lower().endswith(".zip") else "tar"
+    return f"{scheme}://{member}::{archive_base_uri(spec)}"
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith(".") or name == "__MACOSX"
+
+
+def iter_lake(spec: SourceSpec) -> Iterator[LakeFile]:
+    """Every file under the source, in a deterministic order."""
+    if spec.kind == "local":
+        yield from _iter_local(spec.root)
+    elif spec.kind == "fsspec":
+        yield from _iter_fsspec(spec)
+    else:
+        yield from _iter_archive(spec)
+
+
+def _iter_local(root: str) -> Iterator[LakeFile]:
+    real_root = os.path.realpath(root)
+    visited = {real_root}
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:
+            continue
+        subdirs = []
+        for entry in entries:
+            uri = file_uri(entry.path)
+            if _hidden(entry.name):
+                reason = "hidden_directory" if entry.is_dir(follow_symlinks=False) else "hidden"
+                yield LakeFile(uri, skip_reason=reason)
+                continue
+            if entry.is_symlink():
+                target = os.path.realpath(entry.path)
+                inside = target == real_root or target.startswith(real_root + os.sep)
+                if not inside:
+                    yield LakeFile(uri, skip_reason="symlink_outside_source")
+                    continue
+                try:
+                    st = os.stat(target)
+                except OSError:
+                    yield LakeFile(uri, skip_reason="broken_symlink")
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    if target in visited:
+                        yield LakeFile(uri, skip_reason="symlink_loop")
+                    else:
+                        visited.add(target)
+                        subdirs.append(entry.path)
+                    continue
+                if stat.S_ISREG(st.st_mode):
+                    yield LakeFile(uri, path=entry.path, size=st.st_size)
+                else:
+                    yield LakeFile(uri, skip_reason="not_a_regular_file")
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                visited.add(os.path.realpath(entry.path))
+                subdirs.append(entry.path)
+            elif entry.is_file(follow_symlinks=False):
+                yield LakeFile(uri, path=entry.path)
+            else:
+                yield LakeFile(uri, skip_reason="not_a_regular_file")
+        stack.extend(reversed(subdirs))
+
+
+def _iter_fsspec(spec: SourceSpec) -> Iterator[LakeFile]:
+    fs = fsspec.filesystem(spec.protocol, **spec.storage_options)
+    prefix = spec.root.rstrip("/") + "/"
+    for folder, dirs, files in fs.walk(spec.root, detail=True):
+        folder_rel = folder[len(prefix) :] if folder.startswith(prefix) else ""
+        hidden_parent = any(_hidden(part) for part in folder_rel.split("/") if part)
+        dirs_sorted = sorted(dirs)
+        for name in dirs_sorted:
+            if _hidden(name) and not hidden_parent:
+                yield LakeFile(remote_uri(spec.protocol, posixpath.join(folder, name)), skip_reason="hidden_directory")
+        # prune hidden directories in place so walk does not descend
+        for name in list(dirs):
+            if _hidden(name):
+                del dirs[name]
+        if hidden_parent:
+            continue
+        for name in sorted(files):
+            info = files[name]
+            path = info.get("name", posixpath.join(folder, name))
+            uri = remote_uri(spec.protocol, path)
+            if _hidden(name):
+                yield LakeFile(uri, skip_reason="hidden")
+            elif info.get("type", "file") != "file":
+                yield LakeFile(uri, skip_reason="not_a_regular_file")
+            else:
+                yield LakeFile(uri, path=path, size=info.get("size"))
+
+
+def _iter_archive(spec: SourceSpec) -> Iterator[LakeFile]:
+    opener = fsspec.open(archive_base_uri(spec) if spec.protocol != "file" else spec.root, "rb",
+                         **spec.storage_options)
+    with opener as fileobj:
+        if spec.root.lower().endswith(".zip"):
+            yield from _iter_zip(spec, fileobj)
+        else:
+            yield from _iter_tar(spec, fileobj)
+
+
+def _hidden_member(name: str) -> bool:
+    return any(_hidden(part) for part in Path(name).parts)
+
+
+def _iter_tar(spec: SourceSpec, fileobj) -> Iterator[LakeFile]:
+    with tarfile.open(fileobj=fileobj, mode="r|*") as archive:
+        for member in archive:
+            if member.isdir():
+                continue
+            uri = member_uri(spec, member.name)
+            if _hidden_member(member.name):
+                yield LakeFile(uri, skip_reason="hidden")
+            elif member.issym() or member.islnk():
+                yield LakeFile(uri, skip_reason="symlink_outside_source" if member.issym() else "not_a_regular_file")
+            elif not member.isfile():
+                yield LakeFile(uri, skip_reason="not_a_regular_file")
+            else:
+                extracted = archive.extractfile(member)
+                data = extracted.read() if extracted is not None else b""
+                yield LakeFile(uri, data=data, size=member.size)
+
+
+def _iter_zip(spec: SourceSpec, fileobj) -> Iterator[LakeFile]:
+    with zipfile.ZipFile(fileobj) as archive:
+        for info in sorted(archive.infolist(), key=lambda i: i.filename):
+            if info.is_dir():
+                continue
+            uri = member_uri(spec, info.filename)
+            if _hidden_member(info.filename):
+                yield LakeFile(uri, skip_reason="hidden")
+                continue
+            unix_mode = info.external_attr >> 16
+            if unix_mode and stat.S_ISLNK(unix_mode):
+                yield LakeFile(uri, skip_reason="symlink_outside_source")
+                continue
+            yield LakeFile(uri, data=archive.read(info), size=info.file_size)

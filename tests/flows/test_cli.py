@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flows.cli import build_parser, main
+from tests.lakes import make_plain_lake
+
+
+def test_every_subcommand_has_help(capsys):
+    parser = build_parser()
+    subcommands = parser._subparsers._group_actions[0].choices
+    assert "ingest" in subcommands
+    for name in subcommands:
+        with pytest.raises(SystemExit) as exc:
+            main([name, "--help"])
+        assert exc.value.code == 0
+        assert "usage: lakelabel " + name in capsys.readouterr().out
+
+
+def test_ingest_cli_prints_one_json_summary_line(tmp_path: Path):
+    lake = tmp_path / "lake"
+    make_plain_lake(lake, 12)
+    out = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "ingest", str(lake), "--out", str(tmp_path / "out"), "--workers", "0"],
+        capture_output=True, text=True, check=True,
+    )
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 1
+    assert json.loads(lines[0])["sharded"] == 12
+
+
+def test_bad_inputs_fail_with_one_clear_message(tmp_path: Path, capsys):
+    assert main(["ingest", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    assert "source does not exist" in capsys.readouterr().err
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("ingest:\n  shard_max_cnt: 5\n")
+    lake = tmp_path / "lake"
+    make_plain_lake(lake, 1)
+    assert main(["ingest", str(lake), "--out", str(tmp_path / "o"), "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown option 'shard_max_cnt'" in err and "shard_max_count" in err
+    assert main(["ingest", str(lake), "--out", str(tmp_path / "o"), "--jpeg-quality", "0"]) == 2
+    assert "jpeg_quality" in capsys.readouterr().err

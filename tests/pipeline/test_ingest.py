@@ -1,0 +1,237 @@
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+import zipfile
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+
+from data_specs.shards import KEY_RE, validate_sample_json
+from pipeline.config import IngestConfig
+from pipeline.ingest import IngestError, read_manifest, recover, run_ingest
+from tests.lakes import make_bad_lake, make_plain_lake
+
+
+def _rel(uri: str, lake: Path) -> str:
+    return uri.split(str(lake) + "/", 1)[1]
+
+
+def shard_keys(root: Path) -> list[str]:
+    """Keys of every sample in every shard, read with webdataset."""
+    urls = sorted(glob.glob(str(root / "shards" / "shard-*.tar")))
+    if not urls:
+        return []
+    ds = wds.WebDataset(urls, shardshuffle=False, nodesplitter=wds.single_node_only, empty_check=False)
+    return [sample["__key__"] for sample in ds]
+
+
+def assert_accounted(root: Path, lake_files: list[str]) -> dict:
+    """Every file exactly once in the manifest; every sharded key in exactly one shard."""
+    table = read_manifest(root).to_pandas()
+    uris = Counter(table["source_uri"])
+    assert sorted(uris) == sorted(lake_files), "manifest rows differ from the files under the lake"
+    assert max(uris.values()) == 1, "a file appears twice in the manifest"
+    keys = shard_keys(root)
+    assert len(keys) == len(set(keys)), "a key appears in two shards"
+    sharded = table[table.status == "sharded"]
+    assert sorted(sharded.key) == sorted(keys)
+    dup = table[table.status == "duplicate"]
+    assert set(dup.key) <= set(keys), "a duplicate points to a key that is not in the shards"
+    return dict(Counter(table.status))
+
+
+def lake_uris(lake: Path) -> list[str]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(lake):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            if os.path.isdir(path) and not os.path.islink(path) and not name.startswith("."):
+                continue
+            out.append("file://" + path)
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+    return out
+
+
+@pytest.fixture
+def bad_lake(tmp_path: Path) -> tuple[Path, dict]:
+    lake = tmp_path / "lake"
+    expected = make_bad_lake(lake, tmp_path / "outside")
+    return lake, expected
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_bad_lake_every_case_recorded_and_run_goes_on(bad_lake, tmp_path, workers):
+    lake, expected = bad_lake
+    root = tmp_path / f"out{workers}"
+    summary = run_ingest(str(lake), root, IngestConfig(workers=workers, shard_max_count=5))
+    counts = assert_accounted(root, lake_uris(lake))
+    assert summary["found"] == len(expected) == sum(counts.values())
+    table = read_manifest(root).to_pandas()
+    by_rel = {_rel(r.source_uri, lake): r for r in table.itertuples()}
+    for rel, (status, reason) in expected.items():
+        row = by_rel[rel]
+        if status in ("rejected", "skipped"):
+            assert (row.status, row.reason) == (status, reason), rel
+        else:
+            assert row.status in ("sharded", "duplicate") and not isinstance(row.reason, str), rel
+    # one copy of the duplicated image is kept, the others point at its key and shard
+    group = table[table.sha256 == by_rel["good/plain.jpg"].sha256]
+    assert sorted(group.status) == ["duplicate", "duplicate", "sharded"]
+    assert group.key.nunique() == 1 and group.shard.nunique() == 1
+    assert summary["shards_written"] >= 3  # shard_max_count=5 bounds the shards
+    rotated = by_rel["modes/exif_rotated.jpg"]
+    assert (rotated.width, rotated.height) == (20, 40)
+
+
+def test_shards_read_back_with_tarfile_and_webdataset(bad_lake, tmp_path):
+    lake, _ = bad_lake
+    root = tmp_path / "out"
+    run_ingest(str(lake), root, IngestConfig(workers=0, shard_max_count=4, max_side=32))
+    table = read_manifest(root).to_pandas().set_index("key")
+    for shard in sorted((root / "shards").glob("shard-*.tar")):
+        with tarfile.open(shard) as tf:
+            names = tf.getnames()
+            assert len(names) % 2 == 0 and len(names) // 2 <= 4
+            for name in names:
+                key, ext = name.split(".")
+                assert KEY_RE.match(key) and ext in ("jpg", "json")
+                if ext == "json":
+                    meta = validate_sample_json(json.loads(tf.extractfile(name).read()))
+                    assert table.loc[key, "shard"] == shard.name if isinstance(table.loc[key, "shard"], str) else True
+    ds = wds.WebDataset(
+        sorted(str(p) for p in (root / "shards").glob("*.tar")),
+        shardshuffle=False, nodesplitter=wds.single_node_only, empty_check=False,
+    ).decode("pil")
+    n = 0
+    for sample in ds:
+        assert sample["jpg"].mode == "RGB" and max(sample["jpg"].size) <= 32
+        assert sample["json"]["key"] == sample["__key__"]
+        n += 1
+    assert n == (read_manifest(root).column("status").to_pylist()).count("sharded")
+    assert meta["run_id"].startswith("ingest-")
+
+
+@pytest.mark.parametrize("suffix", [".tar.gz", ".zip"])
+def test_archive_source(bad_lake, tmp_path, suffix):
+    lake, expected = bad_lake
+    archive = tmp_path / f"lake{suffix}"
+    members = [p for p in lake.rglob("*") if p.is_file() and not p.is_symlink()]
+    if suffix == ".zip":
+        with zipfile.ZipFile(archive, "w") as zf:
+            for p in members:
+                zf.write(p, p.relative_to(lake).as_posix())
+    else:
+        with tarfile.open(archive, "w:gz") as tf:
+            for p in members:
+                tf.add(p, p.relative_to(lake).as_posix())
+    root = tmp_path / "out"
+    summary = run_ingest(str(archive), root, IngestConfig(workers=2))
+    table = read_manifest(root).to_pandas()
+    assert summary["found"] == len(members) == len(table) == table.source_uri.nunique()
+    scheme = "zip" if suffix == ".zip" else "tar"
+    assert all(u.startswith(f"{scheme}://") and u.endswith("::file://" + str(archive)) for u in table.source_uri)
+    reasons = Counter(table.reason.dropna())
+    assert reasons == Counter({"truncated": 1, "empty": 1, "not_an_image": 2, "decompression_bomb": 1, "hidden": 1})
+    assert len(shard_keys(root)) == (table.status == "sharded").sum()
+
+
+def test_incremental_ingests_only_new_files(tmp_path):
+    lake, root = tmp_path / "lake", tmp_path / "out"
+    make_plain_lake(lake, 120)
+    first = run_ingest(str(lake), root, IngestConfig(workers=0, shard_max_count=50))
+    assert (first["sharded"], first["shards_written"]) == (120, 3)
+    shards_before = {p.name: p.stat().st_mtime_ns for p in (root / "shards").glob("*.tar")}
+    make_plain_lake(lake, 30, start=120)
+    (lake / "part-999").mkdir()
+    (lake / "part-999" / "again.jpg").write_bytes((lake / "part-000" / "img-000000.jpg").read_bytes())
+    second = run_ingest(str(lake), root, IngestConfig(workers=0, shard_max_count=50))
+    assert (second["already_ingested"], second["found"], second["sharded"], second["duplicate"]) == (120, 31, 30, 1)
+    assert second["shards_written"] == 1
+    after = {p.name: p.stat().st_mtime_ns for p in (root / "shards").glob("*.tar")}
+    assert {k: after[k] for k in shards_before} == shards_before, "old shards were rewritten"
+    assert sorted(set(after) - set(shards_before)) == ["shard-000003.tar"]
+    table = read_manifest(root).to_pandas()
+    dup = table[table.source_uri.str.endswith("again.jpg")].iloc[0]
+    orig = table[table.source_uri.str.endswith("img-000000.jpg")].iloc[0]
+    assert (dup.status, dup.key, dup.shard) == ("duplicate", orig.key, orig.shard)
+    assert_accounted(root, lake_uris(lake))
+    third = run_ingest(str(lake), root, IngestConfig(workers=0))
+    assert (third["found"], third["shards_written"], third["already_ingested"]) == (0, 0, 151)
+
+
+def test_recovery_removes_partial_outputs(tmp_path):
+    lake, root = tmp_path / "lake", tmp_path / "out"
+    make_plain_lake(lake, 60)
+    run_ingest(str(lake), root, IngestConfig(workers=0, shard_max_count=20))
+    # a crash between the shard rename and its manifest part, and temp files left behind
+    (root / "manifest" / "part-000002.parquet").unlink()
+    (root / "shards" / ".shard-000003.tar.tmp").write_bytes(b"partial")
+    (root / "manifest" / ".part-000003.parquet.tmp").write_bytes(b"partial")
+    state = recover(root)
+    assert not (root / "shards" / "shard-000002.tar").exists()
+    assert len(state.removed_orphans) == 3 and state.next_index == 2
+    summary = run_ingest(str(lake), root, IngestConfig(workers=0, shard_max_count=20))
+    assert (summary["found"], summary["sharded"], summary["already_ingested"]) == (20, 20, 40)
+    assert_accounted(root, lake_uris(lake))
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path):
+    lake, root = tmp_path / "lake", tmp_path / "out"
+    make_plain_lake(lake, 3000, size=(48, 48))
+    cmd = [sys.executable, "-m", "flows.cli", "ingest", str(lake), "--out", str(root),
+           "--shard-max-count", "100", "--workers", "1", "--batch-size", "16", "--no-progress"]
+    kills = 0
+    for wait_for in (2, 9, 17):  # kill after this many committed manifest parts
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            if len(list((root / "manifest").glob("part-*.parquet"))) >= wait_for:
+                break
+            time.sleep(0.01)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    assert kills >= 2, "the ingest finished before it could be killed; make the lake larger"
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["already_ingested"] + summary["found"] == 3000
+    counts = assert_accounted(root, lake_uris(lake))
+    assert counts == {"sharded": 3000}
+    assert not list(root.rglob(".*.tmp"))
+
+
+def test_root_inside_source_and_concurrent_ingest_are_refused(tmp_path):
+    lake = tmp_path / "lake"
+    make_plain_lake(lake, 3)
+    with pytest.raises(IngestError, match="must not be inside the source"):
+        run_ingest(str(lake), lake / "out")
+    from pipeline.ingest import RootLock
+
+    with RootLock(tmp_path / "out"), pytest.raises(IngestError, match="another ingest holds the lock"):
+        run_ingest(str(lake), tmp_path / "out")
+
+
+def test_manifest_is_plain_parquet_with_contract_metadata(tmp_path):
+    lake, root = tmp_path / "lake", tmp_path / "out"
+    make_plain_lake(lake, 5)
+    run_ingest(str(lake), root, IngestConfig(workers=0))
+    part = next((root / "manifest").glob("part-*.parquet"))
+    schema = pq.read_schema(part)
+    assert schema.metadata[b"lakelabel.contract"] == b"manifest"
+    assert {"source_uri", "status", "reason", "key", "shard", "width", "height", "bytes", "sha256", "run_id"} <= set(
+        schema.names
+    )
+    run_files = list((root / "manifest" / "_runs").glob("*.json"))
+    assert len(run_files) == 1 and json.loads(run_files[0].read_text())["sharded"] == 5
