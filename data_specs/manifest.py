@@ -67,8 +67,10 @@ def validate_manifest(table: pa.Table) -> pa.Table:
     if len(bad):
         raise ContractError(f"manifest: unknown status {bad[0].as_py()!r}; valid: {', '.join(STATUSES)}")
     kept = pc.is_in(status, pa.array(["sharded", "duplicate"]))
-    missing_ids = pc.or_(pc.or_(pc.is_null(table.column("key")), pc.is_null(table.column("shard"))),
-                         pc.is_null(table.column("sha256")))
+    missing_ids = pc.or_(
+        pc.or_(pc.is_null(table.column("key")), pc.is_null(table.column("shard"))),
+        pc.is_null(table.column("sha256")),
+    )
     bad_rows = pc.indices_nonzero(pc.and_(kept, missing_ids))
     if len(bad_rows):
         i = bad_rows[0].as_py()

@@ -14,14 +14,29 @@ def _add_ingest_options(p: argparse.ArgumentParser) -> None:
     defaults = IngestConfig()
     p.add_argument("--config", help="YAML file with an `ingest:` section (flags override it)")
     p.add_argument("--max-side", type=int, help="resize so the longer side is at most N pixels")
-    p.add_argument("--max-pixels", type=int, help=f"reject larger images as decompression bombs (default {defaults.max_pixels})")
-    p.add_argument("--jpeg-quality", type=int, help=f"quality of re-encoded JPEGs (default {defaults.jpeg_quality})")
-    p.add_argument("--shard-max-count", type=int, help=f"samples per shard at most (default {defaults.shard_max_count})")
-    p.add_argument("--shard-max-bytes", type=int, help=f"bytes per shard at most (default {defaults.shard_max_bytes})")
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        help=f"reject larger images as decompression bombs (default {defaults.max_pixels})",
+    )
+    p.add_argument(
+        "--jpeg-quality", type=int, help=f"quality of re-encoded JPEGs (default {defaults.jpeg_quality})"
+    )
+    p.add_argument(
+        "--shard-max-count", type=int, help=f"samples per shard at most (default {defaults.shard_max_count})"
+    )
+    p.add_argument(
+        "--shard-max-bytes", type=int, help=f"bytes per shard at most (default {defaults.shard_max_bytes})"
+    )
     p.add_argument("--workers", type=int, help="decode processes (default: all cores; 0 = in-process)")
     p.add_argument("--batch-size", type=int, help=f"files per unit of work (default {defaults.batch_size})")
-    p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="fsspec option for the source, e.g. endpoint_url=http://127.0.0.1:9000 (repeatable)")
+    p.add_argument(
+        "--storage-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fsspec option for the source, e.g. endpoint_url=http://127.0.0.1:9000 (repeatable)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
 
 
@@ -29,7 +44,15 @@ def _ingest_config(args: argparse.Namespace) -> IngestConfig:
     data = {}
     if args.config:
         data = dict(load_yaml(args.config).get("ingest") or {})
-    for name in ("max_side", "max_pixels", "jpeg_quality", "shard_max_count", "shard_max_bytes", "workers", "batch_size"):
+    for name in (
+        "max_side",
+        "max_pixels",
+        "jpeg_quality",
+        "shard_max_count",
+        "shard_max_bytes",
+        "workers",
+        "batch_size",
+    ):
         value = getattr(args, name)
         if value is not None:
             data[name] = value
@@ -62,6 +85,21 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    import os
+
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from flows.curate import curate_flow
+    from pipeline.config import load_config
+
+    config = load_config(args.config, source=args.source, root=args.root)
+    result = curate_flow(config)
+    print(json.dumps(result["ingest"], separators=(",", ":")))
+    print(f"shards:   {os.path.abspath(result['shards'])}")
+    print(f"manifest: {os.path.abspath(result['manifest'])}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lakelabel",
@@ -79,6 +117,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output root (local folder)")
     _add_ingest_options(p)
     p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser(
+        "run",
+        help="run the curate flow end to end (default: the embedded demo lake, local Prefect)",
+        description="Run curate_flow with a config (YAML). Without one, a demo lake is generated under "
+        "./lakelabel-demo and processed with a local (ephemeral) Prefect.",
+    )
+    p.add_argument("--config", help="YAML config (see flows/configs/example.yaml)")
+    p.add_argument("--source", help="override the config's source")
+    p.add_argument("--root", help="override the config's output root")
+    p.set_defaults(func=cmd_run)
     return parser
 
 

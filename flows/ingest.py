@@ -19,7 +19,9 @@ from pipeline.ingest_worker import BatchResult, WorkerOptions, process_batch
 from pipeline.lake import SourceSpec, iter_lake
 
 
-@task(name="validate-partition", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, persist_result=False)
+@task(
+    name="validate-partition", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, persist_result=False
+)
 def validate_partition(spec: SourceSpec, options: WorkerOptions, items: list) -> BatchResult:
     """Read, hash, decode and encode one partition of the listing."""
     return process_batch(spec, options, items)

@@ -23,14 +23,20 @@ class StrictModel(BaseModel):
 class IngestConfig(StrictModel):
     """Lake → WebDataset shards."""
 
-    max_pixels: int = Field(89_478_485, gt=0, description="Reject images with more pixels (decompression bombs).")
-    max_side: int | None = Field(None, gt=0, description="Resize so the longer side is at most this many pixels.")
+    max_pixels: int = Field(
+        89_478_485, gt=0, description="Reject images with more pixels (decompression bombs)."
+    )
+    max_side: int | None = Field(
+        None, gt=0, description="Resize so the longer side is at most this many pixels."
+    )
     jpeg_quality: int = Field(95, ge=1, le=100, description="Quality of re-encoded JPEGs.")
     shard_max_count: int = Field(5000, gt=0, description="Samples per shard at most.")
     shard_max_bytes: int = Field(512 * 2**20, gt=0, description="Bytes per shard at most.")
     workers: int | None = Field(None, ge=0, description="Decode processes; None = all cores, 0 = in-process.")
     batch_size: int = Field(256, gt=0, description="Files per unit of work sent to a worker.")
-    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for the source (e.g. endpoint_url).")
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict, description="fsspec options for the source (e.g. endpoint_url)."
+    )
     flow_partition_size: int = Field(2048, gt=0, description="Files per mapped Prefect task in ingest_flow.")
 
     def resolve_flow_window(self) -> int:
@@ -47,7 +53,9 @@ class RunnerConfig(StrictModel):
 
     kind: str = Field("threads", description="threads | processes | dask")
     max_workers: int | None = Field(None, gt=0, description="Local threads/processes; None = all cores.")
-    dask_address: str | None = Field(None, description="Dask scheduler address (tcp://host:8786); switches kind to dask.")
+    dask_address: str | None = Field(
+        None, description="Dask scheduler address (tcp://host:8786); switches kind to dask."
+    )
 
     def resolved_kind(self) -> str:
         kind = "dask" if self.dask_address else self.kind
@@ -86,3 +94,22 @@ def validate_config(model: type[StrictModel], data: dict[str, Any], origin: str 
                 f"{origin}: unknown option {loc!r}; valid options: {', '.join(model.model_fields)}"
             ) from None
         raise ConfigError(f"{origin}: {loc}: {first['msg']} (got {first.get('input')!r})") from None
+
+
+class LakelabelConfig(StrictModel):
+    """The whole run: where the lake is, where outputs go, and each stage's settings."""
+
+    source: str | None = Field(None, description="Lake folder, fsspec URL or archive; None = the embedded demo lake.")
+    root: str = Field("lakelabel-demo/root", description="Output root: shards, manifest, checkpoints, labels.")
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    runner: RunnerConfig = Field(default_factory=RunnerConfig)
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> LakelabelConfig:
+    """``LakelabelConfig`` from a YAML file (or defaults) with top-level ``overrides`` applied."""
+    data = load_yaml(path) if path else {}
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    for section, model in (("ingest", IngestConfig), ("runner", RunnerConfig)):
+        if isinstance(data.get(section), dict):
+            validate_config(model, data[section], section)  # names the section's valid keys
+    return validate_config(LakelabelConfig, data, str(path) if path else "config")

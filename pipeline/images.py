@@ -79,7 +79,11 @@ def check_image(
             warnings.simplefilter("ignore")
             im.load()
     except OSError as exc:
-        reason = "truncated" if "truncat" in str(exc).lower() or "premature" in str(exc).lower() else "decode_error"
+        reason = (
+            "truncated"
+            if "truncat" in str(exc).lower() or "premature" in str(exc).lower()
+            else "decode_error"
+        )
         return ImageCheck(reason, format=fmt, original_width=width, original_height=height)
     except Exception:
         return ImageCheck("decode_error", format=fmt, original_width=width, original_height=height)
@@ -93,9 +97,7 @@ def check_image(
             orientation = 1
     too_big = max_side is not None and max(width, height) > max_side
     if fmt == "JPEG" and mode == "RGB" and orientation == 1 and not too_big:
-        return ImageCheck(
-            None, raw, fmt, mode, width, height, width, height, reencoded=False
-        )
+        return ImageCheck(None, raw, fmt, mode, width, height, width, height, reencoded=False)
     try:
         if orientation != 1:
             im = ImageOps.exif_transpose(im)
@@ -106,9 +108,7 @@ def check_image(
         rgb.save(out, format="JPEG", quality=jpeg_quality, subsampling=0 if jpeg_quality >= 90 else 2)
     except Exception:
         return ImageCheck("decode_error", format=fmt, original_width=width, original_height=height)
-    return ImageCheck(
-        None, out.getvalue(), fmt, mode, rgb.width, rgb.height, width, height, reencoded=True
-    )
+    return ImageCheck(None, out.getvalue(), fmt, mode, rgb.width, rgb.height, width, height, reencoded=True)
 
 
 def _check_plain_jpeg(raw: bytes, max_pixels: int, max_side: int | None) -> ImageCheck | None:

@@ -143,7 +143,19 @@ class RootLock:
             os.close(self._fd)
 
 
-_ROW_COLUMNS = ("source_uri", "status", "reason", "key", "shard", "width", "height", "bytes", "sha256", "format", "reencoded")
+_ROW_COLUMNS = (
+    "source_uri",
+    "status",
+    "reason",
+    "key",
+    "shard",
+    "width",
+    "height",
+    "bytes",
+    "sha256",
+    "format",
+    "reencoded",
+)
 
 
 class _UnitRows:
@@ -222,9 +234,16 @@ class ShardCommitter:
     def _take_rows(self, batch: BatchResult, status: list, shard: list, a: int, b: int) -> None:
         if a < b:
             chunk = {
-                "source_uri": batch.uris[a:b], "status": status[a:b], "reason": batch.reasons[a:b],
-                "key": batch.keys[a:b], "shard": shard[a:b], "width": batch.width[a:b], "height": batch.height[a:b],
-                "bytes": batch.nbytes[a:b], "sha256": batch.sha256[a:b], "format": batch.formats[a:b],
+                "source_uri": batch.uris[a:b],
+                "status": status[a:b],
+                "reason": batch.reasons[a:b],
+                "key": batch.keys[a:b],
+                "shard": shard[a:b],
+                "width": batch.width[a:b],
+                "height": batch.height[a:b],
+                "bytes": batch.nbytes[a:b],
+                "sha256": batch.sha256[a:b],
+                "format": batch.formats[a:b],
                 "reencoded": batch.reencoded[a:b],
             }
             self.rows.add_chunk(chunk)
@@ -343,7 +362,9 @@ def map_ordered(
         yield from map(fn, batches)
         return
     window = 4 * workers
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=initializer, initargs=initargs) as pool:
+    with ProcessPoolExecutor(
+        workers, mp_context=get_context("spawn"), initializer=initializer, initargs=initargs
+    ) as pool:
         pending: deque = deque()
         for batch in batches:
             pending.append(pool.submit(fn, batch))
@@ -379,14 +400,18 @@ class IngestSession:
     same session with its task runner (threads, processes or Dask) doing :func:`process_batch`.
     """
 
-    def __init__(self, src: str, root: str | Path, config: IngestConfig | None = None, run_id: str | None = None):
+    def __init__(
+        self, src: str, root: str | Path, config: IngestConfig | None = None, run_id: str | None = None
+    ):
         self.config = config or IngestConfig()
         self.spec = resolve_source(src, self.config.storage_options)
         self.root = Path(root).expanduser().resolve()
         if self.spec.kind == "local":
             src_root = Path(self.spec.root).resolve()
             if self.root == src_root or src_root in self.root.parents:
-                raise IngestError(f"output root {str(self.root)!r} must not be inside the source {self.spec.url!r}")
+                raise IngestError(
+                    f"output root {str(self.root)!r} must not be inside the source {self.spec.url!r}"
+                )
         self.run_id = run_id or new_run_id()
         self.options = WorkerOptions(
             run_id=self.run_id,
@@ -436,17 +461,24 @@ class IngestSession:
             "files_per_s": round(c.found / seconds, 1) if seconds > 0 else None,
             **peak_rss_mb(),
         }
-        atomic_write_bytes(self.root / "manifest" / "_runs" / f"{self.run_id}.json", json.dumps(summary, indent=1).encode())
+        atomic_write_bytes(
+            self.root / "manifest" / "_runs" / f"{self.run_id}.json", json.dumps(summary, indent=1).encode()
+        )
         return summary
 
 
 def run_ingest(
-    src: str, root: str | Path, config: IngestConfig | None = None, progress: Callable[[int], None] | None = None
+    src: str,
+    root: str | Path,
+    config: IngestConfig | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> dict:
     """Ingest ``src`` into ``root`` with a local process pool; return the run summary."""
     with IngestSession(src, root, config) as session:
         workers = session.config.resolved_workers()
-        for results in map_ordered(_work, session.batches(), workers, _init_worker, (session.spec, session.options)):
+        for results in map_ordered(
+            _work, session.batches(), workers, _init_worker, (session.spec, session.options)
+        ):
             session.add(results)
             if progress:
                 progress(len(results))

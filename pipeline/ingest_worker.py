@@ -74,7 +74,9 @@ def _read_local(path: str) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def read_batch(spec: SourceSpec, items: list[tuple[str, str | None, bytes | None]]) -> list[bytes | Exception]:
+def read_batch(
+    spec: SourceSpec, items: list[tuple[str, str | None, bytes | None]]
+) -> list[bytes | Exception]:
     """Bytes of each item: carried ``data``, a local read, or one concurrent fsspec ``cat``."""
     out: list[bytes | Exception] = [b""] * len(items)
     remote: list[tuple[int, str]] = []
@@ -97,7 +99,9 @@ def read_batch(spec: SourceSpec, items: list[tuple[str, str | None, bytes | None
     return out
 
 
-def process_batch(spec: SourceSpec, options: WorkerOptions, items: list[tuple[str, str | None, bytes | None]]) -> BatchResult:
+def process_batch(
+    spec: SourceSpec, options: WorkerOptions, items: list[tuple[str, str | None, bytes | None]]
+) -> BatchResult:
     """Validate a batch of lake files; never raises for a bad file (it becomes a rejection)."""
     n = len(items)
     uris = [item[0] for item in items]
@@ -138,8 +142,12 @@ def process_batch(spec: SourceSpec, options: WorkerOptions, items: list[tuple[st
             f'"original_width":{check.original_width},"original_height":{check.original_height},'
             f'"bytes":{len(raw)},"reencoded":{"true" if check.reencoded else "false"},"run_id":{run_id_json}}}'
         )
-        member = tar_member(key + ".jpg", check.data, options.mtime) + tar_member(key + ".json", meta.encode(), options.mtime)
+        member = tar_member(key + ".jpg", check.data, options.mtime) + tar_member(
+            key + ".json", meta.encode(), options.mtime
+        )
         parts.append(member)
         offset += len(member)
         ends[i] = offset
-    return BatchResult(uris, reasons, shas, keys, width, height, nbytes, formats, reencoded, ends, b"".join(parts))
+    return BatchResult(
+        uris, reasons, shas, keys, width, height, nbytes, formats, reencoded, ends, b"".join(parts)
+    )

@@ -80,10 +80,14 @@ def resolve_source(src: str, storage_options: dict | None = None) -> SourceSpec:
     if is_archive(root):
         if not fs.exists(root):
             raise SourceError(f"source does not exist: {src!r}")
-        return SourceSpec(url=src, kind="archive", protocol=protocol, root=root, storage_options=storage_options)
+        return SourceSpec(
+            url=src, kind="archive", protocol=protocol, root=root, storage_options=storage_options
+        )
     if not fs.isdir(root):
         raise SourceError(f"source is not a folder or archive: {src!r}")
-    return SourceSpec(url=src, kind="fsspec", protocol=protocol, root=root.rstrip("/"), storage_options=storage_options)
+    return SourceSpec(
+        url=src, kind="fsspec", protocol=protocol, root=root.rstrip("/"), storage_options=storage_options
+    )
 
 
 def file_uri(path: str) -> str:
@@ -178,7 +182,9 @@ def _iter_fsspec(spec: SourceSpec) -> Iterator[LakeFile]:
         dirs_sorted = sorted(dirs)
         for name in dirs_sorted:
             if _hidden(name) and not hidden_parent:
-                yield LakeFile(remote_uri(spec.protocol, posixpath.join(folder, name)), skip_reason="hidden_directory")
+                yield LakeFile(
+                    remote_uri(spec.protocol, posixpath.join(folder, name)), skip_reason="hidden_directory"
+                )
         # prune hidden directories in place so walk does not descend
         for name in list(dirs):
             if _hidden(name):
@@ -198,8 +204,9 @@ def _iter_fsspec(spec: SourceSpec) -> Iterator[LakeFile]:
 
 
 def _iter_archive(spec: SourceSpec) -> Iterator[LakeFile]:
-    opener = fsspec.open(archive_base_uri(spec) if spec.protocol != "file" else spec.root, "rb",
-                         **spec.storage_options)
+    opener = fsspec.open(
+        archive_base_uri(spec) if spec.protocol != "file" else spec.root, "rb", **spec.storage_options
+    )
     with opener as fileobj:
         if spec.root.lower().endswith(".zip"):
             yield from _iter_zip(spec, fileobj)
@@ -220,7 +227,9 @@ def _iter_tar(spec: SourceSpec, fileobj) -> Iterator[LakeFile]:
             if _hidden_member(member.name):
                 yield LakeFile(uri, skip_reason="hidden")
             elif member.issym() or member.islnk():
-                yield LakeFile(uri, skip_reason="symlink_outside_source" if member.issym() else "not_a_regular_file")
+                yield LakeFile(
+                    uri, skip_reason="symlink_outside_source" if member.issym() else "not_a_regular_file"
+                )
             elif not member.isfile():
                 yield LakeFile(uri, skip_reason="not_a_regular_file")
             else:

@@ -28,7 +28,12 @@ def bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
     """A PNG whose header claims ``width × height`` pixels (a decompression bomb's header)."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     idat = zlib.compress(b"\0" * 64)
@@ -73,15 +78,25 @@ def make_bad_lake(root: Path, outside: Path) -> dict[str, tuple[str, str | None]
     expected["good/no_extension"] = ("sharded", None)
     files["good/png_named.jpg"] = _png(Image.fromarray(rng_image(3)))  # wrong extension, valid PNG
     expected["good/png_named.jpg"] = ("sharded", None)
-    files["formats/palette.gif"] = (lambda b: (Image.fromarray(rng_image(4)).convert("P").save(b, "GIF"), b.getvalue())[1])(io.BytesIO())
+    files["formats/palette.gif"] = (
+        lambda b: (Image.fromarray(rng_image(4)).convert("P").save(b, "GIF"), b.getvalue())[1]
+    )(io.BytesIO())
     expected["formats/palette.gif"] = ("sharded", None)
-    files["formats/pic.bmp"] = (lambda b: (Image.fromarray(rng_image(5)).save(b, "BMP"), b.getvalue())[1])(io.BytesIO())
+    files["formats/pic.bmp"] = (lambda b: (Image.fromarray(rng_image(5)).save(b, "BMP"), b.getvalue())[1])(
+        io.BytesIO()
+    )
     expected["formats/pic.bmp"] = ("sharded", None)
-    files["formats/pic.webp"] = (lambda b: (Image.fromarray(rng_image(6)).save(b, "WEBP"), b.getvalue())[1])(io.BytesIO())
+    files["formats/pic.webp"] = (lambda b: (Image.fromarray(rng_image(6)).save(b, "WEBP"), b.getvalue())[1])(
+        io.BytesIO()
+    )
     expected["formats/pic.webp"] = ("sharded", None)
-    files["formats/pic.tiff"] = (lambda b: (Image.fromarray(rng_image(8)).save(b, "TIFF"), b.getvalue())[1])(io.BytesIO())
+    files["formats/pic.tiff"] = (lambda b: (Image.fromarray(rng_image(8)).save(b, "TIFF"), b.getvalue())[1])(
+        io.BytesIO()
+    )
     expected["formats/pic.tiff"] = ("sharded", None)
-    files["modes/cmyk.jpg"] = (lambda b: (Image.fromarray(rng_image(9)).convert("CMYK").save(b, "JPEG"), b.getvalue())[1])(io.BytesIO())
+    files["modes/cmyk.jpg"] = (
+        lambda b: (Image.fromarray(rng_image(9)).convert("CMYK").save(b, "JPEG"), b.getvalue())[1]
+    )(io.BytesIO())
     expected["modes/cmyk.jpg"] = ("sharded", None)
     gray16 = (np.arange(24 * 16, dtype=np.uint16).reshape(16, 24) * 170).astype(np.uint16)
     files["modes/gray16.png"] = _png(Image.fromarray(gray16))

@@ -5,14 +5,33 @@ from datetime import datetime, timezone
 import pyarrow as pa
 import pytest
 
-from data_specs import MANIFEST_SCHEMA, ContractError, key_for_sha256, shard_index, shard_name, validate_manifest
+from data_specs import (
+    MANIFEST_SCHEMA,
+    ContractError,
+    key_for_sha256,
+    shard_index,
+    shard_name,
+    validate_manifest,
+)
 from data_specs.shards import validate_sample_json
 
 
 def _row(**over):
-    row = dict(source_uri="file:///a.jpg", status="sharded", reason=None, key="a" * 32, shard="shard-000000.tar",
-               width=1, height=1, bytes=3, sha256="a" * 64, format="JPEG", reencoded=False, run_id="r",
-               ingested_at=datetime.now(timezone.utc))
+    row = dict(
+        source_uri="file:///a.jpg",
+        status="sharded",
+        reason=None,
+        key="a" * 32,
+        shard="shard-000000.tar",
+        width=1,
+        height=1,
+        bytes=3,
+        sha256="a" * 64,
+        format="JPEG",
+        reencoded=False,
+        run_id="r",
+        ingested_at=datetime.now(timezone.utc),
+    )
     row.update(over)
     return pa.Table.from_pylist([row], schema=MANIFEST_SCHEMA)
 
@@ -35,7 +54,20 @@ def test_shard_names_and_keys():
         shard_index("shard-42.tar.gz")
     sha = "0123456789abcdef" * 4
     assert key_for_sha256(sha) == sha[:32] and "." not in key_for_sha256(sha)
-    meta = {f: 0 for f in ("format", "mode", "width", "height", "original_width", "original_height", "bytes",
-                           "reencoded", "run_id", "source_uri")}
+    meta = {
+        f: 0
+        for f in (
+            "format",
+            "mode",
+            "width",
+            "height",
+            "original_width",
+            "original_height",
+            "bytes",
+            "reencoded",
+            "run_id",
+            "source_uri",
+        )
+    }
     with pytest.raises(ContractError, match="does not match sha256"):
         validate_sample_json({**meta, "key": "f" * 32, "sha256": sha})

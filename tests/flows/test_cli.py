@@ -26,8 +26,20 @@ def test_ingest_cli_prints_one_json_summary_line(tmp_path: Path):
     lake = tmp_path / "lake"
     make_plain_lake(lake, 12)
     out = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "ingest", str(lake), "--out", str(tmp_path / "out"), "--workers", "0"],
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-m",
+            "flows.cli",
+            "ingest",
+            str(lake),
+            "--out",
+            str(tmp_path / "out"),
+            "--workers",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     lines = out.stdout.strip().splitlines()
     assert len(lines) == 1

@@ -41,10 +41,14 @@ def test_ingest_flow_on_local_dask_cluster(prefect_server, tmp_path: Path):
     lake = tmp_path / "lake"
     expected = make_bad_lake(lake, tmp_path / "outside")
     root = tmp_path / "out"
-    with LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None,
-                      processes=True) as cluster:
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None, processes=True
+    ) as cluster:
         summary = ingest_flow(
-            str(lake), str(root), IngestConfig(flow_partition_size=5), RunnerConfig(dask_address=cluster.scheduler_address)
+            str(lake),
+            str(root),
+            IngestConfig(flow_partition_size=5),
+            RunnerConfig(dask_address=cluster.scheduler_address),
         )
     assert summary["found"] == len(expected)
     assert_accounted(root, lake_uris(lake))

@@ -107,10 +107,16 @@ def test_shards_read_back_with_tarfile_and_webdataset(bad_lake, tmp_path):
                 assert KEY_RE.match(key) and ext in ("jpg", "json")
                 if ext == "json":
                     meta = validate_sample_json(json.loads(tf.extractfile(name).read()))
-                    assert table.loc[key, "shard"] == shard.name if isinstance(table.loc[key, "shard"], str) else True
+                    assert (
+                        table.loc[key, "shard"] == shard.name
+                        if isinstance(table.loc[key, "shard"], str)
+                        else True
+                    )
     ds = wds.WebDataset(
         sorted(str(p) for p in (root / "shards").glob("*.tar")),
-        shardshuffle=False, nodesplitter=wds.single_node_only, empty_check=False,
+        shardshuffle=False,
+        nodesplitter=wds.single_node_only,
+        empty_check=False,
     ).decode("pil")
     n = 0
     for sample in ds:
@@ -139,9 +145,13 @@ def test_archive_source(bad_lake, tmp_path, suffix):
     table = read_manifest(root).to_pandas()
     assert summary["found"] == len(members) == len(table) == table.source_uri.nunique()
     scheme = "zip" if suffix == ".zip" else "tar"
-    assert all(u.startswith(f"{scheme}://") and u.endswith("::file://" + str(archive)) for u in table.source_uri)
+    assert all(
+        u.startswith(f"{scheme}://") and u.endswith("::file://" + str(archive)) for u in table.source_uri
+    )
     reasons = Counter(table.reason.dropna())
-    assert reasons == Counter({"truncated": 1, "empty": 1, "not_an_image": 2, "decompression_bomb": 1, "hidden": 1})
+    assert reasons == Counter(
+        {"truncated": 1, "empty": 1, "not_an_image": 2, "decompression_bomb": 1, "hidden": 1}
+    )
     assert len(shard_keys(root)) == (table.status == "sharded").sum()
 
 
@@ -155,7 +165,12 @@ def test_incremental_ingests_only_new_files(tmp_path):
     (lake / "part-999").mkdir()
     (lake / "part-999" / "again.jpg").write_bytes((lake / "part-000" / "img-000000.jpg").read_bytes())
     second = run_ingest(str(lake), root, IngestConfig(workers=0, shard_max_count=50))
-    assert (second["already_ingested"], second["found"], second["sharded"], second["duplicate"]) == (120, 31, 30, 1)
+    assert (second["already_ingested"], second["found"], second["sharded"], second["duplicate"]) == (
+        120,
+        31,
+        30,
+        1,
+    )
     assert second["shards_written"] == 1
     after = {p.name: p.stat().st_mtime_ns for p in (root / "shards").glob("*.tar")}
     assert {k: after[k] for k in shards_before} == shards_before, "old shards were rewritten"
@@ -189,8 +204,22 @@ def test_recovery_removes_partial_outputs(tmp_path):
 def test_sigkill_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path):
     lake, root = tmp_path / "lake", tmp_path / "out"
     make_plain_lake(lake, 3000, size=(48, 48))
-    cmd = [sys.executable, "-m", "flows.cli", "ingest", str(lake), "--out", str(root),
-           "--shard-max-count", "100", "--workers", "1", "--batch-size", "16", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "flows.cli",
+        "ingest",
+        str(lake),
+        "--out",
+        str(root),
+        "--shard-max-count",
+        "100",
+        "--workers",
+        "1",
+        "--batch-size",
+        "16",
+        "--no-progress",
+    ]
     kills = 0
     for wait_for in (2, 9, 17):  # kill after this many committed manifest parts
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -230,8 +259,17 @@ def test_manifest_is_plain_parquet_with_contract_metadata(tmp_path):
     part = next((root / "manifest").glob("part-*.parquet"))
     schema = pq.read_schema(part)
     assert schema.metadata[b"lakelabel.contract"] == b"manifest"
-    assert {"source_uri", "status", "reason", "key", "shard", "width", "height", "bytes", "sha256", "run_id"} <= set(
-        schema.names
-    )
+    assert {
+        "source_uri",
+        "status",
+        "reason",
+        "key",
+        "shard",
+        "width",
+        "height",
+        "bytes",
+        "sha256",
+        "run_id",
+    } <= set(schema.names)
     run_files = list((root / "manifest" / "_runs").glob("*.json"))
     assert len(run_files) == 1 and json.loads(run_files[0].read_text())["sharded"] == 5

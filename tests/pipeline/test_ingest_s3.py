@@ -48,7 +48,9 @@ def test_ingest_from_s3_url(tmp_path: Path, s3_endpoint: str):
     assert sorted(table.source_uri) == sorted(uploaded)
     assert summary["found"] == len(uploaded) == table.source_uri.nunique()
     reasons = Counter(table.reason.dropna())
-    assert reasons == Counter({"truncated": 1, "empty": 1, "not_an_image": 2, "decompression_bomb": 1, "hidden": 1})
+    assert reasons == Counter(
+        {"truncated": 1, "empty": 1, "not_an_image": 2, "decompression_bomb": 1, "hidden": 1}
+    )
     n_symlinks = sum(1 for s, _ in expected.values() if s == "skipped") - 1  # S3 has no symlinks
     assert n_symlinks == 1
     keys = shard_keys(root)

@@ -7,7 +7,11 @@ from pipeline.tario import END_OF_ARCHIVE, tar_member
 
 
 def test_members_read_back_with_tarfile():
-    blob = tar_member("a" * 32 + ".jpg", b"x" * 1000, 1_700_000_000) + tar_member("b.json", b"{}") + END_OF_ARCHIVE
+    blob = (
+        tar_member("a" * 32 + ".jpg", b"x" * 1000, 1_700_000_000)
+        + tar_member("b.json", b"{}")
+        + END_OF_ARCHIVE
+    )
     with tarfile.open(fileobj=io.BytesIO(blob)) as tf:
         members = tf.getmembers()
         assert [m.name for m in members] == ["a" * 32 + ".jpg", "b.json"]

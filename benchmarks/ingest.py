@@ -1,0 +1,87 @@
+"""Ingest throughput against GNU tar, and peak memory at 10k and 60k files, on the CIFAR-10 lake.
+
+Usage: python benchmarks/ingest.py [--lake ../shared/datasets/cifar10/lake.tar.gz] [--repeats 2]
+
+Extracts the lake to a temp dir, warms the page cache, then (in one run, alternating, best of
+``--repeats``) times ``tar cf`` of the folder to a file and ``lakelabel ingest`` of the same folder
+(full decode validation, sha256, shards + manifest, all cores). Peak RSS comes from the ingest's
+own summary (the parent, and its largest worker) at 10k files (the test split) and 60k (all).
+Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+DEFAULT_LAKE = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "cifar10" / "lake.tar.gz"
+
+
+def _timed(cmd: list[str], **kw) -> tuple[float, subprocess.CompletedProcess]:
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
+    return time.perf_counter() - start, proc
+
+
+def _ingest(folder: Path, out: Path) -> tuple[float, dict]:
+    shutil.rmtree(out, ignore_errors=True)
+    seconds, proc = _timed([sys.executable, "-m", "flows.cli", "ingest", str(folder), "--out", str(out), "--no-progress"])
+    return seconds, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lake", type=Path, default=DEFAULT_LAKE)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    if not args.lake.is_file():
+        sys.exit(f"lake archive not found: {args.lake}")
+    tmp = Path(tempfile.mkdtemp(prefix="lakelabel-bench-"))
+    try:
+        subprocess.run(["tar", "xzf", str(args.lake), "-C", str(tmp)], check=True)
+        folder = tmp / "lake"
+        n_files = sum(len(files) for _, _, files in os.walk(folder))
+        subprocess.run(f"tar cf - -C {tmp} lake | cat > /dev/null", shell=True, check=True)  # warm cache
+        tar_s, ingest_s, summary = [], [], {}
+        for _ in range(args.repeats):
+            seconds, _ = _timed(["tar", "cf", str(tmp / "baseline.tar"), "-C", str(tmp), "lake"])
+            tar_s.append(seconds)
+            (tmp / "baseline.tar").unlink()
+            seconds, summary = _ingest(folder, tmp / "out")
+            ingest_s.append(seconds)
+        assert summary["found"] == n_files and summary["sharded"] + summary["duplicate"] == n_files, summary
+        _, small = _ingest(folder / "test", tmp / "out10k")
+        tar_fps = n_files / min(tar_s)
+        ingest_fps = n_files / min(ingest_s)
+        result = {
+            "benchmark": "ingest",
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+            "files": n_files,
+            "tar_files_per_s": round(tar_fps),
+            "ingest_files_per_s": round(ingest_fps),
+            "ratio_vs_tar": round(ingest_fps / tar_fps, 3),
+            "target_ratio": 0.5,
+            "ingest_seconds": [round(s, 3) for s in ingest_s],
+            "tar_seconds": [round(s, 3) for s in tar_s],
+            "shards": summary["shards_written"],
+            "rejected": summary["rejected"],
+            "peak_rss_mb": {
+                "10k": {"parent": small["peak_rss_mb"], "largest_worker": small["peak_rss_workers_mb"]},
+                "60k": {"parent": summary["peak_rss_mb"], "largest_worker": summary["peak_rss_workers_mb"]},
+            },
+        }
+        print(json.dumps(result))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
