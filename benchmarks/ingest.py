@@ -33,7 +33,9 @@ def _timed(cmd: list[str], **kw) -> tuple[float, subprocess.CompletedProcess]:
 
 def _ingest(folder: Path, out: Path) -> tuple[float, dict]:
     shutil.rmtree(out, ignore_errors=True)
-    seconds, proc = _timed([sys.executable, "-m", "flows.cli", "ingest", str(folder), "--out", str(out), "--no-progress"])
+    seconds, proc = _timed(
+        [sys.executable, "-m", "flows.cli", "ingest", str(folder), "--out", str(out), "--no-progress"]
+    )
     return seconds, json.loads(proc.stdout.strip().splitlines()[-1])
 
 

@@ -32,4 +32,8 @@ def curate_flow(config: LakelabelConfig | None = None) -> dict:
     ]
     create_markdown_artifact("\n".join(lines), key="curate-summary", description="lakelabel run summary")
     get_run_logger().info("shards under %s/shards, manifest under %s/manifest", config.root, config.root)
-    return {"ingest": ingest, "shards": str(Path(config.root) / "shards"), "manifest": str(Path(config.root) / "manifest")}
+    return {
+        "ingest": ingest,
+        "shards": str(Path(config.root) / "shards"),
+        "manifest": str(Path(config.root) / "manifest"),
+    }

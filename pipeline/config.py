@@ -99,8 +99,12 @@ def validate_config(model: type[StrictModel], data: dict[str, Any], origin: str 
 class LakelabelConfig(StrictModel):
     """The whole run: where the lake is, where outputs go, and each stage's settings."""
 
-    source: str | None = Field(None, description="Lake folder, fsspec URL or archive; None = the embedded demo lake.")
-    root: str = Field("lakelabel-demo/root", description="Output root: shards, manifest, checkpoints, labels.")
+    source: str | None = Field(
+        None, description="Lake folder, fsspec URL or archive; None = the embedded demo lake."
+    )
+    root: str = Field(
+        "lakelabel-demo/root", description="Output root: shards, manifest, checkpoints, labels."
+    )
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
 

@@ -22,6 +22,8 @@ import json
 import os
 import resource
 import secrets
+import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -377,7 +379,27 @@ def map_ordered(
 _WORKER: dict = {}
 
 
+def exit_with_parent() -> None:
+    """Make this worker process exit when its parent dies (even by SIGKILL), leaving no orphans."""
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
+
+
 def _init_worker(spec: SourceSpec, options: WorkerOptions) -> None:
+    exit_with_parent()
     _WORKER["spec"], _WORKER["options"] = spec, options
 
 

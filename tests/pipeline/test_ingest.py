@@ -200,6 +200,26 @@ def test_recovery_removes_partial_outputs(tmp_path):
     assert_accounted(root, lake_uris(lake))
 
 
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 @pytest.mark.slow
 def test_sigkill_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path):
     lake, root = tmp_path / "lake", tmp_path / "out"
@@ -220,7 +240,7 @@ def test_sigkill_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path):
         "16",
         "--no-progress",
     ]
-    kills = 0
+    kills = orphans_checked = 0
     for wait_for in (2, 9, 17):  # kill after this many committed manifest parts
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         deadline = time.time() + 120
@@ -229,10 +249,18 @@ def test_sigkill_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path):
                 break
             time.sleep(0.01)
         if proc.poll() is None:
+            children = _children(proc.pid)
+            orphans_checked += len(children)
             os.kill(proc.pid, signal.SIGKILL)
             kills += 1
+            proc.wait()
+            deadline = time.time() + 15
+            while time.time() < deadline and any(_alive(c) for c in children):
+                time.sleep(0.1)
+            assert not [c for c in children if _alive(c)], "worker processes outlived the killed ingest"
         proc.wait()
     assert kills >= 2, "the ingest finished before it could be killed; make the lake larger"
+    assert orphans_checked >= kills, "no worker processes were seen to check for orphans"
     done = subprocess.run(cmd, capture_output=True, text=True, check=True)
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert summary["already_ingested"] + summary["found"] == 3000

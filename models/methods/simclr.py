@@ -1,0 +1,24 @@
+"""SimCLR (Chen et al., ICML 2020): contrastive NT-Xent over the batch's two views."""
+
+from __future__ import annotations
+
+import torch
+
+from models import losses
+from models.heads import mlp
+from models.methods.base import SSLMethod
+
+
+class SimCLR(SSLMethod):
+    name = "simclr"
+
+    def __init__(
+        self, backbone, feat_dim: int, loss: str = "default", proj_dim: int = 128, temperature: float = 0.5
+    ):
+        super().__init__(backbone, feat_dim, loss)
+        self.projector = mlp(feat_dim, feat_dim, proj_dim, layers=2)
+        self.temperature = temperature
+
+    def loss(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        z1, z2 = self.projector(self.backbone(x1)), self.projector(self.backbone(x2))
+        return losses.nt_xent(z1, z2, self.temperature)

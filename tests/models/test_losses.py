@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import ot
+import pytest
+import torch
+
+from models import losses
+
+
+def _pair(seed=0, b=32, d=16):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, d, generator=g), torch.randn(b, d, generator=g)
+
+
+def test_negative_cosine_range_and_stop_gradient():
+    p, z = _pair()
+    z.requires_grad_(True)
+    p.requires_grad_(True)
+    value = losses.negative_cosine(p, z)
+    value.backward()
+    assert -1 <= value.item() <= 1 and z.grad is None and p.grad is not None
+    assert losses.negative_cosine(p, p).item() == pytest.approx(-1.0, abs=1e-6)
+
+
+def test_nt_xent_symmetric_and_lower_for_aligned_views():
+    z1, z2 = _pair()
+    assert losses.nt_xent(z1, z2).item() == pytest.approx(losses.nt_xent(z2, z1).item(), rel=1e-6)
+    assert losses.nt_xent(z1, z1 + 0.01 * z2).item() < losses.nt_xent(z1, z2).item()
+    with pytest.raises(ValueError, match="temperature"):
+        losses.nt_xent(z1, z2, temperature=0)
+
+
+def test_barlow_twins_symmetric_and_zero_on_decorrelated_identical_views():
+    z1, z2 = _pair(b=256, d=8)
+    assert losses.barlow_twins(z1, z2).item() == pytest.approx(losses.barlow_twins(z2, z1).item(), rel=1e-5)
+    q, _ = torch.linalg.qr(torch.randn(256, 8))  # orthogonal columns: correlation = identity
+    assert losses.barlow_twins(q, q, lambd=1.0).item() < 0.1
+    assert losses.barlow_twins(z1, z2).item() > 5
+
+
+def test_sliced_wasserstein_properties_and_agreement_with_pot():
+    x, y = _pair(b=64, d=8)
+    g = torch.Generator().manual_seed(1)
+    assert losses.sliced_wasserstein(x, x, generator=g).item() == pytest.approx(0.0, abs=1e-9)
+    a = losses.sliced_wasserstein(x, y, 256, torch.Generator().manual_seed(3)).item()
+    b = losses.sliced_wasserstein(y, x, 256, torch.Generator().manual_seed(3)).item()
+    assert a == pytest.approx(b, rel=1e-5) and a > 0
+    # POT's sliced distance (on the same normalised rows) is of the same size
+    xn = torch.nn.functional.normalize(x, dim=-1).numpy()
+    yn = torch.nn.functional.normalize(y, dim=-1).numpy()
+    pot = ot.sliced_wasserstein_distance(xn, yn, n_projections=2000, seed=0) ** 2 * xn.shape[1]
+    assert a == pytest.approx(pot, rel=0.25)
+    xg = x.clone().requires_grad_(True)
+    losses.sliced_wasserstein(xg, y).backward()
+    assert torch.isfinite(xg.grad).all() and xg.grad.abs().sum() > 0
+
+
+def test_unknown_backbone_and_method_list_valid_choices():
+    from models.backbones import build_backbone
+    from models.methods import build_method
+
+    with pytest.raises(ValueError, match="valid: resnet18, resnet34, resnet50"):
+        build_backbone("vit", small_images=True)
+    with pytest.raises(ValueError, match="valid: simsiam, byol, barlow_twins, simclr"):
+        build_method("moco", None, 1)
