@@ -85,6 +85,46 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pretrain_config(args: argparse.Namespace):
+    from pipeline.config import PretrainConfig
+
+    data = dict(load_yaml(args.config).get("pretrain") or {}) if args.config else {}
+    for name in PRETRAIN_FLAGS:
+        value = getattr(args, name)
+        if value is not None:
+            data[name] = value
+    return validate_config(PretrainConfig, data, "pretrain")
+
+
+PRETRAIN_FLAGS = (
+    "method",
+    "loss",
+    "backbone",
+    "image_size",
+    "batch_size",
+    "epochs",
+    "max_steps",
+    "optimizer",
+    "lr",
+    "workers",
+    "checkpoint_every",
+    "seed",
+    "precision",
+    "init_from",
+    "knn_labels",
+    "run_name",
+)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from pipeline.pretrain import pretrain
+
+    summary = pretrain(args.root, _pretrain_config(args))
+    if int(__import__("os").environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary, separators=(",", ":")))
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import os
 
@@ -117,6 +157,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output root (local folder)")
     _add_ingest_options(p)
     p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser(
+        "pretrain",
+        help="train a self-supervised encoder from ROOT's shards (resumes from ROOT/checkpoints/RUN/last.pt)",
+        description="Train SimSiam, BYOL, Barlow Twins or SimCLR on ROOT/shards. Under torchrun it trains with DDP.",
+    )
+    p.add_argument("root", help="output root of `lakelabel ingest`")
+    p.add_argument("--config", help="YAML file with a `pretrain:` section (flags override it)")
+    p.add_argument("--method", help="simsiam | byol | barlow_twins | simclr")
+    p.add_argument("--loss", help="default | wasserstein")
+    p.add_argument("--backbone", help="resnet18 | resnet34 | resnet50")
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--optimizer", help="sgd | lars")
+    p.add_argument("--lr", type=float, help="base LR for a total batch of 256")
+    p.add_argument("--workers", type=int, help="DataLoader workers")
+    p.add_argument("--checkpoint-every", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--precision", help="auto | fp32 | bf16")
+    p.add_argument("--init-from", help="a state-dict checkpoint file to initialise the backbone")
+    p.add_argument("--knn-labels", help="label CSV (path,label[,split]) for the per-epoch kNN monitor")
+    p.add_argument("--run-name", help="folder under ROOT/checkpoints")
+    p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser(
         "run",

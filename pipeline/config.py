@@ -67,6 +67,45 @@ class RunnerConfig(StrictModel):
 RUNNER_KINDS = ("threads", "processes", "dask")
 
 
+class PretrainConfig(StrictModel):
+    """Self-supervised encoder training from shards."""
+
+    method: str = Field("simsiam", description="simsiam | byol | barlow_twins | simclr")
+    loss: str = Field("default", description="default | wasserstein (SimSiam, BYOL)")
+    backbone: str = Field("resnet18", description="resnet18 | resnet34 | resnet50")
+    image_size: int = Field(32, gt=0, description="Training crop size; <= 64 uses the small-image stem.")
+    batch_size: int = Field(256, gt=1, description="Per-process batch size.")
+    epochs: int = Field(10, gt=0)
+    max_steps: int | None = Field(
+        None, gt=0, description="Stop after this many steps (budgeted runs, tests)."
+    )
+    optimizer: str = Field("sgd", description="sgd | lars")
+    lr: float = Field(
+        0.05, gt=0, description="Base learning rate for a total batch of 256 (scaled linearly)."
+    )
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    warmup_epochs: float = Field(1.0, ge=0)
+    workers: int = Field(2, ge=0, description="DataLoader worker processes.")
+    shuffle_buffer: int = Field(2000, gt=0, description="Sample shuffle buffer.")
+    checkpoint_every: int = Field(200, gt=0, description="Steps between atomic checkpoints.")
+    seed: int = 0
+    precision: str = Field("auto", description="auto (bf16 on CUDA) | fp32 | bf16")
+    channels_last: bool = True
+    compile: bool = Field(False, description="torch.compile the model (CUDA).")
+    init_from: str | None = Field(
+        None, description="User checkpoint (state dict) to initialise the backbone."
+    )
+    knn_labels: str | None = Field(None, description="Label CSV (path,label[,split]) for the kNN monitor.")
+    knn_k: int = Field(20, gt=0)
+    knn_temperature: float = Field(0.07, gt=0)
+    knn_max_train: int = Field(5000, gt=0)
+    knn_max_test: int = Field(2000, gt=0)
+    run_name: str = Field(
+        "default", pattern=r"^[A-Za-z0-9_.-]+$", description="Folder under ROOT/checkpoints."
+    )
+
+
 class ConfigError(ValueError):
     """A configuration file or value is invalid."""
 
@@ -106,6 +145,7 @@ class LakelabelConfig(StrictModel):
         "lakelabel-demo/root", description="Output root: shards, manifest, checkpoints, labels."
     )
     ingest: IngestConfig = Field(default_factory=IngestConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
 
 
@@ -113,7 +153,7 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> LakelabelCo
     """``LakelabelConfig`` from a YAML file (or defaults) with top-level ``overrides`` applied."""
     data = load_yaml(path) if path else {}
     data.update({k: v for k, v in overrides.items() if v is not None})
-    for section, model in (("ingest", IngestConfig), ("runner", RunnerConfig)):
+    for section, model in (("ingest", IngestConfig), ("pretrain", PretrainConfig), ("runner", RunnerConfig)):
         if isinstance(data.get(section), dict):
             validate_config(model, data[section], section)  # names the section's valid keys
     return validate_config(LakelabelConfig, data, str(path) if path else "config")

@@ -1,0 +1,21 @@
+"""``pretrain_flow``: SSL encoder training as a Prefect flow (resumes from the run's last checkpoint)."""
+
+from __future__ import annotations
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from pipeline.config import PretrainConfig
+from pipeline.pretrain import pretrain
+
+
+@task(name="pretrain-encoder", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE, persist_result=False)
+def pretrain_task(root: str, config: PretrainConfig) -> dict:
+    """Train or resume; a retry resumes from ``last.pt`` rather than starting over."""
+    return pretrain(root, config)
+
+
+@flow(name="pretrain", persist_result=False)
+def pretrain_flow(root: str, config: PretrainConfig | None = None) -> dict:
+    """Train the encoder described by ``config`` on ``root``'s shards."""
+    return pretrain_task(root, config or PretrainConfig())

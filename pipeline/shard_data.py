@@ -1,0 +1,188 @@
+"""Streaming reads of ingest shards with WebDataset: for training (shuffled, two views) and for
+evaluation/embedding (ordered, one deterministic view).
+
+``shardshuffle`` and ``nodesplitter`` are always passed explicitly: WebDataset's defaults changed
+across versions and a silent default can feed every node the same shards.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import webdataset as wds
+from PIL import Image
+
+from data_specs.shards import SHARD_NAME_RE
+
+
+class ShardsNotFound(FileNotFoundError):
+    """ROOT has no committed shards."""
+
+
+def list_shards(root: str | Path) -> list[str]:
+    """Committed shard paths under ``ROOT/shards`` (those whose manifest part exists), sorted."""
+    shards_dir, manifest_dir = Path(root) / "shards", Path(root) / "manifest"
+    out = []
+    for path in sorted(shards_dir.glob("shard-*.tar")):
+        match = SHARD_NAME_RE.match(path.name)
+        if match and (manifest_dir / f"part-{match.group(1)}.parquet").exists():
+            out.append(str(path))
+    if not out:
+        raise ShardsNotFound(f"no committed shards under {str(shards_dir)!r}; run `lakelabel ingest` first")
+    return out
+
+
+def decode_rgb(data: bytes) -> Image.Image:
+    im = Image.open(io.BytesIO(data))
+    return im.convert("RGB")
+
+
+def _split_by_rank(src, group=None):
+    """Shards for this DDP rank (all of them when not distributed)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        yield from (s for i, s in enumerate(src) if i % world == rank)
+    else:
+        yield from src
+
+
+def train_loader(
+    shards: list[str],
+    transform: Callable,
+    batch_size: int,
+    batches_per_epoch: int,
+    workers: int,
+    shuffle_buffer: int,
+    seed: int,
+) -> torch.utils.data.DataLoader:
+    """Infinite-free epoch loader of ``(view1, view2)`` batches: exactly ``batches_per_epoch`` batches.
+
+    Deterministic for a given ``seed`` (shard order, shuffle buffer, augmentations in every worker),
+    so a resumed run replays the same epoch and skips the batches it already trained on.
+    """
+    dataset = (
+        wds.WebDataset(
+            shards,
+            shardshuffle=len(shards),
+            nodesplitter=_split_by_rank,
+            workersplitter=wds.split_by_worker,
+            seed=seed,
+            resampled=False,
+            empty_check=False,
+        )
+        .shuffle(shuffle_buffer, rng=_rng(seed))
+        .to_tuple("jpg")
+        .map(_SeededTransform(transform, seed))
+        .batched(batch_size, partial=False)
+        .repeat()
+        .with_epoch(batches_per_epoch)
+    )
+    generator = torch.Generator().manual_seed(seed)
+    return wds.WebLoader(
+        dataset,
+        batch_size=None,
+        num_workers=workers,
+        generator=generator,
+        persistent_workers=False,
+        worker_init_fn=_seed_worker(seed),
+        pin_memory=torch.cuda.is_available(),
+        multiprocessing_context=_mp_context(workers),
+    )
+
+
+def eval_loader(
+    shards: list[str], transform: Callable, batch_size: int, workers: int, keys: set[str] | None = None
+) -> torch.utils.data.DataLoader:
+    """Every sample (or only ``keys``) once: ``(images, keys)`` batches (the last one may be short).
+
+    With ``workers`` > 1 the batch order interleaves shards; keys always travel with their images.
+    """
+    dataset = wds.WebDataset(
+        shards,
+        shardshuffle=False,
+        nodesplitter=wds.single_node_only,
+        workersplitter=wds.split_by_worker,
+        empty_check=False,
+    )
+    if keys is not None:
+        dataset = dataset.select(_KeyIn(keys))
+    dataset = (
+        dataset.to_tuple("jpg", "__key__")
+        .map(_TransformJpegKeepKey(transform))
+        .batched(batch_size, partial=True)
+    )
+    return wds.WebLoader(
+        dataset, batch_size=None, num_workers=workers, multiprocessing_context=_mp_context(workers)
+    )
+
+
+class _TransformJpeg:
+    def __init__(self, transform: Callable):
+        self.transform = transform
+
+    def __call__(self, sample: tuple):
+        return self.transform(decode_rgb(sample[0]))
+
+
+class _SeededTransform(_TransformJpeg):
+    """Augment each sample under its own seed (run seed, loader worker, position in the worker's stream).
+
+    Augmentations then do not touch the training process's global RNG and replay exactly on resume,
+    whatever the number of loader workers.
+    """
+
+    def __init__(self, transform: Callable, seed: int):
+        super().__init__(transform)
+        self.seed, self.count = seed, 0
+
+    def __call__(self, sample: tuple):
+        info = torch.utils.data.get_worker_info()
+        worker = info.id if info is not None else 0
+        self.count += 1
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + worker * 10_000_019 + self.count) % (2**63))
+            return self.transform(decode_rgb(sample[0]))
+
+
+class _TransformJpegKeepKey(_TransformJpeg):
+    def __call__(self, sample: tuple):
+        return self.transform(decode_rgb(sample[0])), sample[1]
+
+
+class _KeyIn:
+    def __init__(self, keys: set[str]):
+        self.keys = keys
+
+    def __call__(self, sample: dict) -> bool:
+        return sample["__key__"] in self.keys
+
+
+def _mp_context(workers: int) -> str | None:
+    """Spawn loader workers once FAISS (OpenMP) is loaded in this process: a forked child would hang."""
+    import sys
+
+    if workers <= 0:
+        return None
+    return "spawn" if "faiss" in sys.modules else None
+
+
+def _rng(seed: int):
+    import random
+
+    return random.Random(seed)
+
+
+class _seed_worker:
+    """Seed torch/random in each DataLoader worker from (seed, worker id): augmentations replay exactly."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def __call__(self, worker_id: int) -> None:
+        import random
+
+        torch.manual_seed(self.seed * 1000 + worker_id)
+        random.seed(self.seed * 1000 + worker_id)

@@ -1,0 +1,46 @@
+"""Labeled CSVs (ground truth for evaluation, or seed labels) joined to sample keys via the manifest.
+
+A CSV has ``path,label`` (optionally ``label_name``, ``split``); ``path`` is relative to the lake
+(``train/part-000/train-00000.jpg``) and matches a manifest ``source_uri`` that ends with it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from data_specs.manifest import MANIFEST_SCHEMA
+
+
+def read_label_csv(csv: str | Path) -> pd.DataFrame:
+    """Read a label CSV (plain or .gz); checks the required columns."""
+    if not Path(csv).is_file():
+        raise FileNotFoundError(f"label CSV not found: {str(csv)!r}")
+    df = pd.read_csv(csv)
+    missing = {"path", "label"} - set(df.columns)
+    if missing:
+        raise ValueError(f"label CSV {str(csv)!r} lacks column(s) {sorted(missing)}; has {list(df.columns)}")
+    return df
+
+
+def attach_keys(root: str | Path, labels: pd.DataFrame) -> pd.DataFrame:
+    """``labels`` with a ``key`` column (the kept sample key of each labeled file); unmatched rows dropped."""
+    manifest = pq.read_table(
+        Path(root) / "manifest", columns=["source_uri", "status", "key"], schema=MANIFEST_SCHEMA
+    )
+    manifest = manifest.to_pandas()
+    manifest = manifest[manifest.status.isin(["sharded", "duplicate"])]
+    wanted = set(labels.path)
+    depth = max(str(p).count("/") for p in wanted) + 1 if wanted else 1
+    by_suffix = {}
+    for uri, key in zip(manifest.source_uri, manifest.key, strict=True):
+        parts = uri.rsplit("/", depth)
+        for d in range(1, depth + 1):
+            suffix = "/".join(parts[-d:])
+            if suffix in wanted:
+                by_suffix[suffix] = key
+                break
+    out = labels.assign(key=labels.path.map(by_suffix))
+    return out.dropna(subset=["key"]).reset_index(drop=True)
