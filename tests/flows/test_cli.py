@@ -58,3 +58,11 @@ def test_bad_inputs_fail_with_one_clear_message(tmp_path: Path, capsys):
     assert "unknown option 'shard_max_cnt'" in err and "shard_max_count" in err
     assert main(["ingest", str(lake), "--out", str(tmp_path / "o"), "--jpeg-quality", "0"]) == 2
     assert "jpeg_quality" in capsys.readouterr().err
+
+
+def test_example_config_loads_with_every_section():
+    from pipeline.config import load_config
+
+    config = load_config(Path(__file__).resolve().parents[2] / "flows" / "configs" / "example.yaml")
+    assert config.ingest.shard_max_count == 5000 and config.pretrain.method == "simsiam"
+    assert config.runner.kind == "threads"
