@@ -63,21 +63,38 @@ def main() -> None:
             subprocess.run(["tar", "xzf", str(args.lake), "-C", str(tmp), "lake/test"], check=True)
             root = str(tmp / "root")
             run_ingest(str(tmp / "lake" / "test"), root, IngestConfig())
-        config = PretrainConfig(method=args.method, backbone=args.backbone, batch_size=args.batch_size, epochs=100,
-                                workers=args.workers, run_name="bench", checkpoint_every=10**9)
+        config = PretrainConfig(
+            method=args.method,
+            backbone=args.backbone,
+            batch_size=args.batch_size,
+            epochs=100,
+            workers=args.workers,
+            run_name="bench",
+            checkpoint_every=10**9,
+        )
         trainer = Pretrainer(root, config)
         bare = bare_loop(trainer, args.steps)
         trainer = Pretrainer(root, config.model_copy(update={"run_name": "bench-data"}))
         real = data_loop(trainer, args.steps)
-        print(json.dumps({
-            "benchmark": "pretrain",
-            "device": str(trainer.device),
-            "torch_threads": torch.get_num_threads(),
-            "method": args.method, "backbone": args.backbone, "batch_size": args.batch_size,
-            "image_size": config.image_size, "loader_workers": args.workers, "timed_steps": args.steps,
-            "bare_images_per_s": round(bare, 1), "data_path_images_per_s": round(real, 1),
-            "ratio": round(real / bare, 3), "target_ratio": 0.9,
-        }))
+        print(
+            json.dumps(
+                {
+                    "benchmark": "pretrain",
+                    "device": str(trainer.device),
+                    "torch_threads": torch.get_num_threads(),
+                    "method": args.method,
+                    "backbone": args.backbone,
+                    "batch_size": args.batch_size,
+                    "image_size": config.image_size,
+                    "loader_workers": args.workers,
+                    "timed_steps": args.steps,
+                    "bare_images_per_s": round(bare, 1),
+                    "data_path_images_per_s": round(real, 1),
+                    "ratio": round(real / bare, 3),
+                    "target_ratio": 0.9,
+                }
+            )
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -145,19 +145,8 @@ class RootLock:
             os.close(self._fd)
 
 
-_ROW_COLUMNS = (
-    "source_uri",
-    "status",
-    "reason",
-    "key",
-    "shard",
-    "width",
-    "height",
-    "bytes",
-    "sha256",
-    "format",
-    "reencoded",
-)
+#: Manifest columns filled per row (``run_id`` and ``ingested_at`` are set per unit at commit).
+_ROW_COLUMNS = tuple(name for name in MANIFEST_SCHEMA.names if name not in ("run_id", "ingested_at"))
 
 
 class _UnitRows:

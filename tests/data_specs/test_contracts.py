@@ -13,7 +13,7 @@ from data_specs import (
     shard_name,
     validate_manifest,
 )
-from data_specs.shards import validate_sample_json
+from data_specs.shards import SAMPLE_JSON_FIELDS, validate_sample_json
 
 
 def _row(**over):
@@ -54,20 +54,6 @@ def test_shard_names_and_keys():
         shard_index("shard-42.tar.gz")
     sha = "0123456789abcdef" * 4
     assert key_for_sha256(sha) == sha[:32] and "." not in key_for_sha256(sha)
-    meta = {
-        f: 0
-        for f in (
-            "format",
-            "mode",
-            "width",
-            "height",
-            "original_width",
-            "original_height",
-            "bytes",
-            "reencoded",
-            "run_id",
-            "source_uri",
-        )
-    }
+    meta = dict.fromkeys(SAMPLE_JSON_FIELDS, 0)
     with pytest.raises(ContractError, match="does not match sha256"):
         validate_sample_json({**meta, "key": "f" * 32, "sha256": sha})
