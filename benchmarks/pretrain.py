@@ -40,10 +40,10 @@ def bare_loop(trainer: Pretrainer, steps: int, warmup: int = 2) -> float:
 
 
 def data_loop(trainer: Pretrainer, steps: int, warmup: int = 2) -> float:
-    trainer.train_steps(warmup)
-    start = time.perf_counter()
-    trainer.train_steps(steps)
-    return steps * trainer.config.batch_size / (time.perf_counter() - start)
+    """Steady-state rate inside one epoch (one loader): from the end of step ``warmup`` to the last."""
+    trainer.train_steps(warmup + steps)
+    times = trainer.step_times
+    return steps * trainer.config.batch_size / (times[-1] - times[warmup - 1])
 
 
 def main() -> None:
@@ -52,6 +52,7 @@ def main() -> None:
     parser.add_argument("--lake", type=Path, default=DEFAULT_LAKE)
     parser.add_argument("--method", default="simsiam")
     parser.add_argument("--backbone", default="resnet18")
+    parser.add_argument("--stem", default="auto", help="auto | small | imagenet")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
@@ -66,6 +67,7 @@ def main() -> None:
         config = PretrainConfig(
             method=args.method,
             backbone=args.backbone,
+            stem=args.stem,
             batch_size=args.batch_size,
             epochs=100,
             workers=args.workers,
@@ -84,6 +86,7 @@ def main() -> None:
                     "torch_threads": torch.get_num_threads(),
                     "method": args.method,
                     "backbone": args.backbone,
+                    "stem": args.stem,
                     "batch_size": args.batch_size,
                     "image_size": config.image_size,
                     "loader_workers": args.workers,

@@ -168,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", help="simsiam | byol | barlow_twins | simclr")
     p.add_argument("--loss", help="default | wasserstein")
     p.add_argument("--backbone", help="resnet18 | resnet34 | resnet50")
+    p.add_argument("--stem", help="auto | small | imagenet (fast on CPU at 32 px)")
     p.add_argument("--image-size", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--epochs", type=int)

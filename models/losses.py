@@ -19,19 +19,36 @@ def byol_regression(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return 2 + 2 * negative_cosine(p, z)
 
 
-def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
+def wasserstein_similarity(z: torch.Tensor) -> torch.Tensor:
+    """Pairwise similarity ``-W1`` between embeddings seen as distributions over their coordinates.
+
+    Each row of ``z`` ``(N, D)`` becomes a histogram ``softmax(z)`` on the ordered support
+    ``0, 1/D, ..., 1``; the 1-D optimal transport cost between two such histograms is the L1
+    distance between their CDFs (exact, differentiable). Returns ``(N, N)`` values in ``[-1, 0]``.
+    """
+    cdf = torch.cumsum(F.softmax(z.float(), dim=-1), dim=-1)
+    return -torch.cdist(cdf, cdf, p=1) / z.shape[-1]
+
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5, similarity: str = "cosine") -> torch.Tensor:
     """SimCLR's normalised-temperature cross-entropy (Chen et al. 2020, eq. 1).
 
     ``z1``, ``z2``: ``(B, D)`` two views; each sample's positive is its other view, the other
     ``2B - 2`` samples are negatives. Symmetric in ``(z1, z2)``. Returns a scalar.
+    ``similarity="wasserstein"`` replaces cosine similarity by :func:`wasserstein_similarity`.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    if similarity not in ("cosine", "wasserstein"):
+        raise ValueError(f"unknown similarity {similarity!r}; valid: cosine, wasserstein")
     b = z1.shape[0]
-    z = F.normalize(torch.cat([z1, z2]), dim=-1)
-    sim = z @ z.T / temperature
+    if similarity == "wasserstein":
+        sim = wasserstein_similarity(torch.cat([z1, z2])) / temperature
+    else:
+        z = F.normalize(torch.cat([z1, z2]), dim=-1)
+        sim = z @ z.T / temperature
     sim.fill_diagonal_(float("-inf"))
-    target = torch.cat([torch.arange(b, 2 * b), torch.arange(0, b)]).to(z.device)
+    target = torch.cat([torch.arange(b, 2 * b), torch.arange(0, b)]).to(sim.device)
     return F.cross_entropy(sim, target)
 
 

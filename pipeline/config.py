@@ -73,7 +73,12 @@ class PretrainConfig(StrictModel):
     method: str = Field("simsiam", description="simsiam | byol | barlow_twins | simclr")
     loss: str = Field("default", description="default | wasserstein (SimSiam, BYOL)")
     backbone: str = Field("resnet18", description="resnet18 | resnet34 | resnet50")
-    image_size: int = Field(32, gt=0, description="Training crop size; <= 64 uses the small-image stem.")
+    image_size: int = Field(32, gt=0, description="Training crop size.")
+    stem: str = Field(
+        "auto",
+        description="auto (small for image_size <= 64) | small (3x3 stride-1, no max-pool) | imagenet "
+        "(7x7 stride-2 + max-pool: ~9x cheaper at 32 px, the fast CPU choice)",
+    )
     batch_size: int = Field(256, gt=1, description="Per-process batch size.")
     epochs: int = Field(10, gt=0)
     max_steps: int | None = Field(

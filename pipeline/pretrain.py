@@ -30,6 +30,7 @@ from pipeline.shard_data import eval_loader, list_shards, train_loader
 from pipeline.truth import attach_keys, read_label_csv
 
 OPTIMIZERS = ("sgd", "lars")
+STEMS = ("auto", "small", "imagenet")
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -125,6 +126,8 @@ class Pretrainer:
         self.root, self.config = Path(root), config
         if config.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {config.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+        if config.stem not in STEMS:
+            raise ValueError(f"unknown stem {config.stem!r}; valid: {', '.join(STEMS)}")
         self.dist = setup_distributed()
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.shards = list_shards(self.root)
@@ -142,7 +145,8 @@ class Pretrainer:
         self.base_lr = config.lr * world_batch / 256
 
         torch.manual_seed(config.seed)
-        backbone, feat_dim = build_backbone(config.backbone, small_images=config.image_size <= 64)
+        small = config.stem == "small" or (config.stem == "auto" and config.image_size <= 64)
+        backbone, feat_dim = build_backbone(config.backbone, small_images=small)
         self.init_report = init_backbone_from(backbone, config.init_from) if config.init_from else None
         self.method = build_method(config.method, backbone, feat_dim, loss=config.loss).to(self.device)
         if config.channels_last:
@@ -171,6 +175,7 @@ class Pretrainer:
         self.ckpt_dir = self.root / "checkpoints" / config.run_name
         self.step = 0
         self.steps_run = 0
+        self.step_times: list[float] = []
         self.history: list[dict] = []
         self.transform = TwoViews(config.method, config.image_size)
 
@@ -198,7 +203,7 @@ class Pretrainer:
             return False
         state = torch.load(path, map_location="cpu", weights_only=True)
         saved = PretrainConfig.model_validate_json(state["config"])
-        for field in ("method", "loss", "backbone", "image_size", "batch_size"):
+        for field in ("method", "loss", "backbone", "stem", "image_size", "batch_size"):
             if getattr(saved, field) != getattr(self.config, field):
                 raise CheckpointError(
                     f"{path} was trained with {field}={getattr(saved, field)!r}, not {getattr(self.config, field)!r}; "
@@ -254,6 +259,7 @@ class Pretrainer:
         self.optimizer.step()
         self.step += 1
         self.steps_run += 1
+        self.step_times.append(time.perf_counter())
         self.method.after_step(self.step / self.total_steps)
         return float(loss.detach())
 

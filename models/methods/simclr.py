@@ -11,14 +11,17 @@ from models.methods.base import SSLMethod
 
 class SimCLR(SSLMethod):
     name = "simclr"
+    supported_losses = ("default", "wasserstein")
 
     def __init__(
-        self, backbone, feat_dim: int, loss: str = "default", proj_dim: int = 128, temperature: float = 0.5
+        self, backbone, feat_dim: int, loss: str = "default", proj_dim: int = 128, temperature: float | None = None
     ):
         super().__init__(backbone, feat_dim, loss)
         self.projector = mlp(feat_dim, feat_dim, proj_dim, layers=2)
-        self.temperature = temperature
+        # -W1 between coordinate histograms spans a much narrower range than cosine similarity
+        self.temperature = temperature if temperature is not None else (0.05 if loss == "wasserstein" else 0.5)
 
     def loss(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         z1, z2 = self.projector(self.backbone(x1)), self.projector(self.backbone(x2))
-        return losses.nt_xent(z1, z2, self.temperature)
+        similarity = "wasserstein" if self.loss_kind == "wasserstein" else "cosine"
+        return losses.nt_xent(z1, z2, self.temperature, similarity=similarity)

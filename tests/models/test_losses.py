@@ -63,3 +63,16 @@ def test_unknown_backbone_and_method_list_valid_choices():
         build_backbone("vit", small_images=True)
     with pytest.raises(ValueError, match="valid: simsiam, byol, barlow_twins, simclr"):
         build_method("moco", None, 1)
+
+
+def test_wasserstein_similarity_is_a_symmetric_nonpositive_kernel_matching_pot():
+    z = torch.randn(6, 10, generator=torch.Generator().manual_seed(0))
+    sim = losses.wasserstein_similarity(z)
+    assert torch.allclose(sim, sim.T) and (sim <= 0).all() and torch.allclose(sim.diag(), torch.zeros(6))
+    support = torch.arange(10, dtype=torch.float64) / 10
+    a, b = torch.softmax(z[0].double(), 0).numpy(), torch.softmax(z[1].double(), 0).numpy()
+    pot = ot.wasserstein_1d(support.numpy(), support.numpy(), a, b, p=1)
+    assert -sim[0, 1].item() == pytest.approx(float(pot), rel=1e-4)
+    z1, z2 = _pair()
+    w = losses.nt_xent(z1, z2, 0.05, similarity="wasserstein")
+    assert w.item() == pytest.approx(losses.nt_xent(z2, z1, 0.05, similarity="wasserstein").item(), rel=1e-5)

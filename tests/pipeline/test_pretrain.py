@@ -30,15 +30,32 @@ def _config(**over) -> PretrainConfig:
     return PretrainConfig(**base)
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_resume_gives_the_same_next_step_loss(shard_root, workers):
-    full = Pretrainer(shard_root, _config(run_name=f"full{workers}", workers=workers, max_steps=5))
+RESUME_CASES = [
+    ("simsiam", "default", 2),
+    ("simsiam", "default", 0),
+    ("simsiam", "wasserstein", 0),
+    ("byol", "default", 0),
+    ("byol", "wasserstein", 0),
+    ("barlow_twins", "default", 0),
+    ("simclr", "default", 0),
+    ("simclr", "wasserstein", 0),
+]
+
+
+@pytest.mark.parametrize(("method", "loss", "workers"), RESUME_CASES)
+def test_resume_gives_the_same_next_step_loss(shard_root, method, loss, workers):
+    """Every method and loss trains from ingest shards and resumes exactly (same next-step loss)."""
+    cfg = dict(
+        method=method, loss=loss, workers=workers, max_steps=5, stem="imagenet" if workers == 0 else "auto"
+    )
+    name = f"{method}-{loss}-{workers}"
+    full = Pretrainer(shard_root, _config(run_name=f"full-{name}", **cfg))
     uninterrupted = full.train_steps()
     assert len(uninterrupted) == 5
 
-    first = Pretrainer(shard_root, _config(run_name=f"cut{workers}", workers=workers, max_steps=5))
+    first = Pretrainer(shard_root, _config(run_name=f"cut-{name}", **cfg))
     first.train_steps(4)  # checkpoint_every=2: last.pt holds step 4
-    resumed = Pretrainer(shard_root, _config(run_name=f"cut{workers}", workers=workers, max_steps=5))
+    resumed = Pretrainer(shard_root, _config(run_name=f"cut-{name}", **cfg))
     assert resumed.resume() and resumed.step == 4
     (next_loss,) = resumed.train_steps(1)
     assert next_loss == pytest.approx(uninterrupted[4], rel=1e-5, abs=1e-6)
