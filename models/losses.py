@@ -30,7 +30,9 @@ def wasserstein_similarity(z: torch.Tensor) -> torch.Tensor:
     return -torch.cdist(cdf, cdf, p=1) / z.shape[-1]
 
 
-def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5, similarity: str = "cosine") -> torch.Tensor:
+def nt_xent(
+    z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5, similarity: str = "cosine"
+) -> torch.Tensor:
     """SimCLR's normalised-temperature cross-entropy (Chen et al. 2020, eq. 1).
 
     ``z1``, ``z2``: ``(B, D)`` two views; each sample's positive is its other view, the other

@@ -14,12 +14,19 @@ class SimCLR(SSLMethod):
     supported_losses = ("default", "wasserstein")
 
     def __init__(
-        self, backbone, feat_dim: int, loss: str = "default", proj_dim: int = 128, temperature: float | None = None
+        self,
+        backbone,
+        feat_dim: int,
+        loss: str = "default",
+        proj_dim: int = 128,
+        temperature: float | None = None,
     ):
         super().__init__(backbone, feat_dim, loss)
         self.projector = mlp(feat_dim, feat_dim, proj_dim, layers=2)
         # -W1 between coordinate histograms spans a much narrower range than cosine similarity
-        self.temperature = temperature if temperature is not None else (0.05 if loss == "wasserstein" else 0.5)
+        self.temperature = (
+            temperature if temperature is not None else (0.05 if loss == "wasserstein" else 0.5)
+        )
 
     def loss(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         z1, z2 = self.projector(self.backbone(x1)), self.projector(self.backbone(x2))
