@@ -44,18 +44,7 @@ def _ingest_config(args: argparse.Namespace) -> IngestConfig:
     data = {}
     if args.config:
         data = dict(load_yaml(args.config).get("ingest") or {})
-    for name in (
-        "max_side",
-        "max_pixels",
-        "jpeg_quality",
-        "shard_max_count",
-        "shard_max_bytes",
-        "workers",
-        "batch_size",
-    ):
-        value = getattr(args, name)
-        if value is not None:
-            data[name] = value
+    data.update(_flags_for(IngestConfig, args))
     options = dict(data.get("storage_options") or {})
     for item in args.storage_option:
         if "=" not in item:
@@ -89,31 +78,13 @@ def _pretrain_config(args: argparse.Namespace):
     from pipeline.config import PretrainConfig
 
     data = dict(load_yaml(args.config).get("pretrain") or {}) if args.config else {}
-    for name in PRETRAIN_FLAGS:
-        value = getattr(args, name)
-        if value is not None:
-            data[name] = value
+    data.update(_flags_for(PretrainConfig, args))
     return validate_config(PretrainConfig, data, "pretrain")
 
 
-PRETRAIN_FLAGS = (
-    "method",
-    "loss",
-    "backbone",
-    "image_size",
-    "batch_size",
-    "epochs",
-    "max_steps",
-    "optimizer",
-    "lr",
-    "workers",
-    "checkpoint_every",
-    "seed",
-    "precision",
-    "init_from",
-    "knn_labels",
-    "run_name",
-)
+def _flags_for(model, args: argparse.Namespace) -> dict:
+    """Command-line values given for ``model``'s fields (a flag per field: ``--image-size`` → image_size)."""
+    return {name: getattr(args, name) for name in model.model_fields if getattr(args, name, None) is not None}
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:

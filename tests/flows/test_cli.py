@@ -66,3 +66,58 @@ def test_example_config_loads_with_every_section():
     config = load_config(Path(__file__).resolve().parents[2] / "flows" / "configs" / "example.yaml")
     assert config.ingest.shard_max_count == 5000 and config.pretrain.method == "simsiam"
     assert config.runner.kind == "threads"
+
+
+def test_every_pretrain_flag_reaches_the_config():
+    from flows.cli import _pretrain_config
+
+    args = build_parser().parse_args(
+        [
+            "pretrain",
+            "ROOT",
+            "--stem",
+            "imagenet",
+            "--method",
+            "byol",
+            "--loss",
+            "wasserstein",
+            "--image-size",
+            "48",
+            "--max-steps",
+            "7",
+            "--lr",
+            "0.3",
+            "--optimizer",
+            "lars",
+            "--run-name",
+            "x",
+        ]
+    )
+    config = _pretrain_config(args)
+    assert (config.stem, config.method, config.loss, config.image_size) == (
+        "imagenet",
+        "byol",
+        "wasserstein",
+        48,
+    )
+    assert (config.max_steps, config.lr, config.optimizer, config.run_name) == (7, 0.3, "lars", "x")
+    flags = {a.dest for a in build_parser()._subparsers._group_actions[0].choices["pretrain"]._actions}
+    from pipeline.config import PretrainConfig
+
+    missing = (
+        set(PretrainConfig.model_fields)
+        - flags
+        - {
+            "momentum",
+            "weight_decay",
+            "warmup_epochs",
+            "shuffle_buffer",
+            "channels_last",
+            "compile",
+            "knn_k",
+            "knn_temperature",
+            "knn_max_train",
+            "knn_max_test",
+        }
+    )
+    assert not missing, f"pretrain options without a flag: {missing}"
