@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -91,14 +92,12 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from pipeline.pretrain import pretrain
 
     summary = pretrain(args.root, _pretrain_config(args))
-    if int(__import__("os").environ.get("RANK", "0")) == 0:
+    if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary, separators=(",", ":")))
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import os
-
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.curate import curate_flow
     from pipeline.config import load_config

@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 
 from data_specs.manifest import MANIFEST_SCHEMA, validate_manifest
 from data_specs.shards import SHARD_NAME_RE, key_for_sha256, shard_name
+from pipeline.atomic import atomic_write, atomic_write_bytes, temp_path
 from pipeline.config import IngestConfig
 from pipeline.ingest_worker import BatchResult, WorkerOptions, process_batch
 from pipeline.lake import LakeFile, SourceSpec, iter_lake, resolve_source
@@ -66,16 +67,6 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file and a rename (readers never see a partial file)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -203,7 +194,7 @@ class ShardCommitter:
         self.index = self.state.next_index
         self.shard = shard_name(self.index)
         self.final_path = self.root / "shards" / self.shard
-        self.tmp_path = self.root / "shards" / f".{self.shard}.tmp"
+        self.tmp_path = temp_path(self.final_path)
         self.tar = None  # opened lazily: a unit may hold only rejected/duplicate rows
         self.samples = 0
         self.nbytes = 0
@@ -306,11 +297,7 @@ class ShardCommitter:
         rows = self.rows
         table = rows.table(self.run_id, datetime.now(timezone.utc))
         part = self.root / "manifest" / manifest_part_name(self.index)
-        tmp = part.with_name(f".{part.name}.tmp")
-        pq.write_table(table, tmp, compression="zstd")
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, part)
+        atomic_write(part, lambda f: pq.write_table(table, f, compression="zstd"))
         _fsync_dir(self.root / "shards")
         _fsync_dir(self.root / "manifest")
         self.state.done_uris.update(rows.source_uris())

@@ -24,6 +24,7 @@ from models.backbones import build_backbone
 from models.knn import knn_predict
 from models.methods import build_method
 from models.optim import LARS, warmup_cosine
+from pipeline.atomic import atomic_write
 from pipeline.augment import TwoViews, eval_transform
 from pipeline.config import PretrainConfig
 from pipeline.shard_data import eval_loader, list_shards, train_loader
@@ -106,9 +107,7 @@ def count_sharded(root: str | Path) -> int:
 
 
 def _atomic_save(obj: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def _autocast(precision: str, device: torch.device):

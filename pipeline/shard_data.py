@@ -8,6 +8,7 @@ across versions and a silent default can feed every node the same shards.
 from __future__ import annotations
 
 import io
+import random
 from collections.abc import Callable
 from pathlib import Path
 
@@ -40,15 +41,6 @@ def decode_rgb(data: bytes) -> Image.Image:
     return im.convert("RGB")
 
 
-def _split_by_rank(src, group=None):
-    """Shards for this DDP rank (all of them when not distributed)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-        yield from (s for i, s in enumerate(src) if i % world == rank)
-    else:
-        yield from src
-
-
 def train_loader(
     shards: list[str],
     transform: Callable,
@@ -58,7 +50,7 @@ def train_loader(
     shuffle_buffer: int,
     seed: int,
 ) -> torch.utils.data.DataLoader:
-    """Infinite-free epoch loader of ``(view1, view2)`` batches: exactly ``batches_per_epoch`` batches.
+    """One epoch of ``(view1, view2)`` batches: exactly ``batches_per_epoch`` batches.
 
     Deterministic for a given ``seed`` (shard order, shuffle buffer, augmentations in every worker),
     so a resumed run replays the same epoch and skips the batches it already trained on.
@@ -67,13 +59,13 @@ def train_loader(
         wds.WebDataset(
             shards,
             shardshuffle=len(shards),
-            nodesplitter=_split_by_rank,
+            nodesplitter=wds.split_by_node,
             workersplitter=wds.split_by_worker,
             seed=seed,
             resampled=False,
             empty_check=False,
         )
-        .shuffle(shuffle_buffer, rng=_rng(seed))
+        .shuffle(shuffle_buffer, rng=random.Random(seed))
         .to_tuple("jpg")
         .map(_SeededTransform(transform, seed))
         .batched(batch_size, partial=False)
@@ -87,7 +79,6 @@ def train_loader(
         num_workers=workers,
         generator=generator,
         persistent_workers=False,
-        worker_init_fn=_seed_worker(seed),
         pin_memory=torch.cuda.is_available(),
         multiprocessing_context=_mp_context(workers),
     )
@@ -167,22 +158,3 @@ def _mp_context(workers: int) -> str | None:
     if workers <= 0:
         return None
     return "spawn" if "faiss" in sys.modules else None
-
-
-def _rng(seed: int):
-    import random
-
-    return random.Random(seed)
-
-
-class _seed_worker:
-    """Seed torch/random in each DataLoader worker from (seed, worker id): augmentations replay exactly."""
-
-    def __init__(self, seed: int):
-        self.seed = seed
-
-    def __call__(self, worker_id: int) -> None:
-        import random
-
-        torch.manual_seed(self.seed * 1000 + worker_id)
-        random.seed(self.seed * 1000 + worker_id)

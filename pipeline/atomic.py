@@ -1,0 +1,28 @@
+"""Atomic file writes: readers see the old file or the complete new one, never a partial one."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+
+def temp_path(path: Path) -> Path:
+    """The temp name a file is written under before its rename (``.NAME.tmp``; recovery removes these)."""
+    return path.with_name(f".{path.name}.tmp")
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Call ``write`` on a temp file next to ``path``, fsync it, then rename it to ``path``."""
+    tmp = temp_path(path)
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    atomic_write(path, lambda f: f.write(data))
