@@ -111,6 +111,51 @@ class PretrainConfig(StrictModel):
     )
 
 
+class EmbedConfig(StrictModel):
+    """Encoder over every shard → per-shard embedding matrices."""
+
+    encoder: str = Field(
+        "default",
+        description="Pretrain run name under ROOT/checkpoints, a state-dict file, or 'random' (baseline).",
+    )
+    backbone: str | None = Field(
+        None, description="For a plain state-dict file: resnet18 | resnet34 | resnet50."
+    )
+    stem: str | None = Field(None, description="For a plain state-dict file: small | imagenet.")
+    image_size: int | None = Field(None, gt=0, description="Input size; None = the encoder's training size.")
+    batch_size: int = Field(256, gt=0)
+    workers: int = Field(2, ge=0, description="DataLoader decode workers.")
+    dtype: str = Field("float16", description="float16 | float32 (stored matrices).")
+    precision: str = Field("auto", description="auto (bf16 on CUDA) | fp32 | bf16")
+    seed: int = Field(0, description="Seed of the 'random' encoder.")
+
+
+class ClusterConfig(StrictModel):
+    """FAISS k-means, Sinkhorn-Knopp equipartition and SeLa heads on the embeddings."""
+
+    k: int = Field(10, gt=1, description="Clusters per head.")
+    heads: int = Field(5, gt=0, description="SeLa heads T (independent clusterings).")
+    lam: float = Field(25.0, gt=0, description="Sinkhorn sharpness λ (SeLa uses 25).")
+    sinkhorn_tol: float = Field(1e-3, gt=0, description="Relative cluster-mass tolerance.")
+    target: list[float] | None = Field(
+        None, description="Cluster proportions (K positive numbers) for lakes known to be imbalanced."
+    )
+    kmeans_iters: int = Field(30, gt=0)
+    kmeans_redo: int = Field(1, gt=0, description="k-means restarts (best objective kept).")
+    max_points_per_centroid: int = Field(
+        100_000, gt=0, description="Training sample per centroid (faiss silently uses 256 unless set)."
+    )
+    use_gpu: bool | None = Field(None, description="faiss-gpu k-means; None = when available.")
+    head_hidden: int = Field(0, ge=0, description="0 = linear heads, else an MLP with this hidden width.")
+    epochs: int = Field(20, ge=0, description="SeLa head training epochs (0 = k-means + Sinkhorn only).")
+    label_updates: int = Field(5, ge=0, description="Sinkhorn label optimisations spread over the epochs.")
+    batch_size: int = Field(1024, gt=0)
+    lr: float = Field(0.1, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    seed: int = 0
+    run_name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$", description="Folder under ROOT/clusters.")
+
+
 class ConfigError(ValueError):
     """A configuration file or value is invalid."""
 
@@ -151,14 +196,25 @@ class LakelabelConfig(StrictModel):
     )
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    embed: EmbedConfig = Field(default_factory=EmbedConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
+
+
+SECTIONS: dict[str, type[StrictModel]] = {
+    "ingest": IngestConfig,
+    "pretrain": PretrainConfig,
+    "embed": EmbedConfig,
+    "cluster": ClusterConfig,
+    "runner": RunnerConfig,
+}
 
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> LakelabelConfig:
     """``LakelabelConfig`` from a YAML file (or defaults) with top-level ``overrides`` applied."""
     data = load_yaml(path) if path else {}
     data.update({k: v for k, v in overrides.items() if v is not None})
-    for section, model in (("ingest", IngestConfig), ("pretrain", PretrainConfig), ("runner", RunnerConfig)):
+    for section, model in SECTIONS.items():
         if isinstance(data.get(section), dict):
             validate_config(model, data[section], section)  # names the section's valid keys
     return validate_config(LakelabelConfig, data, str(path) if path else "config")

@@ -24,7 +24,7 @@ from models.backbones import build_backbone
 from models.knn import knn_predict
 from models.methods import build_method
 from models.optim import LARS, warmup_cosine
-from pipeline.atomic import atomic_write
+from pipeline.atomic import atomic_write, atomic_write_bytes
 from pipeline.augment import TwoViews, eval_transform
 from pipeline.config import PretrainConfig
 from pipeline.shard_data import eval_loader, list_shards, train_loader
@@ -330,7 +330,17 @@ class Pretrainer:
         if self.dist.main:
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
             _atomic_save(self.method.backbone.state_dict(), self.ckpt_dir / "encoder.pt")
-            (self.ckpt_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+            cfg = self.config
+            encoder_meta = {
+                "backbone": cfg.backbone,
+                "small_stem": cfg.stem == "small" or (cfg.stem == "auto" and cfg.image_size <= 64),
+                "image_size": cfg.image_size,
+                "method": cfg.method,
+                "loss": cfg.loss,
+                "steps": self.step,
+            }
+            atomic_write_bytes(self.ckpt_dir / "encoder.json", json.dumps(encoder_meta, indent=1).encode())
+            atomic_write_bytes(self.ckpt_dir / "summary.json", json.dumps(summary, indent=1).encode())
         return summary
 
 

@@ -85,9 +85,15 @@ def train_loader(
 
 
 def eval_loader(
-    shards: list[str], transform: Callable, batch_size: int, workers: int, keys: set[str] | None = None
+    shards: list[str],
+    transform: Callable,
+    batch_size: int,
+    workers: int,
+    keys: set[str] | None = None,
+    with_url: bool = False,
 ) -> torch.utils.data.DataLoader:
-    """Every sample (or only ``keys``) once: ``(images, keys)`` batches (the last one may be short).
+    """Every sample (or only ``keys``) once: ``(images, keys)`` batches (the last one may be short),
+    ``(images, keys, shard_paths)`` with ``with_url``.
 
     With ``workers`` > 1 the batch order interleaves shards; keys always travel with their images.
     """
@@ -100,10 +106,9 @@ def eval_loader(
     )
     if keys is not None:
         dataset = dataset.select(_KeyIn(keys))
+    fields = ("jpg", "__key__", "__url__") if with_url else ("jpg", "__key__")
     dataset = (
-        dataset.to_tuple("jpg", "__key__")
-        .map(_TransformJpegKeepKey(transform))
-        .batched(batch_size, partial=True)
+        dataset.to_tuple(*fields).map(_TransformJpegKeepKey(transform)).batched(batch_size, partial=True)
     )
     return wds.WebLoader(
         dataset, batch_size=None, num_workers=workers, multiprocessing_context=_mp_context(workers)
@@ -140,7 +145,7 @@ class _SeededTransform(_TransformJpeg):
 
 class _TransformJpegKeepKey(_TransformJpeg):
     def __call__(self, sample: tuple):
-        return self.transform(decode_rgb(sample[0])), sample[1]
+        return (self.transform(decode_rgb(sample[0])), *sample[1:])
 
 
 class _KeyIn:

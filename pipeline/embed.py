@@ -1,0 +1,308 @@
+"""Embed every shard with a trained encoder: ``ROOT/embeddings/<encoder>-<sha12>/emb-NNNNNN.{npy,parquet}``.
+
+Resumable shard by shard (a part is committed when its Parquet exists; see
+``data_specs/embeddings.md``); memory holds only the shards in flight (one per loader worker),
+whatever the size of the lake. On GPU: bf16 autocast and channels_last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+
+from data_specs.embeddings import (
+    DTYPES,
+    EMBEDDING_KEYS_SCHEMA,
+    EMBEDDINGS_SCHEMA_VERSION,
+    embeddings_dir_name,
+    part_names,
+    read_meta,
+    validate_meta,
+    validate_part,
+)
+from data_specs.manifest import MANIFEST_SCHEMA
+from models.backbones import build_backbone
+from pipeline.atomic import atomic_write, atomic_write_bytes
+from pipeline.augment import eval_transform
+from pipeline.config import EmbedConfig
+from pipeline.pretrain import CheckpointError, _autocast, init_backbone_from
+from pipeline.shard_data import eval_loader, list_shards
+
+STEMS = ("small", "imagenet")
+
+
+@dataclass
+class Encoder:
+    """A backbone ready to embed, with what the embeddings contract records about it."""
+
+    module: torch.nn.Module
+    name: str
+    sha256: str
+    backbone: str
+    small_stem: bool
+    image_size: int
+    dim: int
+
+
+def _state_sha256(state: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        digest.update(name.encode())
+        digest.update(state[name].detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_encoder(root: str | Path, config: EmbedConfig) -> Encoder:
+    """Resolve ``config.encoder``: a pretrain run under ROOT/checkpoints, a state-dict file, or ``random``."""
+    root = Path(root)
+    run_dir = root / "checkpoints" / config.encoder
+    if config.encoder == "random":
+        backbone = config.backbone or "resnet18"
+        small = (config.stem or "small") == "small"
+        torch.manual_seed(config.seed)
+        module, dim = build_backbone(backbone, small_images=small)
+        return Encoder(
+            module,
+            f"random{config.seed}",
+            _state_sha256(module.state_dict()),
+            backbone,
+            small,
+            config.image_size or 32,
+            dim,
+        )
+    if (run_dir / "encoder.pt").is_file():
+        meta_path = run_dir / "encoder.json"
+        if not meta_path.is_file():
+            raise CheckpointError(
+                f"{str(meta_path)!r} missing: re-run `lakelabel pretrain` to finish the run"
+            )
+        meta = json.loads(meta_path.read_text())
+        backbone, small, size = meta["backbone"], bool(meta["small_stem"]), int(meta["image_size"])
+        path, name = run_dir / "encoder.pt", config.encoder
+    elif Path(config.encoder).is_file():
+        if config.backbone is None or config.stem is None:
+            raise ValueError(
+                f"encoder file {config.encoder!r} needs --backbone and --stem (small | imagenet) to rebuild it"
+            )
+        backbone, small, size = config.backbone, config.stem == "small", config.image_size or 32
+        path, name = Path(config.encoder), Path(config.encoder).stem
+    else:
+        runs = sorted(p.name for p in (root / "checkpoints").glob("*/encoder.pt"))
+        raise CheckpointError(
+            f"encoder {config.encoder!r} is neither a finished run under {str(root / 'checkpoints')!r} "
+            f"(finished runs: {', '.join(p.split('/')[0] for p in runs) or 'none'}), a file, nor 'random'"
+        )
+    if config.stem is not None and config.stem not in STEMS:
+        raise ValueError(f"unknown stem {config.stem!r}; valid: {', '.join(STEMS)}")
+    module, dim = build_backbone(backbone, small_images=small)
+    report = init_backbone_from(module, path)
+    if report["matched"] < report["backbone_tensors"]:
+        raise CheckpointError(
+            f"{str(path)!r} matches only {report['matched']} of {report['backbone_tensors']} backbone tensors "
+            f"of {backbone} (small_stem={small})"
+        )
+    return Encoder(module, name, file_sha256(path), backbone, small, config.image_size or size, dim)
+
+
+def sharded_counts(root: str | Path) -> dict[str, int]:
+    """Samples per shard according to the manifest (rows with status ``sharded``)."""
+    table = pq.read_table(Path(root) / "manifest", columns=["status", "shard"], schema=MANIFEST_SCHEMA)
+    df = table.to_pandas()
+    return df[df.status == "sharded"].groupby("shard").size().to_dict()
+
+
+def embed(
+    root: str | Path,
+    config: EmbedConfig | None = None,
+    shards: list[str] | None = None,
+    device: str | None = None,
+) -> dict:
+    """Embed ROOT's committed shards (or ``shards``, file names or paths) not yet embedded; returns a summary."""
+    config = config or EmbedConfig()
+    if config.dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {config.dtype!r}; valid: {', '.join(DTYPES)}")
+    root = Path(root)
+    start = time.perf_counter()
+    all_shards = list_shards(root)
+    if shards is not None:
+        wanted = {Path(s).name for s in shards}
+        unknown = wanted - {Path(s).name for s in all_shards}
+        if unknown:
+            raise ValueError(f"not committed shards of {str(root)!r}: {sorted(unknown)}")
+        all_shards = [s for s in all_shards if Path(s).name in wanted]
+    encoder = load_encoder(root, config)
+    out_dir = root / "embeddings" / embeddings_dir_name(encoder.name, encoder.sha256)
+    meta = {
+        "schema_version": EMBEDDINGS_SCHEMA_VERSION,
+        "encoder": encoder.name,
+        "encoder_sha256": encoder.sha256,
+        "backbone": encoder.backbone,
+        "small_stem": encoder.small_stem,
+        "image_size": encoder.image_size,
+        "dim": encoder.dim,
+        "dtype": config.dtype,
+        "normalized": True,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if (out_dir / "meta.json").exists():
+        existing = read_meta(out_dir)
+        if existing != meta:
+            raise ValueError(
+                f"{str(out_dir)!r} holds embeddings made with other settings ({existing}); "
+                f"use the same image_size/dtype or remove the directory"
+            )
+    else:
+        atomic_write_bytes(out_dir / "meta.json", json.dumps(validate_meta(meta), indent=1).encode())
+    remove_uncommitted(out_dir)
+    pending = [s for s in all_shards if not (out_dir / part_names(Path(s).name)[0]).exists()]
+    counts = sharded_counts(root)
+    images = _embed_shards(encoder, pending, counts, out_dir, config, device) if pending else 0
+    seconds = time.perf_counter() - start
+    return {
+        "embeddings": str(out_dir),
+        "encoder": encoder.name,
+        "encoder_sha256": encoder.sha256,
+        "shards": len(all_shards),
+        "shards_embedded": len(pending),
+        "shards_skipped": len(all_shards) - len(pending),
+        "images_embedded": images,
+        "seconds": round(seconds, 2),
+        "images_per_s": round(images / seconds, 1) if images else None,
+    }
+
+
+@torch.no_grad()
+def _embed_shards(
+    encoder: Encoder, shards: list[str], counts: dict[str, int], out_dir: Path, config: EmbedConfig, device
+) -> int:
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = encoder.module.to(dev).eval()
+    if dev.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    loader = eval_loader(
+        shards, eval_transform(encoder.image_size), config.batch_size, config.workers, with_url=True
+    )
+    buffers: dict[str, tuple[list[str], list[np.ndarray]]] = {}
+    done = 0
+    for images, keys, urls in loader:
+        images = images.to(dev, non_blocking=True)
+        if dev.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
+        with _autocast(config.precision, dev):
+            feats = model(images)
+        feats = F.normalize(feats.float(), dim=1).to(getattr(torch, config.dtype)).cpu().numpy()
+        for shard in sorted(set(urls)):
+            rows = [i for i, u in enumerate(urls) if u == shard]
+            buf_keys, buf_feats = buffers.setdefault(shard, ([], []))
+            buf_keys.extend(keys[i] for i in rows)
+            buf_feats.append(feats[rows])
+            name = Path(shard).name
+            if len(buf_keys) == counts.get(name, -1):
+                _write_part(out_dir, name, buf_keys, np.concatenate(buf_feats), config.dtype, encoder.dim)
+                done += len(buf_keys)
+                del buffers[shard]
+    if buffers:
+        detail = ", ".join(
+            f"{Path(s).name}: {len(k)} of {counts.get(Path(s).name)}" for s, (k, _) in buffers.items()
+        )
+        raise RuntimeError(f"shards read incompletely (not committed; re-run embed): {detail}")
+    return done
+
+
+def _write_part(out_dir: Path, shard: str, keys: list[str], matrix: np.ndarray, dtype: str, dim: int) -> None:
+    """Commit one part: matrix (temp → rename), then its keys Parquet (temp → rename) as the marker."""
+    keys_name, npy_name = part_names(shard)
+    table = pa.table({"key": keys, "shard": [shard] * len(keys)}, schema=EMBEDDING_KEYS_SCHEMA)
+    validate_part(table, matrix, {"dim": dim, "dtype": dtype})
+    atomic_write(out_dir / npy_name, lambda f: np.save(f, matrix, allow_pickle=False))
+    atomic_write(out_dir / keys_name, lambda f: pq.write_table(table, f))
+
+
+@dataclass
+class Embeddings:
+    """All committed parts of one embeddings directory: ``keys``/``shards`` and a float32 matrix."""
+
+    directory: Path
+    meta: dict
+    keys: np.ndarray
+    shards: np.ndarray
+    parts: list[tuple[str, int]]  # (npy path, rows) in order
+
+    @property
+    def n(self) -> int:
+        return len(self.keys)
+
+    def matrix(self, dtype=np.float32) -> np.ndarray:
+        """Every row in memory (N × dim); for lakes that fit. Use :meth:`chunks` to stream."""
+        return (
+            np.concatenate([np.load(p).astype(dtype, copy=False) for p, _ in self.parts])
+            if self.parts
+            else np.empty((0, self.meta["dim"]), dtype)
+        )
+
+    def chunks(self):
+        """Zero-argument callable: a fresh iterator of float32 tensors, one part (shard) at a time."""
+        return lambda: (torch.from_numpy(np.load(p).astype(np.float32)) for p, _ in self.parts)
+
+
+def read_embeddings(directory: str | Path, validate: bool = True) -> Embeddings:
+    """Open an embeddings directory (committed parts only, in shard order)."""
+    directory = Path(directory)
+    meta = read_meta(directory)
+    keys, shards, parts = [], [], []
+    for keys_path in sorted(directory.glob("emb-*.parquet")):
+        table = pq.read_table(keys_path)
+        npy = keys_path.with_suffix(".npy")
+        if validate:
+            matrix = np.load(npy, mmap_mode="r")
+            table = validate_part(table, matrix, meta)
+        keys.append(table.column("key").to_numpy(zero_copy_only=False))
+        shards.append(table.column("shard").to_numpy(zero_copy_only=False))
+        parts.append((str(npy), table.num_rows))
+    if not parts:
+        raise FileNotFoundError(
+            f"no committed embedding parts under {str(directory)!r}; run `lakelabel embed`"
+        )
+    return Embeddings(directory, meta, np.concatenate(keys), np.concatenate(shards), parts)
+
+
+def find_embeddings(root: str | Path, encoder: str | None = None) -> Path:
+    """The embeddings directory of ``encoder`` (a run name), or the only/newest one under ROOT."""
+    base = Path(root) / "embeddings"
+    dirs = [d for d in base.glob("*") if (d / "meta.json").is_file()]
+    if encoder:
+        dirs = [d for d in dirs if read_meta(d)["encoder"] == encoder or d.name == encoder]
+    if not dirs:
+        raise FileNotFoundError(
+            f"no embeddings{' of encoder ' + repr(encoder) if encoder else ''} under {str(base)!r}; "
+            "run `lakelabel embed` first"
+        )
+    return max(dirs, key=lambda d: (d / "meta.json").stat().st_mtime)
+
+
+def remove_uncommitted(directory: Path) -> int:
+    """Delete ``.npy`` files without their Parquet marker and temp files; returns how many."""
+    removed = 0
+    for path in list(directory.glob(".*.tmp")) + [
+        p for p in directory.glob("emb-*.npy") if not p.with_suffix(".parquet").exists()
+    ]:
+        path.unlink(missing_ok=True)
+        removed += 1
+    return removed
