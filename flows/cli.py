@@ -97,6 +97,45 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _section_config(model, section: str, args: argparse.Namespace):
+    """``model`` from the YAML file's ``section`` (if ``--config``) overridden by the flags given."""
+    data = dict(load_yaml(args.config).get(section) or {}) if args.config else {}
+    data.update(_flags_for(model, args))
+    return validate_config(model, data, section)
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from pipeline.config import EmbedConfig
+    from pipeline.embed import embed
+
+    print(json.dumps(embed(args.root, _section_config(EmbedConfig, "embed", args)), separators=(",", ":")))
+    return 0
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from pipeline.cluster import cluster
+    from pipeline.config import ClusterConfig
+
+    config = _section_config(ClusterConfig, "cluster", args)
+    log = (lambda r: print(json.dumps(r), file=sys.stderr)) if args.verbose else None
+    summary = cluster(args.root, config, args.embeddings, log=log)
+    summary.pop("history", None)
+    print(json.dumps(summary, separators=(",", ":")))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from pipeline.evaluate import evaluate_clusters, scores_table
+
+    result = evaluate_clusters(args.root, args.truth, args.run, args.split)
+    if args.json:
+        print(json.dumps(result, separators=(",", ":")))
+    else:
+        print(f"{result['evaluated']} of {result['clustered']} clustered images have ground truth\n")
+        print(scores_table(result))
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.curate import curate_flow
@@ -155,6 +194,59 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser(
+        "embed",
+        help="embed every shard with a trained encoder (resumes shard by shard)",
+        description="Write ROOT/embeddings/<encoder>-<sha12>/emb-NNNNNN.{npy,parquet}, one part per shard; "
+        "shards already embedded by the same encoder are skipped.",
+    )
+    p.add_argument("root", help="output root of `lakelabel ingest`")
+    p.add_argument("--config", help="YAML file with an `embed:` section (flags override it)")
+    p.add_argument("--encoder", help="pretrain run name (default 'default'), a state-dict file, or 'random'")
+    p.add_argument("--backbone", help="for a state-dict file: resnet18 | resnet34 | resnet50")
+    p.add_argument("--stem", help="for a state-dict file: small | imagenet")
+    p.add_argument("--image-size", type=int, help="input size (default: the encoder's training size)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--workers", type=int, help="DataLoader decode workers")
+    p.add_argument("--dtype", help="float16 | float32")
+    p.add_argument("--precision", help="auto | fp32 | bf16")
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser(
+        "cluster",
+        help="k-means, Sinkhorn-Knopp equipartition and SeLa heads (K clusters x T heads) on the embeddings",
+        description="Write ROOT/clusters/RUN/assignments.parquet: per image the k-means cluster, the "
+        "equipartitioned (Sinkhorn) cluster and each SeLa head's cluster and posterior.",
+    )
+    p.add_argument("root", help="output root holding embeddings")
+    p.add_argument("--config", help="YAML file with a `cluster:` section (flags override it)")
+    p.add_argument("--embeddings", help="encoder run name or embeddings directory name (default: newest)")
+    p.add_argument("--k", type=int, help="clusters per head")
+    p.add_argument("--heads", type=int, help="SeLa heads T")
+    p.add_argument("--lam", type=float, help="Sinkhorn sharpness (default 25)")
+    p.add_argument("--epochs", type=int, help="SeLa training epochs (0: k-means + Sinkhorn only)")
+    p.add_argument("--label-updates", type=int, help="Sinkhorn label optimisations during training")
+    p.add_argument("--head-hidden", type=int, help="0 = linear heads, else MLP hidden width")
+    p.add_argument("--max-points-per-centroid", type=int, help="k-means training sample per centroid")
+    p.add_argument("--kmeans-iters", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--run-name", help="folder under ROOT/clusters")
+    p.add_argument("-v", "--verbose", action="store_true", help="print SeLa training progress to stderr")
+    p.set_defaults(func=cmd_cluster)
+
+    p = sub.add_parser(
+        "eval",
+        help="score cluster assignments against a ground-truth CSV (ACC, NMI, ARI, purity)",
+        description="Join ROOT/clusters/RUN to a CSV with path,label[,label_name,split] (paths relative to the "
+        "lake; CIFAR-10's labels.csv.gz works as is) and score every label column.",
+    )
+    p.add_argument("root")
+    p.add_argument("--truth", required=True, help="ground-truth CSV (.csv or .csv.gz)")
+    p.add_argument("--run", default="default", help="cluster run name (default 'default')")
+    p.add_argument("--split", help="only truth rows of this split (e.g. test)")
+    p.add_argument("--json", action="store_true", help="full JSON (per-cluster purity and sizes)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
         "run",
         help="run the curate flow end to end (default: the embedded demo lake, local Prefect)",
         description="Run curate_flow with a config (YAML). Without one, a demo lake is generated under "
@@ -172,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, ValueError, RuntimeError) as exc:
+    except (ConfigError, ValueError, RuntimeError, FileNotFoundError) as exc:
         print(f"lakelabel {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -128,6 +128,10 @@ class EmbedConfig(StrictModel):
     dtype: str = Field("float16", description="float16 | float32 (stored matrices).")
     precision: str = Field("auto", description="auto (bf16 on CUDA) | fp32 | bf16")
     seed: int = Field(0, description="Seed of the 'random' encoder.")
+    shards_per_task: int = Field(8, gt=0, description="Shards per mapped task in embed_flow.")
+    parallel_tasks: int = Field(
+        1, gt=0, description="embed_flow tasks in flight (one per GPU / Dask worker)."
+    )
 
 
 class ClusterConfig(StrictModel):
@@ -137,6 +141,14 @@ class ClusterConfig(StrictModel):
     heads: int = Field(5, gt=0, description="SeLa heads T (independent clusterings).")
     lam: float = Field(25.0, gt=0, description="Sinkhorn sharpness λ (SeLa uses 25).")
     sinkhorn_tol: float = Field(1e-3, gt=0, description="Relative cluster-mass tolerance.")
+    balance: float = Field(
+        0.1,
+        gt=0,
+        description="Hard labels within this relative distance of equal sizes (λ raised until then).",
+    )
+    centroid_temperature: float = Field(
+        0.05, gt=0, description="Centroid similarities enter Sinkhorn as log-softmax(sim / τ): sharp rows."
+    )
     target: list[float] | None = Field(
         None, description="Cluster proportions (K positive numbers) for lakes known to be imbalanced."
     )

@@ -76,8 +76,15 @@ def load_encoder(root: str | Path, config: EmbedConfig) -> Encoder:
     if config.encoder == "random":
         backbone = config.backbone or "resnet18"
         small = (config.stem or "small") == "small"
-        torch.manual_seed(config.seed)
         module, dim = build_backbone(backbone, small_images=small)
+        # torchvision's ResNet init (kaiming normal, fan_out; BN weight 1, bias 0), but from a private
+        # generator: the global RNG is shared by threads (a DataLoader in another task draws from it)
+        generator = torch.Generator().manual_seed(config.seed)
+        for layer in module.modules():
+            if isinstance(layer, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(
+                    layer.weight, mode="fan_out", nonlinearity="relu", generator=generator
+                )
         return Encoder(
             module,
             f"random{config.seed}",
@@ -104,10 +111,10 @@ def load_encoder(root: str | Path, config: EmbedConfig) -> Encoder:
         backbone, small, size = config.backbone, config.stem == "small", config.image_size or 32
         path, name = Path(config.encoder), Path(config.encoder).stem
     else:
-        runs = sorted(p.name for p in (root / "checkpoints").glob("*/encoder.pt"))
+        runs = sorted(p.parent.name for p in (root / "checkpoints").glob("*/encoder.pt"))
         raise CheckpointError(
             f"encoder {config.encoder!r} is neither a finished run under {str(root / 'checkpoints')!r} "
-            f"(finished runs: {', '.join(p.split('/')[0] for p in runs) or 'none'}), a file, nor 'random'"
+            f"(finished runs: {', '.join(runs) or 'none'}), a file, nor 'random'"
         )
     if config.stem is not None and config.stem not in STEMS:
         raise ValueError(f"unknown stem {config.stem!r}; valid: {', '.join(STEMS)}")

@@ -9,7 +9,7 @@ import ot
 import pytest
 import torch
 
-from models.sinkhorn import sinkhorn_assign, sinkhorn_knopp, sinkhorn_plan, tensor_chunks
+from models.sinkhorn import balanced_labels, sinkhorn_assign, sinkhorn_knopp, sinkhorn_plan, tensor_chunks
 
 
 def log_probs(n: int, k: int, seed: int = 0, scale: float = 2.0) -> torch.Tensor:
@@ -155,3 +155,18 @@ def test_bad_inputs_named(kwargs: dict, message: str) -> None:
         sinkhorn_knopp(torch.zeros(5, 3), **kwargs)
     with pytest.raises(ValueError, match="scores must be"):
         sinkhorn_knopp(torch.zeros(5), 1.0)
+
+
+def test_balanced_labels_raise_lambda_until_hard_labels_balance() -> None:
+    # diffuse rows with shared structure: soft marginals are exact at λ = 25, the argmax piles up
+    a = torch.randn(4000, 1, generator=torch.Generator().manual_seed(8))
+    scores = 0.05 * a * torch.linspace(-1, 1, 8)
+    plain = sinkhorn_knopp(scores, 25.0, tol=1e-3)
+    plain_counts = torch.bincount(sinkhorn_assign(scores, 25.0, plain.log_scale)[0], minlength=8)
+    assert (plain_counts.double() / 500 - 1).abs().max() > 0.1
+    solved = balanced_labels(scores, 25.0, balance=0.05, tol=1e-3)
+    counts = torch.bincount(solved.labels, minlength=8)
+    assert solved.imbalance <= 0.05 and (counts.double() / 500 - 1).abs().max() <= 0.05
+    assert solved.result.lam > 25.0
+    with pytest.raises(ValueError, match="balance must be"):
+        balanced_labels(scores, 25.0, balance=0)

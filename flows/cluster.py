@@ -1,0 +1,25 @@
+"""``cluster_flow``: k-means → Sinkhorn-Knopp → SeLa heads on ROOT's embeddings, as a Prefect flow."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from pipeline.cluster import cluster
+from pipeline.config import ClusterConfig
+
+
+@task(
+    name="cluster-embeddings", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE, persist_result=False
+)
+def cluster_task(root: str, config: ClusterConfig, embeddings: str | None) -> dict:
+    logger = get_run_logger()
+    return cluster(root, config, embeddings, log=lambda record: logger.info("sela %s", record))
+
+
+@flow(name="cluster", persist_result=False)
+def cluster_flow(root: str, config: ClusterConfig | None = None, embeddings: str | None = None) -> dict:
+    """Cluster the newest embeddings of ``root`` (or those of encoder ``embeddings``); skipped when unchanged."""
+    summary = cluster_task(root, config or ClusterConfig(), embeddings)
+    get_run_logger().info("clusters: %s (skipped=%s)", summary["clusters"], summary["skipped"])
+    return summary

@@ -1,0 +1,50 @@
+"""``embed_flow``: embed ROOT's shards, groups of shards mapped over the task runner (one task per
+group; a retried or re-run task skips the shards already committed)."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from flows.runners import make_task_runner
+from pipeline.config import EmbedConfig, RunnerConfig
+from pipeline.embed import embed
+from pipeline.shard_data import list_shards
+
+
+@task(name="embed-shards", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE, persist_result=False)
+def embed_shards_task(root: str, config: EmbedConfig, shards: list[str]) -> dict:
+    return embed(root, config, shards=shards)
+
+
+@flow(name="embed-shard-groups", persist_result=False)
+def _embed_groups(root: str, config: EmbedConfig) -> dict:
+    shards = list_shards(root)
+    groups = [shards[i : i + config.shards_per_task] for i in range(0, len(shards), config.shards_per_task)]
+    results, in_flight = [], []
+    for group in groups:
+        in_flight.append(embed_shards_task.submit(root, config, group))
+        if len(in_flight) >= config.parallel_tasks:
+            results.append(in_flight.pop(0).result())
+    results.extend(f.result() for f in in_flight)
+    summary = {
+        "embeddings": results[0]["embeddings"],
+        "encoder": results[0]["encoder"],
+        "encoder_sha256": results[0]["encoder_sha256"],
+        "shards": len(shards),
+        "tasks": len(groups),
+        "shards_embedded": sum(r["shards_embedded"] for r in results),
+        "shards_skipped": sum(r["shards_skipped"] for r in results),
+        "images_embedded": sum(r["images_embedded"] for r in results),
+        "seconds": round(sum(r["seconds"] for r in results), 2),
+    }
+    get_run_logger().info("embed summary: %s", summary)
+    return summary
+
+
+@flow(name="embed", persist_result=False)
+def embed_flow(root: str, config: EmbedConfig | None = None, runner: RunnerConfig | None = None) -> dict:
+    """Embed every committed shard of ``root`` not yet embedded by this encoder."""
+    return _embed_groups.with_options(task_runner=make_task_runner(runner or RunnerConfig()))(
+        root, config or EmbedConfig()
+    )

@@ -1,0 +1,32 @@
+"""embed_flow and cluster_flow on a real (temp-DB) Prefect server, over CIFAR-10 images."""
+
+from __future__ import annotations
+
+import pytest
+from prefect.testing.utilities import prefect_test_harness
+
+from flows.cluster import cluster_flow
+from flows.embed import embed_flow
+from pipeline.cluster import read_assignments
+from pipeline.config import ClusterConfig, EmbedConfig, IngestConfig, RunnerConfig
+from pipeline.embed import read_embeddings
+from pipeline.ingest import run_ingest
+from tests.cifar import cifar_subset
+
+
+@pytest.mark.slow
+def test_embed_and_cluster_flows(tmp_path):
+    lake, _ = cifar_subset(tmp_path, n_train=0, n_test=250)
+    root = tmp_path / "root"
+    run_ingest(str(lake), root, IngestConfig(workers=0, shard_max_count=50))
+    config = EmbedConfig(encoder="random", stem="imagenet", workers=0, shards_per_task=2, parallel_tasks=2)
+    with prefect_test_harness(server_startup_timeout=120):
+        summary = embed_flow(str(root), config, RunnerConfig(kind="threads", max_workers=2))
+        assert summary["tasks"] == 3 and summary["shards_embedded"] == 5 and summary["images_embedded"] == 250
+        again = embed_flow(str(root), config, RunnerConfig(kind="threads", max_workers=2))
+        assert again["shards_embedded"] == 0 and again["shards_skipped"] == 5
+        assert read_embeddings(summary["embeddings"]).n == 250
+        clusters = cluster_flow(str(root), ClusterConfig(k=5, heads=2, epochs=2))
+        assert clusters["skipped"] is False and clusters["images"] == 250
+        assert cluster_flow(str(root), ClusterConfig(k=5, heads=2, epochs=2))["skipped"] is True
+    assert read_assignments(root).num_rows == 250

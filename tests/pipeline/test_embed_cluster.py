@@ -1,0 +1,156 @@
+"""Shards → embeddings → k-means / Sinkhorn / SeLa assignments → evaluation, on real CIFAR-10 images."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from data_specs.clusters import validate_assignments
+from data_specs.validation import ContractError
+from flows.cli import main
+from pipeline.cluster import cluster, read_assignments
+from pipeline.config import ClusterConfig, EmbedConfig, IngestConfig, PretrainConfig
+from pipeline.embed import embed, load_encoder, read_embeddings
+from pipeline.evaluate import evaluate_clusters
+from pipeline.ingest import read_manifest, run_ingest
+from pipeline.pretrain import CheckpointError, pretrain
+from tests.cifar import cifar_subset
+
+
+@pytest.fixture(scope="module")
+def cifar_root(tmp_path_factory) -> tuple[Path, Path, Path]:
+    tmp = tmp_path_factory.mktemp("embed")
+    lake, truth = cifar_subset(tmp, n_train=0, n_test=400)
+    root = tmp / "root"
+    run_ingest(str(lake), root, IngestConfig(workers=0, shard_max_count=100))
+    pretrain(
+        root,
+        PretrainConfig(
+            method="simclr", stem="imagenet", batch_size=32, max_steps=2, workers=0, run_name="tiny", seed=1
+        ),
+    )
+    return root, truth, lake
+
+
+def test_embed_parts_follow_the_contract_and_resume(cifar_root, tmp_path) -> None:
+    src, _, lake = cifar_root
+    root = tmp_path / "root"
+    shutil.copytree(src, root)
+    config = EmbedConfig(encoder="tiny", workers=0, batch_size=64)
+    first = embed(root, config)
+    assert first["shards"] == 4 and first["shards_embedded"] == 4 and first["images_embedded"] == 400
+    emb = read_embeddings(first["embeddings"])
+    manifest = read_manifest(root).to_pandas()
+    assert sorted(emb.keys) == sorted(manifest[manifest.status == "sharded"].key)
+    assert emb.meta["dtype"] == "float16" and emb.meta["dim"] == 512 and emb.meta["image_size"] == 32
+    matrix = emb.matrix()
+    assert matrix.shape == (400, 512)
+    assert np.allclose(np.linalg.norm(matrix, axis=1), 1, atol=2e-3)
+
+    assert embed(root, config)["shards_embedded"] == 0  # re-run: nothing to do
+
+    # a crash after the matrix but before the marker: the part is uncommitted and redone
+    out = Path(first["embeddings"])
+    before = np.load(out / "emb-000001.npy")
+    (out / "emb-000001.parquet").unlink()
+    (out / ".emb-000002.npy.tmp").write_bytes(b"partial")
+    again = embed(root, config)
+    assert again["shards_embedded"] == 1 and again["images_embedded"] == 100
+    assert np.array_equal(np.load(out / "emb-000001.npy"), before)  # deterministic
+    assert not list(out.glob(".*.tmp"))
+
+    # incremental: new images → one new shard → only it is embedded
+    extra = tmp_path / "more"
+    for i, path in enumerate(sorted(lake.rglob("*.jpg"))[:30]):
+        from PIL import Image
+
+        target = extra / f"flipped-{i}.jpg"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.open(path).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(target, quality=95)
+    run_ingest(str(extra), root, IngestConfig(workers=0, shard_max_count=100))
+    incremental = embed(root, config)
+    assert incremental["shards_embedded"] == 1 and incremental["images_embedded"] == 30
+    assert read_embeddings(first["embeddings"]).n == 430
+
+    # another image size would mix incompatible rows: refused with the reason
+    with pytest.raises(ValueError, match="other settings"):
+        embed(root, EmbedConfig(encoder="tiny", workers=0, image_size=24))
+
+
+def test_encoder_errors_are_named(cifar_root) -> None:
+    root, _, _ = cifar_root
+    with pytest.raises(CheckpointError, match="finished runs: tiny"):
+        embed(root, EmbedConfig(encoder="nope"))
+    weights = root / "checkpoints" / "tiny" / "encoder.pt"
+    with pytest.raises(ValueError, match="needs --backbone and --stem"):
+        embed(root, EmbedConfig(encoder=str(weights)))
+    with pytest.raises(CheckpointError, match="matches only"):
+        load_encoder(root, EmbedConfig(encoder=str(weights), backbone="resnet34", stem="imagenet"))
+    with pytest.raises(ValueError, match="unknown dtype"):
+        embed(root, EmbedConfig(encoder="tiny", dtype="int8"))
+
+
+def test_cluster_assignments_and_eval(cifar_root, tmp_path) -> None:
+    src, truth, _ = cifar_root
+    root = tmp_path / "root"
+    shutil.copytree(src, root)
+    embed(root, EmbedConfig(encoder="tiny", workers=0))
+    config = ClusterConfig(k=10, heads=2, epochs=3, label_updates=2, batch_size=64)
+    summary = cluster(root, config)
+    assert summary["skipped"] is False and summary["images"] == 400
+    assert summary["kmeans_trained_on"] == 400  # every point, not faiss's silent 256-per-centroid sample
+    table = read_assignments(root)
+    assert table.num_rows == 400 and table.column_names[:5] == [
+        "key",
+        "shard",
+        "kmeans",
+        "kmeans_similarity",
+        "sinkhorn",
+    ]
+    for column in ("sinkhorn", "head_0", "head_1"):
+        sizes = np.bincount(table.column(column).to_numpy(), minlength=10)
+        assert sizes.min() >= 25 and sizes.max() <= 55, (column, sizes)  # equipartition: 40 each
+    assert (
+        pq.read_metadata(root / "clusters" / "default" / "assignments.parquet").metadata[
+            b"lakelabel.contract"
+        ]
+        == b"clusters"
+    )
+    assert cluster(root, config)["skipped"] is True
+    assert cluster(root, config.model_copy(update={"heads": 1}))["skipped"] is False
+
+    result = evaluate_clusters(root, truth)
+    assert result["evaluated"] == 400
+    assert set(result["columns"]) == {"kmeans", "sinkhorn", "head_0"}
+    for scores in result["columns"].values():
+        assert 0 < scores["acc"] <= 1 and -1 <= scores["ari"] <= 1 and 0 <= scores["nmi"] <= 1
+        assert sum(c["size"] for c in scores["clusters"]) == 400
+
+    bad = table.set_column(2, "kmeans", pa.array(np.full(400, 99, dtype=np.int32)))
+    with pytest.raises(ContractError, match="outside"):
+        validate_assignments(bad, k=10)
+    with pytest.raises(ContractError, match="missing column"):
+        validate_assignments(table.drop_columns(["sinkhorn"]))
+
+
+def test_cli_embed_cluster_eval(cifar_root, tmp_path, capsys) -> None:
+    src, truth, _ = cifar_root
+    root = tmp_path / "root"
+    shutil.copytree(src, root)
+    assert main(["embed", str(root), "--encoder", "random", "--stem", "imagenet", "--workers", "0"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["encoder"] == "random0" and out["images_embedded"] == 400
+    assert main(["cluster", str(root), "--k", "5", "--heads", "1", "--epochs", "1", "--run-name", "r5"]) == 0
+    assert json.loads(capsys.readouterr().out)["k"] == 5
+    assert main(["eval", str(root), "--truth", str(truth), "--run", "r5"]) == 0
+    printed = capsys.readouterr().out
+    assert "| kmeans |" in printed and "| head_0 |" in printed and "400 of 400" in printed
+    assert main(["eval", str(root), "--truth", str(truth), "--run", "missing"]) == 2
+    assert "committed runs: r5" in capsys.readouterr().err
+    assert main(["cluster", str(root), "--k", "1"]) == 2
