@@ -136,6 +136,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_select(args: argparse.Namespace) -> int:
+    from pipeline.config import SelectConfig
+    from pipeline.select import select
+
+    config = _section_config(SelectConfig, "select", args)
+    log = (lambda r: print(json.dumps(r), file=sys.stderr)) if args.verbose else None
+    summary = select(args.root, config, log=log)
+    print(json.dumps(summary, separators=(",", ":"), default=str))
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.curate import curate_flow
@@ -245,6 +256,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", help="only truth rows of this split (e.g. test)")
     p.add_argument("--json", action="store_true", help="full JSON (per-cluster purity and sizes)")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "select",
+        help="UPS pseudo-label selection (MC dropout; positive and negative labels; a review queue)",
+        description="Train a dropout classifier on the embeddings from cluster labels (no human labels) or "
+        "seed-label CSVs, select confident-and-certain positives and certain negatives for R rounds, and "
+        "write ROOT/selections/RUN/ (selection.parquet, summary.json, review/review.csv + thumbnails). "
+        "Fill the label column of review.csv and pass it back with --seed-labels.",
+    )
+    p.add_argument("root")
+    p.add_argument("--config", help="YAML file with a `select:` section (flags override it)")
+    p.add_argument("--labels-from", help="clusters | seed")
+    p.add_argument(
+        "--seed-labels",
+        action="append",
+        help="seed/reviewed label CSV (path or key, label[, label_name]); repeatable",
+    )
+    p.add_argument("--cluster-run", help="run under ROOT/clusters (default 'default')")
+    p.add_argument("--cluster-column", help="kmeans | sinkhorn | head_<t> (default head_0)")
+    p.add_argument("--naming", help="cluster naming from seed labels: hungarian | majority")
+    p.add_argument("--method", help="ups | confidence")
+    p.add_argument("--rounds", type=int)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--passes", type=int, help="MC-dropout passes")
+    p.add_argument("--tau-p", type=float)
+    p.add_argument("--kappa-p", type=float)
+    p.add_argument("--tau-n", type=float)
+    p.add_argument("--kappa-n", type=float)
+    p.add_argument("--confidence-tau", type=float)
+    p.add_argument("--class-balance", action="store_true", default=None)
+    p.add_argument("--review-per-class", type=int)
+    p.add_argument("--truth", help="ground-truth CSV for evaluation only")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--run-name", help="folder under ROOT/selections")
+    p.add_argument("-v", "--verbose", action="store_true", help="print each round to stderr")
+    p.set_defaults(func=cmd_select)
 
     p = sub.add_parser(
         "run",

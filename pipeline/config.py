@@ -168,6 +168,48 @@ class ClusterConfig(StrictModel):
     run_name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$", description="Folder under ROOT/clusters.")
 
 
+class SelectConfig(StrictModel):
+    """UPS selection: a dropout classifier on the embeddings, M MC-dropout passes, R rounds."""
+
+    labels_from: str = Field("clusters", description="clusters (no human labels) | seed (seed-label CSVs)")
+    seed_labels: list[str] = Field(
+        default_factory=list,
+        description="CSVs with path or key, label[, label_name]: seed labels, reviewed labels; with "
+        "labels_from=clusters they only name the clusters.",
+    )
+    cluster_run: str = Field("default", description="Run under ROOT/clusters (labels_from=clusters).")
+    cluster_column: str = Field("head_0", description="kmeans | sinkhorn | head_<t>")
+    naming: str = Field(
+        "hungarian", description="Cluster → class naming with seed labels: hungarian | majority"
+    )
+    method: str = Field("ups", description="ups | confidence (baseline: max probability only)")
+    rounds: int = Field(3, gt=0, description="Selection rounds R (classifier re-initialised each round).")
+    epochs: int = Field(20, gt=0, description="Classifier epochs per round.")
+    min_steps: int = Field(400, gt=0, description="At least this many steps per round (small seed sets).")
+    passes: int = Field(10, ge=2, description="MC-dropout passes M.")
+    tau_p: float = Field(0.70, gt=0, le=1, description="Positive: mean max probability >= tau_p ...")
+    kappa_p: float = Field(0.05, gt=0, description="... and its std <= kappa_p.")
+    tau_n: float = Field(0.05, ge=0, lt=1, description="Negative: class probability <= tau_n ...")
+    kappa_n: float = Field(0.005, gt=0, description="... and its std <= kappa_n.")
+    neg_temperature: float = Field(2.0, gt=0, description="Softmax temperature for negative selection.")
+    confidence_tau: float = Field(0.95, gt=0, le=1, description="Threshold of the confidence-only method.")
+    class_balance: bool = Field(False, description="Cap positives per class at the rarest class's count.")
+    hidden: int = Field(512, gt=0)
+    dropout: float = Field(0.3, ge=0, lt=1)
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate.")
+    weight_decay: float = Field(1e-4, ge=0)
+    batch_size: int = Field(256, gt=1)
+    review_per_class: int = Field(
+        20, ge=0, description="Least certain samples per class in the review queue."
+    )
+    thumbnail_size: int = Field(96, gt=0)
+    truth: str | None = Field(None, description="Ground-truth CSV, for evaluation only (never trains).")
+    seed: int = 0
+    run_name: str = Field(
+        "default", pattern=r"^[A-Za-z0-9_.-]+$", description="Folder under ROOT/selections."
+    )
+
+
 class ConfigError(ValueError):
     """A configuration file or value is invalid."""
 
@@ -210,6 +252,7 @@ class LakelabelConfig(StrictModel):
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     embed: EmbedConfig = Field(default_factory=EmbedConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    select: SelectConfig = Field(default_factory=SelectConfig)
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
 
 
@@ -218,6 +261,7 @@ SECTIONS: dict[str, type[StrictModel]] = {
     "pretrain": PretrainConfig,
     "embed": EmbedConfig,
     "cluster": ClusterConfig,
+    "select": SelectConfig,
     "runner": RunnerConfig,
 }
 

@@ -44,3 +44,30 @@ def attach_keys(root: str | Path, labels: pd.DataFrame) -> pd.DataFrame:
                 break
     out = labels.assign(key=labels.path.map(by_suffix))
     return out.dropna(subset=["key"]).reset_index(drop=True)
+
+
+def read_seed_labels(root: str | Path, csvs: list[str | Path]) -> pd.DataFrame:
+    """Seed labels from CSVs keyed by ``path`` (relative to the lake) or ``key`` (as the review queue
+    exports): ``key, label, label_name``; later files win for a key (reviewed labels override)."""
+    frames = []
+    for csv in csvs:
+        if not Path(csv).is_file():
+            raise FileNotFoundError(f"seed-label CSV not found: {str(csv)!r}")
+        df = pd.read_csv(csv)
+        if "label" not in df.columns or not ({"path", "key"} & set(df.columns)):
+            raise ValueError(
+                f"seed-label CSV {str(csv)!r} needs a label column and a path or key column; has {list(df.columns)}"
+            )
+        df = df.dropna(subset=["label"])
+        if "key" not in df.columns:
+            df = attach_keys(root, df)
+        if "label_name" not in df.columns:
+            df["label_name"] = df.label.astype(int).astype(str)
+        frames.append(df[["key", "label", "label_name"]])
+    if not frames:
+        return pd.DataFrame({"key": [], "label": [], "label_name": []})
+    out = pd.concat(frames).drop_duplicates("key", keep="last")
+    out["label"] = out.label.astype(int)
+    if (out.label < 0).any():
+        raise ValueError(f"seed labels must be >= 0, got {sorted(out.label[out.label < 0].unique())}")
+    return out.reset_index(drop=True)

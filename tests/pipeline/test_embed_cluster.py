@@ -15,27 +15,11 @@ from data_specs.clusters import validate_assignments
 from data_specs.validation import ContractError
 from flows.cli import main
 from pipeline.cluster import cluster, read_assignments
-from pipeline.config import ClusterConfig, EmbedConfig, IngestConfig, PretrainConfig
+from pipeline.config import ClusterConfig, EmbedConfig, IngestConfig
 from pipeline.embed import embed, load_encoder, read_embeddings
 from pipeline.evaluate import evaluate_clusters
 from pipeline.ingest import read_manifest, run_ingest
-from pipeline.pretrain import CheckpointError, pretrain
-from tests.cifar import cifar_subset
-
-
-@pytest.fixture(scope="module")
-def cifar_root(tmp_path_factory) -> tuple[Path, Path, Path]:
-    tmp = tmp_path_factory.mktemp("embed")
-    lake, truth = cifar_subset(tmp, n_train=0, n_test=400)
-    root = tmp / "root"
-    run_ingest(str(lake), root, IngestConfig(workers=0, shard_max_count=100))
-    pretrain(
-        root,
-        PretrainConfig(
-            method="simclr", stem="imagenet", batch_size=32, max_steps=2, workers=0, run_name="tiny", seed=1
-        ),
-    )
-    return root, truth, lake
+from pipeline.pretrain import CheckpointError
 
 
 def test_embed_parts_follow_the_contract_and_resume(cifar_root, tmp_path) -> None:

@@ -1,0 +1,32 @@
+"""``select_flow``: UPS pseudo-label selection as a Prefect flow, with a markdown artifact of the rounds."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from pipeline.config import SelectConfig
+from pipeline.select import select
+
+
+@task(name="ups-select", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE, persist_result=False)
+def select_task(root: str, config: SelectConfig) -> dict:
+    logger = get_run_logger()
+    return select(root, config, log=lambda record: logger.info("round %s", record))
+
+
+@flow(name="select", persist_result=False)
+def select_flow(root: str, config: SelectConfig | None = None) -> dict:
+    """Select pseudo-labels on ``root``'s embeddings (from its clusters or seed labels)."""
+    summary = select_task(root, config or SelectConfig())
+    lines = ["| round | positives | negative-only | negative labels |", "|---|---|---|---|"]
+    lines += [
+        f"| {r['round']} | {r['positives']} | {r['negative_only']} | {r['negative_labels']} |"
+        for r in summary["rounds"]
+    ]
+    lines += ["", "| role | images |", "|---|---|"] + [f"| {k} | {v} |" for k, v in summary["roles"].items()]
+    create_markdown_artifact(
+        "\n".join(lines), key="ups-selection", description="UPS selection rounds and roles"
+    )
+    return summary

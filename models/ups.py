@@ -1,0 +1,167 @@
+"""Uncertainty-aware pseudo-label selection (UPS: Rizve, Duarte, Rawat & Shah, ICLR 2021, "In Defense
+of Pseudo-Labeling: An Uncertainty-Aware Pseudo-label Selection Framework").
+
+Pure compute: a dropout classifier head, MC-dropout statistics, the selection rule (§3.2, eq. 3-4),
+the confidence-only baseline and the negative-learning loss (eq. 5).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class DropoutClassifier(nn.Module):
+    """``(B, D)`` embeddings → ``(B, C)`` logits through one hidden layer, with dropout kept on for MC passes."""
+
+    def __init__(self, dim: int, classes: int, hidden: int = 512, dropout: float = 0.3):
+        super().__init__()
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.net = nn.Sequential(
+            nn.Dropout(dropout),
+            nn.Linear(dim, hidden),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+@dataclass
+class McStats:
+    """Per sample: mean and std over M dropout passes of the class probabilities.
+
+    ``mean``/``std`` ``(N, C)`` at temperature 1 (positives); ``mean_neg``/``std_neg`` ``(N, C)`` at
+    the negative temperature (UPS code's ``temp_nl`` = 2).
+    """
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    mean_neg: torch.Tensor
+    std_neg: torch.Tensor
+
+
+@torch.no_grad()
+def mc_dropout_stats(
+    model: nn.Module,
+    x: torch.Tensor,
+    passes: int = 10,
+    neg_temperature: float = 2.0,
+    batch: int = 4096,
+    seed: int = 0,
+) -> McStats:
+    """``passes`` stochastic forward passes (dropout on) over ``x`` ``(N, D)``; deterministic under ``seed``."""
+    if passes < 2:
+        raise ValueError(f"passes must be >= 2 for a standard deviation, got {passes}")
+    model.train()  # dropout on: that is the point of MC dropout
+    out = {name: [] for name in ("mean", "std", "mean_neg", "std_neg")}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for i in range(0, x.shape[0], batch):
+            logits = torch.stack([model(x[i : i + batch]) for _ in range(passes)])  # (M, B, C)
+            p, q = F.softmax(logits, dim=-1), F.softmax(logits / neg_temperature, dim=-1)
+            out["mean"].append(p.mean(0))
+            out["std"].append(p.std(0))
+            out["mean_neg"].append(q.mean(0))
+            out["std_neg"].append(q.std(0))
+    model.eval()
+    return McStats(**{k: torch.cat(v) for k, v in out.items()})
+
+
+@dataclass
+class Selection:
+    """``positive`` ``(N,)`` bool, ``label`` ``(N,)`` int64 (argmax; meaningful where positive),
+    ``negative`` ``(N, C)`` bool (classes ruled out; never on a positive row),
+    ``confidence`` / ``uncertainty`` ``(N,)``: mean max probability and its std over the passes."""
+
+    positive: torch.Tensor
+    label: torch.Tensor
+    negative: torch.Tensor
+    confidence: torch.Tensor
+    uncertainty: torch.Tensor
+
+
+def ups_select(
+    stats: McStats,
+    tau_p: float = 0.70,
+    kappa_p: float = 0.05,
+    tau_n: float = 0.05,
+    kappa_n: float = 0.005,
+    class_balance: bool = False,
+) -> Selection:
+    """UPS eq. 3-4: positive when ``mean max prob ≥ τp`` and its ``std ≤ κp``; for the other samples a
+    negative label for every class with ``prob ≤ τn`` and ``std ≤ κn`` (negative temperature).
+
+    ``class_balance``: keep at most as many positives per class as the rarest selected class
+    holds (the most confident ones), so a dominant class cannot swamp the next round.
+    """
+    confidence, label = stats.mean.max(dim=1)
+    uncertainty = stats.std.gather(1, label.unsqueeze(1)).squeeze(1)
+    positive = (confidence >= tau_p) & (uncertainty <= kappa_p)
+    if class_balance:
+        positive = balance_classes(positive, label, confidence, stats.mean.shape[1])
+    negative = (stats.mean_neg <= tau_n) & (stats.std_neg <= kappa_n)
+    negative[positive] = False
+    return Selection(positive, label, negative, confidence, uncertainty)
+
+
+def confidence_select(stats: McStats, tau: float = 0.95) -> Selection:
+    """Confidence-only baseline: positive when the mean max probability ≥ ``tau``; no negatives."""
+    confidence, label = stats.mean.max(dim=1)
+    uncertainty = stats.std.gather(1, label.unsqueeze(1)).squeeze(1)
+    positive = confidence >= tau
+    return Selection(positive, label, torch.zeros_like(stats.mean, dtype=torch.bool), confidence, uncertainty)
+
+
+def balance_classes(
+    positive: torch.Tensor, label: torch.Tensor, score: torch.Tensor, classes: int
+) -> torch.Tensor:
+    """Cap every class's positives at the smallest non-empty class count, keeping the highest ``score``."""
+    counts = torch.bincount(label[positive], minlength=classes)
+    if (counts > 0).sum() == 0:
+        return positive
+    cap = int(counts[counts > 0].min())
+    out = torch.zeros_like(positive)
+    for c in range(classes):
+        idx = torch.nonzero(positive & (label == c)).squeeze(1)
+        keep = idx[score[idx].argsort(descending=True)[:cap]]
+        out[keep] = True
+    return out
+
+
+def negative_learning_loss(logits: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+    """UPS eq. 5: ``-Σ_c s_c log(1 - p_c) / Σ_c s_c`` per sample, averaged over samples with a negative.
+
+    ``logits`` ``(B, C)``, ``negative`` ``(B, C)`` bool/0-1. Non-negative; 0 when every ruled-out
+    class has probability 0; grows without bound as a ruled-out class's probability → 1.
+    Returns 0 (with a gradient path) when no sample has a negative label.
+    """
+    mask = negative.float()
+    per_sample = mask.sum(1)
+    rows = per_sample > 0
+    if not bool(rows.any()):
+        return logits.sum() * 0.0
+    p = F.softmax(logits[rows], dim=1)
+    log_not = torch.log((1 - p).clamp_min(1e-7))
+    return (-(mask[rows] * log_not).sum(1) / per_sample[rows]).mean()
+
+
+def expected_calibration_error(confidence: torch.Tensor, correct: torch.Tensor, bins: int = 15) -> float:
+    """ECE (Guo et al. 2017): bin-weighted |accuracy − confidence| over ``bins`` equal-width bins."""
+    edges = torch.linspace(0, 1, bins + 1)
+    ece, n = 0.0, confidence.numel()
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        in_bin = (confidence > lo) & (confidence <= hi)
+        if in_bin.any():
+            ece += (
+                float(in_bin.sum())
+                / n
+                * abs(float(correct[in_bin].float().mean()) - float(confidence[in_bin].mean()))
+            )
+    return ece

@@ -1,0 +1,391 @@
+"""UPS selection stage: pseudo-labels with MC-dropout uncertainty, negative labels and a review queue.
+
+Writes ``ROOT/selections/<run>/``: ``selection.parquet`` (one row per embedded image, written last
+as the commit), ``summary.json`` (rounds, thresholds, metrics when a truth CSV is given),
+``review/review.csv`` + ``review/thumbs/<key>.png``. Reviewed labels (fill the ``label`` column of
+``review.csv``) come back as seed labels: ``--seed-labels review.csv``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from models.ups import (
+    DropoutClassifier,
+    Selection,
+    confidence_select,
+    expected_calibration_error,
+    mc_dropout_stats,
+    negative_learning_loss,
+    ups_select,
+)
+from pipeline.atomic import atomic_write, atomic_write_bytes
+from pipeline.cluster import read_assignments
+from pipeline.config import SelectConfig
+from pipeline.embed import find_embeddings, read_embeddings
+from pipeline.metrics import hungarian_accuracy
+from pipeline.truth import attach_keys, read_label_csv, read_seed_labels
+
+LABEL_SOURCES = ("clusters", "seed")
+METHODS = ("ups", "confidence")
+NAMINGS = ("hungarian", "majority")
+ROLES = ("positive", "negative_only", "review", "unlabeled")
+
+SELECTION_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("shard", pa.string(), nullable=False),
+        pa.field("label", pa.int32()),
+        pa.field("label_name", pa.string()),
+        pa.field("predicted", pa.int32(), nullable=False),
+        pa.field("role", pa.string(), nullable=False),
+        pa.field("is_seed", pa.bool_(), nullable=False),
+        pa.field("confidence", pa.float32(), nullable=False),
+        pa.field("uncertainty", pa.float32(), nullable=False),
+        pa.field("negative_labels", pa.list_(pa.int32()), nullable=False),
+    ]
+)
+
+
+def check_select_config(config: SelectConfig) -> None:
+    for value, valid, name in (
+        (config.labels_from, LABEL_SOURCES, "labels_from"),
+        (config.method, METHODS, "method"),
+        (config.naming, NAMINGS, "naming"),
+    ):
+        if value not in valid:
+            raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
+    if config.labels_from == "seed" and not config.seed_labels:
+        raise ValueError("labels_from=seed needs at least one seed-label CSV (--seed-labels)")
+
+
+def name_clusters(
+    clusters: np.ndarray, classes: np.ndarray, k: int, method: str = "hungarian"
+) -> tuple[dict, list]:
+    """Map cluster ids to class ids from seed-labelled samples; returns ``(mapping, unclaimed clusters)``."""
+    if method == "hungarian":
+        _, mapping = hungarian_accuracy(clusters, classes)
+    else:
+        mapping = {}
+        for c in np.unique(clusters):
+            values, counts = np.unique(classes[clusters == c], return_counts=True)
+            mapping[int(c)] = int(values[counts.argmax()])
+    unclaimed = sorted(set(range(k)) - set(mapping))
+    return {int(a): int(b) for a, b in mapping.items()}, unclaimed
+
+
+def train_classifier(
+    x: torch.Tensor,
+    pos_idx: torch.Tensor,
+    pos_labels: torch.Tensor,
+    neg_idx: torch.Tensor,
+    neg_mask: torch.Tensor,
+    classes: int,
+    config: SelectConfig,
+    seed: int,
+) -> DropoutClassifier:
+    """A fresh classifier trained on positives (cross-entropy) and negatives (negative learning)."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model = DropoutClassifier(x.shape[1], classes, config.hidden, config.dropout)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    n_pos, n_neg = len(pos_idx), len(neg_idx)
+    steps = max(-(-(n_pos + n_neg) // config.batch_size), -(-config.min_steps // config.epochs))
+    pos_batch = max(1, round(config.batch_size * n_pos / max(n_pos + n_neg, 1)))
+    neg_batch = config.batch_size - pos_batch
+    model.train()
+    for _ in range(config.epochs):
+        for _ in range(steps):
+            loss = torch.zeros(())
+            if n_pos:
+                i = torch.randint(0, n_pos, (pos_batch,), generator=gen)
+                loss = loss + F.cross_entropy(model(x[pos_idx[i]]), pos_labels[i])
+            if n_neg and neg_batch:
+                j = torch.randint(0, n_neg, (neg_batch,), generator=gen)
+                loss = loss + negative_learning_loss(model(x[neg_idx[j]]), neg_mask[j])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    model.eval()
+    return model
+
+
+def select(root: str | Path, config: SelectConfig | None = None, log=None) -> dict:
+    """Run R rounds of selection on ROOT's embeddings; returns the summary (also in summary.json)."""
+    config = config or SelectConfig()
+    check_select_config(config)
+    root = Path(root)
+    started = time.perf_counter()
+    emb = read_embeddings(find_embeddings(root))
+    keys = pd.Series(emb.keys)
+    # unit-norm rows scaled by sqrt(dim): coordinates of order 1 for the classifier
+    x = torch.from_numpy(emb.matrix(np.float32)) * float(np.sqrt(emb.meta["dim"]))
+    n = emb.n
+    seeds = read_seed_labels(root, config.seed_labels)
+    seed_index = pd.Series(np.arange(n), index=emb.keys).reindex(seeds.key)
+    seeds = seeds[seed_index.notna().to_numpy()].assign(row=seed_index.dropna().astype(int).to_numpy())
+    summary: dict = {"labels_from": config.labels_from, "method": config.method, "images": n}
+
+    if config.labels_from == "clusters":
+        table = read_assignments(root, config.cluster_run).to_pandas()
+        if config.cluster_column not in table.columns or config.cluster_column in ("key", "shard"):
+            valid = [c for c in table.columns if c in ("kmeans", "sinkhorn") or c.startswith("head_")]
+            raise ValueError(f"unknown cluster_column {config.cluster_column!r}; valid: {', '.join(valid)}")
+        cluster_of = table.set_index("key")[config.cluster_column].reindex(emb.keys)
+        if cluster_of.isna().any():
+            raise ValueError(
+                f"{int(cluster_of.isna().sum())} embedded images have no cluster in run {config.cluster_run!r}: "
+                "re-run `lakelabel cluster`"
+            )
+        initial = torch.as_tensor(cluster_of.to_numpy().astype(np.int64))
+        classes = int(summary.setdefault("classes", int(initial.max()) + 1))
+        pos_idx, pos_labels = torch.arange(n), initial
+        names = {c: f"cluster_{c}" for c in range(classes)}
+        if len(seeds):  # seed labels name the clusters; they do not train in this mode
+            mapping, unclaimed = name_clusters(
+                initial.numpy()[seeds.row.to_numpy()], seeds.label.to_numpy(), classes, config.naming
+            )
+            class_names = dict(zip(seeds.label, seeds.label_name, strict=False))
+            names.update({c: str(class_names[cls]) for c, cls in mapping.items()})
+            summary["cluster_names"] = {f"cluster_{c}": names[c] for c in range(classes)}
+            summary["unclaimed_clusters"] = unclaimed
+        seed_rows = torch.zeros(n, dtype=torch.bool)
+    else:
+        classes = int(seeds.label.max()) + 1 if len(seeds) else 0
+        summary["classes"] = classes
+        if len(seeds) < 2:
+            raise ValueError("fewer than 2 seed labels match embedded images: check the CSV paths/keys")
+        pos_idx = torch.as_tensor(seeds.row.to_numpy().copy())
+        pos_labels = torch.as_tensor(seeds.label.to_numpy().astype(np.int64))
+        names = {int(c): str(nm) for c, nm in zip(seeds.label, seeds.label_name, strict=False)}
+        names.update({c: str(c) for c in range(classes) if c not in names})
+        seed_rows = torch.zeros(n, dtype=torch.bool)
+        seed_rows[pos_idx] = True
+    summary["seed_labels_used"] = int(len(seeds))
+    neg_idx, neg_mask = torch.empty(0, dtype=torch.long), torch.empty(0, classes, dtype=torch.bool)
+
+    rounds = []
+    selection: Selection | None = None
+    for r in range(config.rounds):
+        model = train_classifier(x, pos_idx, pos_labels, neg_idx, neg_mask, classes, config, config.seed + r)
+        stats = mc_dropout_stats(model, x, config.passes, config.neg_temperature, seed=config.seed + r)
+        if config.method == "ups":
+            selection = ups_select(
+                stats, config.tau_p, config.kappa_p, config.tau_n, config.kappa_n, config.class_balance
+            )
+        else:
+            selection = confidence_select(stats, config.confidence_tau)
+        positive = selection.positive & ~seed_rows
+        neg_rows = selection.negative.any(1) & ~seed_rows
+        record = {
+            "round": r,
+            "trained_on_positives": int(len(pos_idx)),
+            "trained_on_negatives": int(len(neg_idx)),
+            "positives": int(positive.sum()),
+            "negative_only": int((neg_rows & ~positive).sum()),
+            "negative_labels": int(selection.negative[~seed_rows].sum()),
+        }
+        rounds.append(record)
+        if log:
+            log(record)
+        # next round: selected pseudo-labels (+ the human seed labels, always kept)
+        pos_idx = torch.cat([torch.nonzero(positive).squeeze(1), torch.nonzero(seed_rows).squeeze(1)])
+        pos_labels = torch.cat([selection.label[positive], _seed_label_vector(seeds, n)[seed_rows]])
+        neg_idx = torch.nonzero(neg_rows).squeeze(1)
+        neg_mask = selection.negative[neg_idx]
+    assert selection is not None
+    final = _final_table(emb, selection, seed_rows, _seed_label_vector(seeds, n), names, config)
+    summary["rounds"] = rounds
+    summary["roles"] = final.role.value_counts().reindex(ROLES, fill_value=0).astype(int).to_dict()
+    summary["per_class_positives"] = (
+        final[final.role == "positive"].label_name.value_counts().sort_index().astype(int).to_dict()
+    )
+    summary["thresholds"] = {
+        k: getattr(config, k)
+        for k in (
+            "tau_p",
+            "kappa_p",
+            "tau_n",
+            "kappa_n",
+            "neg_temperature",
+            "confidence_tau",
+            "passes",
+            "rounds",
+        )
+    }
+    summary["encoder_sha256"] = emb.meta["encoder_sha256"]
+    summary["embeddings"] = str(emb.directory)
+    if config.truth:
+        summary["metrics"] = evaluate_selection(root, config.truth, final, selection, seed_rows, stats)
+    out_dir = root / "selections" / config.run_name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "selection.parquet").unlink(missing_ok=True)
+    summary["review"] = export_review(root, out_dir / "review", final, selection, names, config)
+    summary["seconds"] = round(time.perf_counter() - started, 2)
+    summary["selection"] = str(out_dir / "selection.parquet")
+    summary["config"] = config.model_dump()
+    atomic_write_bytes(out_dir / "summary.json", json.dumps(summary, indent=1, default=str).encode())
+    table = pa.Table.from_pandas(final[SELECTION_SCHEMA.names], schema=SELECTION_SCHEMA, preserve_index=False)
+    atomic_write(out_dir / "selection.parquet", lambda f: pq.write_table(table, f))
+    return summary
+
+
+def _seed_label_vector(seeds: pd.DataFrame, n: int) -> torch.Tensor:
+    out = torch.full((n,), -1, dtype=torch.long)
+    if len(seeds):
+        out[torch.as_tensor(seeds.row.to_numpy().copy())] = torch.as_tensor(
+            seeds.label.to_numpy().astype(np.int64)
+        )
+    return out
+
+
+def _final_table(
+    emb, selection: Selection, seed_rows, seed_labels, names: dict, config: SelectConfig
+) -> pd.DataFrame:
+    n = emb.n
+    positive = (selection.positive | seed_rows).numpy()
+    predicted = selection.label.numpy()
+    label = np.where(seed_rows.numpy(), seed_labels.numpy(), predicted)
+    negatives = selection.negative.clone()
+    negatives[seed_rows] = False
+    has_negative = negatives.any(1).numpy()
+    role = np.full(n, "unlabeled", dtype=object)
+    role[has_negative & ~positive] = "negative_only"
+    role[positive] = "positive"
+    # review queue: per predicted class, the least certain of the non-positive samples
+    if config.review_per_class:
+        unc = selection.uncertainty.numpy()
+        for c in np.unique(predicted):
+            candidates = np.nonzero((predicted == c) & ~positive)[0]
+            worst = candidates[np.argsort(-unc[candidates], kind="stable")[: config.review_per_class]]
+            role[worst] = "review"
+    conf = np.where(seed_rows.numpy(), 1.0, selection.confidence.numpy()).astype(np.float32)
+    unc = np.where(seed_rows.numpy(), 0.0, selection.uncertainty.numpy()).astype(np.float32)
+    out_label = np.where(role == "positive", label, -1)
+    return pd.DataFrame(
+        {
+            "key": emb.keys,
+            "shard": emb.shards,
+            "label": pd.array([int(v) if v >= 0 else None for v in out_label], dtype="Int32"),
+            "label_name": [names.get(int(v)) if v >= 0 else None for v in out_label],
+            "predicted": predicted.astype(np.int32),
+            "role": role,
+            "is_seed": seed_rows.numpy(),
+            "confidence": conf,
+            "uncertainty": unc,
+            "negative_labels": [np.nonzero(row)[0].astype(np.int32).tolist() for row in negatives.numpy()],
+        }
+    )
+
+
+def export_review(
+    root: Path, out: Path, final: pd.DataFrame, selection: Selection, names: dict, config
+) -> dict:
+    """``review.csv`` (key, shard, source_uri, thumbnail, candidates, uncertainty, empty label columns)
+    and a PNG thumbnail per row, read straight from the shards."""
+    queue = final[final.role == "review"].copy()
+    out.mkdir(parents=True, exist_ok=True)
+    thumbs = out / "thumbs"
+    thumbs.mkdir(exist_ok=True)
+    manifest = pq.read_table(root / "manifest", columns=["key", "source_uri", "status"]).to_pandas()
+    uri = manifest[manifest.status == "sharded"].drop_duplicates("key").set_index("key").source_uri
+    wanted = set(queue.key)
+    for shard in sorted(set(queue.shard)):
+        with tarfile.open(root / "shards" / shard) as tar:
+            for member in tar:
+                key, _, ext = member.name.partition(".")
+                if ext == "jpg" and key in wanted:
+                    im = Image.open(io.BytesIO(tar.extractfile(member).read())).convert("RGB")
+                    im.thumbnail((config.thumbnail_size, config.thumbnail_size))
+                    buffer = io.BytesIO()
+                    im.save(buffer, "PNG")
+                    atomic_write_bytes(thumbs / f"{key}.png", buffer.getvalue())
+    queue["source_uri"] = queue.key.map(uri)
+    queue["thumbnail"] = "thumbs/" + queue.key + ".png"
+    queue["candidates"] = [
+        f"{names.get(int(p), p)}"
+        + (f" (not: {', '.join(str(names.get(c, c)) for c in neg[:3])})" if neg else "")
+        for p, neg in zip(queue.predicted, queue.negative_labels, strict=True)
+    ]
+    queue["predicted_name"] = queue.predicted.map(lambda p: names.get(int(p)))
+    queue = queue.assign(label="", label_name="")
+    columns = [
+        "key",
+        "shard",
+        "source_uri",
+        "thumbnail",
+        "predicted",
+        "predicted_name",
+        "candidates",
+        "confidence",
+        "uncertainty",
+        "label",
+        "label_name",
+    ]
+    atomic_write_bytes(out / "review.csv", queue[columns].to_csv(index=False).encode())
+    return {"csv": str(out / "review.csv"), "rows": int(len(queue))}
+
+
+def evaluate_selection(root, truth_csv, final: pd.DataFrame, selection: Selection, seed_rows, stats) -> dict:
+    """Precision/coverage of positives (UPS and confidence-only at equal coverage), negative accuracy,
+    the precision–coverage curve of confidence ranking and the ECE, on non-seed images with truth."""
+    truth = attach_keys(root, read_label_csv(truth_csv)).drop_duplicates("key").set_index("key").label
+    y = final.key.map(truth)
+    has = y.notna().to_numpy() & ~seed_rows.numpy()
+    if not has.any():
+        raise ValueError(f"no selected image has ground truth in {str(truth_csv)!r}")
+    y = y.to_numpy()[has].astype(int)
+    pred = selection.label.numpy()[has]
+    _, mapping = hungarian_accuracy(pred, y)  # cluster ids → classes (identity-like for seed classes)
+    mapped = np.array([mapping.get(int(p), -1) for p in pred])
+    correct = mapped == y
+    conf = selection.confidence.numpy()[has]
+    pos = selection.positive.numpy()[has]
+    n_pos = int(pos.sum())
+    order = np.argsort(-conf, kind="stable")
+    conf_top = np.zeros_like(pos)
+    conf_top[order[:n_pos]] = True
+    neg = selection.negative.numpy()[has]
+    inv = {v: k for k, v in mapping.items()}
+    true_col = np.array([inv.get(int(t), -1) for t in y])
+    neg_wrong = int(neg[np.arange(len(y)), np.clip(true_col, 0, None)][true_col >= 0].sum())
+    curve = []
+    for cov in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0):
+        top = order[: max(1, int(round(cov * len(order))))]
+        curve.append({"coverage": cov, "precision": round(float(correct[top].mean()), 4)})
+    return {
+        "evaluated": int(has.sum()),
+        "accuracy_full_coverage": round(float(correct.mean()), 4),
+        "positives": n_pos,
+        "coverage": round(n_pos / len(y), 4),
+        "precision": round(float(correct[pos].mean()), 4) if n_pos else None,
+        "confidence_only_precision_at_equal_coverage": round(float(correct[conf_top].mean()), 4)
+        if n_pos
+        else None,
+        "negative_labels": int(neg.sum()),
+        "negative_accuracy": round(1 - neg_wrong / max(int(neg.sum()), 1), 4),
+        "ece": round(expected_calibration_error(torch.as_tensor(conf), torch.as_tensor(correct)), 4),
+        "precision_coverage_curve": curve,
+        "mapping": {int(k): int(v) for k, v in mapping.items()},
+    }
+
+
+def read_selection(root: str | Path, run: str = "default") -> pd.DataFrame:
+    path = Path(root) / "selections" / run / "selection.parquet"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"no committed selection run {run!r} under {str(path.parent.parent)!r}; run `lakelabel select`"
+        )
+    return pq.read_table(path).to_pandas()

@@ -1,0 +1,143 @@
+"""UPS selection stage on real CIFAR-10 images: roles, seed labels, review queue round trip."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from flows.cli import main
+from pipeline.cluster import cluster
+from pipeline.config import ClusterConfig, EmbedConfig, SelectConfig
+from pipeline.embed import embed
+from pipeline.select import read_selection, select
+from pipeline.truth import attach_keys
+
+
+@pytest.fixture(scope="module")
+def selection_root(cifar_root, tmp_path_factory):
+    src, truth, _ = cifar_root
+    root = tmp_path_factory.mktemp("select") / "root"
+    shutil.copytree(src, root)
+    embed(root, EmbedConfig(encoder="tiny", workers=0))
+    cluster(root, ClusterConfig(k=10, heads=1, epochs=2))
+    labels = pd.read_csv(truth)
+    seed = labels.groupby("label").head(4)[["path", "label", "label_name"]]
+    seed_csv = root.parent / "seed.csv"
+    seed.to_csv(seed_csv, index=False)
+    return root, truth, seed_csv
+
+
+def small(**over) -> SelectConfig:
+    base = dict(rounds=2, epochs=2, min_steps=30, passes=4, hidden=64, review_per_class=3)
+    base.update(over)
+    return SelectConfig(**base)
+
+
+def test_select_from_seed_labels_roles_metrics_review(selection_root) -> None:
+    root, truth, seed_csv = selection_root
+    summary = select(
+        root, small(labels_from="seed", seed_labels=[str(seed_csv)], truth=str(truth), tau_p=0.3)
+    )
+    table = read_selection(root)
+    assert len(table) == 400 and table.key.is_unique
+    assert summary["seed_labels_used"] == 40 and summary["classes"] == 10
+    seeds = table[table.is_seed]
+    assert len(seeds) == 40 and (seeds.role == "positive").all() and (seeds.confidence == 1).all()
+    positives = table[table.role == "positive"]
+    assert positives.label.notna().all() and positives.label_name.notna().all()
+    assert table[table.role != "positive"].label.isna().all()
+    negative_only = table[table.role == "negative_only"]
+    assert all(len(n) > 0 for n in negative_only.negative_labels)
+    assert all(len(n) == 0 for n in seeds.negative_labels)
+    for _, row in positives[~positives.is_seed].iterrows():
+        assert row.label not in row.negative_labels
+    assert sum(summary["roles"].values()) == 400
+    metrics = summary["metrics"]
+    assert metrics["evaluated"] == 360  # truth for every non-seed image
+    assert 0 <= metrics["accuracy_full_coverage"] <= 1 and 0 <= metrics["ece"] <= 1
+    assert [p["coverage"] for p in metrics["precision_coverage_curve"]][-1] == 1.0
+    # review queue: least certain per class, with thumbnails that open
+    review = pd.read_csv(summary["review"]["csv"])
+    assert 0 < len(review) <= 30 and set(review.key) == set(table[table.role == "review"].key)
+    for thumb in review.thumbnail:
+        with Image.open(root / "selections" / "default" / "review" / thumb) as im:
+            assert max(im.size) <= 96
+    assert review.source_uri.notna().all() and review.label.isna().all()
+    # same seed → same selection
+    select(root, small(labels_from="seed", seed_labels=[str(seed_csv)], tau_p=0.3, run_name="again"))
+    again = read_selection(root, "again")
+    assert again.role.tolist() == table.role.tolist() and np.allclose(again.confidence, table.confidence)
+
+
+def test_reviewed_labels_come_back_as_seed_labels(selection_root) -> None:
+    root, truth, seed_csv = selection_root
+    first = select(root, small(labels_from="seed", seed_labels=[str(seed_csv)], run_name="r1"))
+    review = pd.read_csv(first["review"]["csv"])
+    truth_by_key = attach_keys(root, pd.read_csv(truth)).set_index("key")
+    review["label"] = review.key.map(truth_by_key.label)
+    review["label_name"] = review.key.map(truth_by_key.label_name)
+    reviewed = root.parent / "reviewed.csv"
+    review.to_csv(reviewed, index=False)
+    second = select(
+        root, small(labels_from="seed", seed_labels=[str(seed_csv), str(reviewed)], run_name="r2")
+    )
+    assert second["seed_labels_used"] == 40 + len(review)
+    table = read_selection(root, "r2").set_index("key")
+    back = table.loc[review.key]
+    assert back.is_seed.all() and (back.role == "positive").all()
+    assert back.label.tolist() == review.label.tolist()
+
+
+def test_select_from_clusters_names_them_with_seed_labels(selection_root) -> None:
+    root, truth, seed_csv = selection_root
+    summary = select(
+        root, small(labels_from="clusters", seed_labels=[str(seed_csv)], truth=str(truth), run_name="c")
+    )
+    assert summary["classes"] == 10 and summary["seed_labels_used"] == 40
+    assert len(summary["cluster_names"]) == 10 and isinstance(summary["unclaimed_clusters"], list)
+    table = read_selection(root, "c")
+    assert not table.is_seed.any()  # in this mode seed labels only name the clusters
+    names = set(pd.read_csv(seed_csv).label_name)
+    assert set(table.label_name.dropna()) <= names | {f"cluster_{i}" for i in range(10)}
+    assert (
+        summary["metrics"]["confidence_only_precision_at_equal_coverage"] is None
+        or 0 <= summary["metrics"]["confidence_only_precision_at_equal_coverage"] <= 1
+    )
+
+
+def test_bad_options_and_cli(selection_root, capsys) -> None:
+    root, _, seed_csv = selection_root
+    with pytest.raises(ValueError, match="valid: ups, confidence"):
+        select(root, small(method="magic"))
+    with pytest.raises(ValueError, match="needs at least one seed-label CSV"):
+        select(root, small(labels_from="seed"))
+    with pytest.raises(ValueError, match="valid: kmeans, sinkhorn, head_0"):
+        select(root, small(cluster_column="head_9"))
+    code = main(
+        [
+            "select",
+            str(root),
+            "--labels-from",
+            "seed",
+            "--seed-labels",
+            str(seed_csv),
+            "--rounds",
+            "1",
+            "--epochs",
+            "1",
+            "--passes",
+            "2",
+            "--method",
+            "confidence",
+            "--run-name",
+            "cli",
+        ]
+    )
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["method"] == "confidence" and out["rounds"][0]["negative_labels"] == 0
