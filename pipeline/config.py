@@ -178,6 +178,9 @@ class SelectConfig(StrictModel):
         "labels_from=clusters they only name the clusters.",
     )
     cluster_run: str = Field("default", description="Run under ROOT/clusters (labels_from=clusters).")
+    embeddings: str | None = Field(
+        None, description="Encoder run / embeddings directory name; None = the cluster run's (or the newest)."
+    )
     cluster_column: str = Field("head_0", description="kmeans | sinkhorn | head_<t>")
     naming: str = Field(
         "hungarian", description="Cluster → class naming with seed labels: hungarian | majority"

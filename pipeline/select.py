@@ -128,8 +128,12 @@ def select(root: str | Path, config: SelectConfig | None = None, log=None) -> di
     check_select_config(config)
     root = Path(root)
     started = time.perf_counter()
-    emb = read_embeddings(find_embeddings(root))
-    keys = pd.Series(emb.keys)
+    if config.labels_from == "clusters" and config.embeddings is None:
+        cluster_summary = root / "clusters" / config.cluster_run / "summary.json"
+        directory = Path(json.loads(cluster_summary.read_text())["embeddings"]) if cluster_summary.exists() else None
+        emb = read_embeddings(directory or find_embeddings(root))
+    else:
+        emb = read_embeddings(find_embeddings(root, config.embeddings))
     # unit-norm rows scaled by sqrt(dim): coordinates of order 1 for the classifier
     x = torch.from_numpy(emb.matrix(np.float32)) * float(np.sqrt(emb.meta["dim"]))
     n = emb.n
