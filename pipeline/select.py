@@ -130,7 +130,9 @@ def select(root: str | Path, config: SelectConfig | None = None, log=None) -> di
     started = time.perf_counter()
     if config.labels_from == "clusters" and config.embeddings is None:
         cluster_summary = root / "clusters" / config.cluster_run / "summary.json"
-        directory = Path(json.loads(cluster_summary.read_text())["embeddings"]) if cluster_summary.exists() else None
+        directory = (
+            Path(json.loads(cluster_summary.read_text())["embeddings"]) if cluster_summary.exists() else None
+        )
         emb = read_embeddings(directory or find_embeddings(root))
     else:
         emb = read_embeddings(find_embeddings(root, config.embeddings))

@@ -70,9 +70,10 @@ def train_loader(
         .map(_SeededTransform(transform, seed))
         .batched(batch_size, partial=False)
         .repeat()
-        .with_epoch(batches_per_epoch)
     )
     generator = torch.Generator().manual_seed(seed)
+    # the epoch length is counted in this process: a dataset-level with_epoch counts per loader
+    # worker, and 2 workers would make an "epoch" twice as long
     return wds.WebLoader(
         dataset,
         batch_size=None,
@@ -81,7 +82,7 @@ def train_loader(
         persistent_workers=False,
         pin_memory=torch.cuda.is_available(),
         multiprocessing_context=_mp_context(workers),
-    )
+    ).with_epoch(batches_per_epoch)
 
 
 def eval_loader(

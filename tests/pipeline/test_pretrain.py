@@ -84,6 +84,22 @@ def test_pretrain_writes_encoder_and_summary_and_runs_knn(shard_root, tmp_path):
     assert again["steps"] == summary["steps"]
 
 
+def test_epochs_are_counted_once_whatever_the_loader_workers(shard_root):
+    summary = pretrain(shard_root, _config(run_name="epochs-w2", epochs=2, workers=2, stem="imagenet"))
+    spe = summary["steps_per_epoch"]
+    assert [h["step"] for h in summary["history"]] == [spe, 2 * spe]
+    assert [h["epoch"] for h in summary["history"]] == [0, 1]
+    meta = json.loads((shard_root / "checkpoints" / "epochs-w2" / "encoder.json").read_text())
+    assert meta == {
+        "backbone": "resnet18",
+        "small_stem": False,
+        "image_size": 16,
+        "method": "simsiam",
+        "loss": "default",
+        "steps": 2 * spe,
+    }
+
+
 def test_init_from_user_checkpoint_and_pickled_code_refused(shard_root, tmp_path):
     from models.backbones import build_backbone
 
