@@ -275,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--cluster-run", help="run under ROOT/clusters (default 'default')")
     p.add_argument("--cluster-column", help="kmeans | sinkhorn | head_<t> (default head_0)")
+    p.add_argument("--embeddings", help="encoder run / embeddings directory (default: the cluster run's, or newest)")
     p.add_argument("--naming", help="cluster naming from seed labels: hungarian | majority")
     p.add_argument("--method", help="ups | confidence")
     p.add_argument("--rounds", type=int)
