@@ -147,6 +147,32 @@ def cmd_select(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_publish(args: argparse.Namespace) -> int:
+    from pipeline.labels import publish_labels
+
+    print(json.dumps(publish_labels(args.root, args.selection, args.dest), separators=(",", ":")))
+    return 0
+
+
+def cmd_labels(args: argparse.Namespace) -> int:
+    from pipeline.labels import default_dest, latest_run, list_runs, read_labels
+
+    if not (args.root or args.dest):
+        raise ValueError("give ROOT or --dest")
+    dest = args.dest or default_dest(args.root)
+    if args.action == "ls":
+        for record in list_runs(dest):
+            print(f"{record['run_id']}  rows={record['rows']}  roles={json.dumps(record['roles'])}")
+    elif args.action == "latest":
+        print(latest_run(dest))
+    else:
+        table = read_labels(dest, args.run).to_pandas()
+        print(f"run {table.run_id.iloc[0] if len(table) else args.run}: {len(table)} rows\n")
+        counts = table.groupby(["role", "label_name"], dropna=False).size().rename("images")
+        print(counts.to_string())
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.curate import curate_flow
@@ -275,7 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--cluster-run", help="run under ROOT/clusters (default 'default')")
     p.add_argument("--cluster-column", help="kmeans | sinkhorn | head_<t> (default head_0)")
-    p.add_argument("--embeddings", help="encoder run / embeddings directory (default: the cluster run's, or newest)")
+    p.add_argument(
+        "--embeddings", help="encoder run / embeddings directory (default: the cluster run's, or newest)"
+    )
     p.add_argument("--naming", help="cluster naming from seed labels: hungarian | majority")
     p.add_argument("--method", help="ups | confidence")
     p.add_argument("--rounds", type=int)
@@ -293,6 +321,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-name", help="folder under ROOT/selections")
     p.add_argument("-v", "--verbose", action="store_true", help="print each round to stderr")
     p.set_defaults(func=cmd_select)
+
+    p = sub.add_parser(
+        "publish",
+        help="publish a selection run to the label lake (versioned Parquet, atomic commit)",
+        description="Write ROOT/selections/RUN as a new run of the label table at ROOT/labels or --dest "
+        "(any fsspec URL). Publishing an unchanged selection again is a no-op.",
+    )
+    p.add_argument("root")
+    p.add_argument("--selection", default="default", help="selection run (default 'default')")
+    p.add_argument("--dest", help="label lake URL (default ROOT/labels)")
+    p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser(
+        "labels",
+        help="inspect the label lake: ls | show [RUN] | latest",
+        description="List committed label runs, show one (per role and class counts), or print the latest run id.",
+    )
+    p.add_argument("action", choices=["ls", "show", "latest"])
+    p.add_argument("root", nargs="?", help="ingest root (labels under ROOT/labels)")
+    p.add_argument("--dest", help="label lake URL instead of ROOT/labels")
+    p.add_argument("--run", help="run id for show (default: latest)")
+    p.set_defaults(func=cmd_labels)
 
     p = sub.add_parser(
         "run",

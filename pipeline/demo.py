@@ -40,8 +40,9 @@ def make_demo_lake(folder: str | Path, per_class: int = 150, seed: int = 0) -> P
     """Write the demo lake under ``folder`` (idempotent: an existing lake is left as is)."""
     folder = Path(folder)
     marker = folder / ".demo-complete"
-    if marker.exists():
+    if marker.exists() and demo_truth_csv(folder).exists():
         return folder
+    truth_rows = []
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     n = 0
@@ -53,12 +54,30 @@ def make_demo_lake(folder: str | Path, per_class: int = 150, seed: int = 0) -> P
             im.save(out, fmt, quality=92) if fmt == "JPEG" else im.save(out, fmt)
             cam = folder / f"camera-{n % 3}" / f"{i:04d}"
             cam.parent.mkdir(parents=True, exist_ok=True)
-            Path(f"{cam}-{n:05d}.{fmt.lower()}").write_bytes(out.getvalue())
+            path = Path(f"{cam}-{n:05d}.{fmt.lower()}")
+            path.write_bytes(out.getvalue())
+            truth_rows.append((path.relative_to(folder).as_posix(), cls, DEMO_CLASSES[cls]))
             n += 1
     bad = folder / "camera-0"
     (bad / "empty.jpg").write_bytes(b"")
     (bad / "notes.jpg").write_bytes(b"not an image\n")
     first = sorted(bad.glob("*.jpeg"))[0]
     (bad / "copy-of-first.jpeg").write_bytes(first.read_bytes())
+    lines = ["path,label,label_name"] + [f"{p},{c},{name}" for p, c, name in truth_rows]
+    demo_truth_csv(folder).write_text("\n".join(lines) + "\n")
+    seeds = [row for i, row in enumerate(truth_rows) if i < 5 * len(DEMO_CLASSES)]  # 5 per class
+    demo_seed_csv(folder).write_text(
+        "\n".join(["path,label,label_name"] + [f"{p},{c},{name}" for p, c, name in seeds]) + "\n"
+    )
     marker.write_text("ok\n")
     return folder
+
+
+def demo_truth_csv(folder: str | Path) -> Path:
+    """Ground truth of the demo lake (next to it, not inside: it is not an image)."""
+    return Path(folder).parent / "demo-truth.csv"
+
+
+def demo_seed_csv(folder: str | Path) -> Path:
+    """Five labeled images per demo class, for semi-supervised runs and cluster naming."""
+    return Path(folder).parent / "demo-seed.csv"
