@@ -54,7 +54,7 @@ def test_round_trip_and_plain_readers(selected_root, tmp_path) -> None:
         f"SELECT label_name, count(*) AS n FROM read_parquet('{run_dir}/*.parquet') GROUP BY label_name"
     ).df()
     assert counts.n.sum() == 400
-    assert open(f"{dest}/_latest").read().strip() == record["run_id"]
+    assert (tmp_path / "labels" / "_latest").read_text().strip() == record["run_id"]
     # unchanged selection → no new version
     assert publish_labels(selected_root, dest=dest)["skipped"] is True
     assert len(list_runs(dest)) == 1
