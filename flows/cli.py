@@ -178,12 +178,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flows.curate import curate_flow
     from pipeline.config import load_config
 
-    config = load_config(args.config, source=args.source, root=args.root)
+    config = load_config(args.config or DEMO_CONFIG, source=args.source, root=args.root)
     result = curate_flow(config)
-    print(json.dumps(result["ingest"], separators=(",", ":")))
+    print(json.dumps(result["timings"], separators=(",", ":")))
     print(f"shards:   {os.path.abspath(result['shards'])}")
     print(f"manifest: {os.path.abspath(result['manifest'])}")
+    print(f"labels:   {os.path.abspath(result['labels'])}  (run {result['label_run']})")
     return 0
+
+
+DEMO_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "demo.yaml")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,39 +1,112 @@
-"""``curate_flow``: the end-to-end run. Stages are wired in as they land (today: ingest)."""
+"""``curate_flow``: the end-to-end run, ingest → pretrain → embed → cluster → select → publish.
+
+Every stage is safe to re-run and skips finished work on its own markers (ingest: manifest parts;
+pretrain: ``last.pt``/``encoder.pt``; embed: per-shard parts; cluster: fingerprint; publish:
+content hash), so a failed or repeated run resumes where it stopped, across flow runs — no
+reliance on Prefect's result cache, which only spans one flow run by default.
+"""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from flows.cluster import cluster_flow
+from flows.embed import embed_flow
 from flows.ingest import ingest_flow
+from flows.pretrain import pretrain_flow
+from flows.publish import publish_labels_flow
+from flows.select import select_flow
 from pipeline.config import LakelabelConfig
-from pipeline.demo import make_demo_lake
+from pipeline.demo import demo_seed_csv, demo_truth_csv, make_demo_lake
+from pipeline.faults import maybe_fail
 
 
 @flow(name="curate", persist_result=False)
 def curate_flow(config: LakelabelConfig | None = None) -> dict:
-    """Run every available stage on ``config`` (the embedded demo lake when ``source`` is unset)."""
-    config = config or LakelabelConfig()
+    """Run every stage on ``config`` (the embedded demo lake when ``source`` is unset)."""
+    config = (config or LakelabelConfig()).model_copy(deep=True)
+    logger = get_run_logger()
+    root = config.root
     source = config.source
     if source is None:
-        source = str(make_demo_lake(Path(config.root).parent / "lake"))
-    ingest = ingest_flow(source, config.root, config.ingest, config.runner)
+        lake = make_demo_lake(Path(root).parent / "lake")
+        source = str(lake)
+        if not config.select.seed_labels:
+            config.select.seed_labels = [str(demo_seed_csv(lake))]
+        config.select.truth = config.select.truth or str(demo_truth_csv(lake))
+    if config.embed.encoder == "default":
+        config.embed.encoder = config.pretrain.run_name
+    timings: dict[str, float] = {}
+
+    def stage(name: str, run):
+        start = time.perf_counter()
+        maybe_fail(name)
+        result = run()
+        timings[name] = round(time.perf_counter() - start, 2)
+        logger.info("stage %s done in %.1f s", name, timings[name])
+        return result
+
+    ingest = stage("ingest", lambda: ingest_flow(source, root, config.ingest, config.runner))
+    encoder = Path(root) / "checkpoints" / config.pretrain.run_name / "encoder.pt"
+    if config.reuse_encoder and encoder.exists() and config.embed.encoder == config.pretrain.run_name:
+        pretrain = {"skipped": True, "encoder": str(encoder)}
+        timings["pretrain"] = 0.0
+    else:
+        pretrain = stage("pretrain", lambda: pretrain_flow(root, config.pretrain))
+    embed = stage("embed", lambda: embed_flow(root, config.embed, config.runner))
+    clusters = stage("cluster", lambda: cluster_flow(root, config.cluster, embed["encoder"]))
+    config.select.embeddings = config.select.embeddings or embed["encoder"]
+    selection = stage("select", lambda: select_flow(root, config.select))
+    published = stage(
+        "publish", lambda: publish_labels_flow(root, config.select.run_name, config.labels_dest)
+    )
+    labels_dest = config.labels_dest or str(Path(root) / "labels")
+    metrics = selection.get("metrics") or {}
     lines = [
         "# lakelabel curate run",
         f"- source: `{source}`",
-        f"- root: `{config.root}`",
+        f"- root: `{root}`",
+        f"- labels: `{labels_dest}` run `{published['run_id']}`",
+        f"- encoder: `{embed['encoder']}` ({embed['encoder_sha256'][:12]})",
         "",
-        "| stage | found | sharded | duplicate | rejected | skipped | shards | seconds |",
-        "|---|---|---|---|---|---|---|---|",
-        f"| ingest | {ingest['found']} | {ingest['sharded']} | {ingest['duplicate']} | {ingest['rejected']} "
-        f"| {ingest['skipped']} | {ingest['shards_written']} | {ingest['seconds']} |",
+        "| stage | seconds | result |",
+        "|---|---|---|",
+        f"| ingest | {timings['ingest']} | {ingest['sharded']} sharded, {ingest['duplicate']} duplicate, "
+        f"{ingest['rejected']} rejected, {ingest['skipped']} skipped |",
+        f"| pretrain | {timings['pretrain']} | {'reused' if pretrain.get('skipped') else str(pretrain.get('steps')) + ' steps'} |",
+        f"| embed | {timings['embed']} | {embed['shards_embedded']} shards embedded, {embed['shards_skipped']} skipped |",
+        f"| cluster | {timings['cluster']} | K={clusters['k']} x T={clusters['heads']}"
+        f"{' (unchanged, skipped)' if clusters['skipped'] else ''} |",
+        f"| select | {timings['select']} | {selection['roles']} |",
+        f"| publish | {timings['publish']} | {published['rows']} rows{' (unchanged)' if published['skipped'] else ''} |",
     ]
+    if metrics:
+        lines += [
+            "",
+            f"Against ground truth: precision {metrics['precision']} at coverage {metrics['coverage']}, "
+            f"accuracy at full coverage {metrics['accuracy_full_coverage']}.",
+        ]
     create_markdown_artifact("\n".join(lines), key="curate-summary", description="lakelabel run summary")
-    get_run_logger().info("shards under %s/shards, manifest under %s/manifest", config.root, config.root)
+    create_table_artifact(
+        [{"class": k, "positive_labels": v} for k, v in selection["per_class_positives"].items()],
+        key="curate-class-counts",
+        description="positive labels per class",
+    )
+    logger.info("labels: %s (run %s)", labels_dest, published["run_id"])
     return {
         "ingest": ingest,
-        "shards": str(Path(config.root) / "shards"),
-        "manifest": str(Path(config.root) / "manifest"),
+        "pretrain": pretrain,
+        "embed": embed,
+        "cluster": {k: v for k, v in clusters.items() if k != "history"},
+        "select": selection,
+        "publish": published,
+        "timings": timings,
+        "labels": labels_dest,
+        "label_run": published["run_id"],
+        "shards": str(Path(root) / "shards"),
+        "manifest": str(Path(root) / "manifest"),
     }

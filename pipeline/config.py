@@ -257,6 +257,10 @@ class LakelabelConfig(StrictModel):
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     select: SelectConfig = Field(default_factory=SelectConfig)
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
+    reuse_encoder: bool = Field(
+        True, description="Skip pretraining when the pretrain run already has an encoder (nightly runs)."
+    )
+    labels_dest: str | None = Field(None, description="Label lake URL; None = ROOT/labels.")
 
 
 SECTIONS: dict[str, type[StrictModel]] = {
