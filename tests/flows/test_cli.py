@@ -61,11 +61,22 @@ def test_bad_inputs_fail_with_one_clear_message(tmp_path: Path, capsys):
 
 
 def test_example_config_loads_with_every_section():
-    from pipeline.config import load_config
+    import yaml
 
-    config = load_config(Path(__file__).resolve().parents[2] / "flows" / "configs" / "example.yaml")
+    from pipeline.config import SECTIONS, LakelabelConfig, load_config
+
+    path = Path(__file__).resolve().parents[2] / "flows" / "configs" / "example.yaml"
+    config = load_config(path)
     assert config.ingest.shard_max_count == 5000 and config.pretrain.method == "simsiam"
     assert config.runner.kind == "threads"
+    # the example documents every key of every section (and the defaults it shows are the defaults)
+    raw = yaml.safe_load(path.read_text())
+    assert set(raw) == set(LakelabelConfig.model_fields)
+    for section, model in SECTIONS.items():
+        assert set(raw[section]) == set(model.model_fields), section
+        assert getattr(config, section) == model(), section
+    demo = load_config(Path(__file__).resolve().parents[2] / "flows" / "configs" / "demo.yaml")
+    assert demo.cluster.k == 4 and demo.pretrain.run_name == "demo"
 
 
 def test_every_pretrain_flag_reaches_the_config():
