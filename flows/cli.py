@@ -173,6 +173,19 @@ def cmd_labels(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_classifier(args: argparse.Namespace) -> int:
+    from pipeline.config import TrainClassifierConfig
+    from pipeline.train_classifier import train_classifier
+
+    if isinstance(args.classes, str):
+        args.classes = [c.strip() for c in args.classes.split(",") if c.strip()]
+    config = _section_config(TrainClassifierConfig, "train_classifier", args)
+    metrics = train_classifier(args.root, config)
+    metrics.pop("history", None)
+    print(json.dumps(metrics, separators=(",", ":")))
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.curate import curate_flow
@@ -347,6 +360,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dest", help="label lake URL instead of ROOT/labels")
     p.add_argument("--run", help="run id for show (default: latest)")
     p.set_defaults(func=cmd_labels)
+
+    p = sub.add_parser(
+        "train-classifier",
+        help="retrain a torchvision classifier from a label run; evaluate it on a labeled hold-out",
+        description="Train on ROOT's shards joined to a label run (cross-entropy on positives, negative-learning "
+        "loss on negatives), evaluate on --holdout, save ROOT/classifiers/RUN/{model.pt,metrics.json}.",
+    )
+    p.add_argument("root")
+    p.add_argument("--config", help="YAML file with a `train_classifier:` section (flags override it)")
+    p.add_argument("--labels", help="label run id (default: the latest)")
+    p.add_argument("--labels-dest", help="label lake URL (default ROOT/labels)")
+    p.add_argument("--classes", help="comma-separated class names, e.g. automobile,truck")
+    p.add_argument("--backbone", help="resnet18 | resnet34 | resnet50")
+    p.add_argument("--stem", help="small | imagenet")
+    p.add_argument("--init-from", help="state-dict checkpoint for the backbone")
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--negative-weight", type=float)
+    p.add_argument("--confidence-weighting", action="store_true", default=None)
+    p.add_argument("--holdout", help="labeled hold-out CSV (path,label_name[,split]); never trained on")
+    p.add_argument("--holdout-split", help="split of the hold-out CSV to use (default test)")
+    p.add_argument("--workers", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--run-name", help="folder under ROOT/classifiers")
+    p.set_defaults(func=cmd_train_classifier)
 
     p = sub.add_parser(
         "run",

@@ -213,6 +213,40 @@ class SelectConfig(StrictModel):
     )
 
 
+class TrainClassifierConfig(StrictModel):
+    """Retrain a classifier from the shards joined to a label run (SeLa's "label transfer")."""
+
+    labels: str | None = Field(None, description="Label run id; None = the latest.")
+    labels_dest: str | None = Field(None, description="Label lake URL; None = ROOT/labels.")
+    classes: list[str] | None = Field(None, description="Class names to train on (default: all in the run).")
+    backbone: str = Field(
+        "resnet18", description="resnet18 | resnet34 | resnet50 (torchvision, from scratch)"
+    )
+    stem: str = Field("imagenet", description="small | imagenet (the cheap one at 32 px on CPU)")
+    init_from: str | None = Field(None, description="Optional state-dict checkpoint for the backbone.")
+    image_size: int = Field(32, gt=0)
+    epochs: int = Field(5, gt=0)
+    max_steps: int | None = Field(None, gt=0)
+    batch_size: int = Field(128, gt=1)
+    lr: float = Field(0.1, gt=0, description="SGD learning rate (cosine schedule).")
+    weight_decay: float = Field(5e-4, ge=0)
+    negative_weight: float = Field(1.0, ge=0, description="Weight of the negative-learning loss.")
+    confidence_weighting: bool = Field(False, description="Weight each positive's loss by its confidence.")
+    holdout: str | None = Field(
+        None, description="Labeled hold-out CSV (path,label_name[,split]); never trained on."
+    )
+    holdout_split: str | None = Field(
+        "test", description="Only hold-out rows of this split (if the CSV has one)."
+    )
+    workers: int = Field(2, ge=0)
+    shuffle_buffer: int = Field(2000, ge=0)
+    precision: str = Field("auto", description="auto (bf16 on CUDA) | fp32 | bf16")
+    seed: int = 0
+    run_name: str = Field(
+        "default", pattern=r"^[A-Za-z0-9_.-]+$", description="Folder under ROOT/classifiers."
+    )
+
+
 class ConfigError(ValueError):
     """A configuration file or value is invalid."""
 

@@ -91,3 +91,73 @@ def test_cli_publish_and_labels(selected_root, tmp_path, capsys) -> None:
     assert main(["labels", "show", str(root)]) == 0
     assert "400 rows" in capsys.readouterr().out
     assert main(["labels", "show", str(root), "--run", "missing"]) == 2
+
+
+def test_dataset_api_yields_exactly_the_runs_positive_and_negative_rows(selected_root, tmp_path) -> None:
+    from pipeline.labeled_shards import LabeledShards
+
+    dest = str(tmp_path / "labels")
+    publish_labels(selected_root, "looser", dest=dest)
+    table = read_labels(dest).to_pandas()
+    wanted = table[
+        (table.role == "positive") | ((table.role == "negative_only") & (table.negative_labels.str.len() > 0))
+    ]
+    data = LabeledShards(selected_root, dest=dest)
+    samples = list(data)
+    assert sorted(s["key"] for s in samples) == sorted(wanted.key)
+    by_key = wanted.set_index("key")
+    for s in samples:
+        row = by_key.loc[s["key"]]
+        if row.role == "positive":
+            assert data.classes[s["label"]] == row.label_name
+        else:
+            assert s["label"] == -1
+        assert s["negatives"].sum() == len(row.negative_labels)
+        assert s["weight"] == 1.0 and s["image"].size == (32, 32)
+    # a class subset keeps only that class's positives (and negatives that still mean something)
+    name = wanted[wanted.role == "positive"].label_name.iloc[0]
+    subset = LabeledShards(selected_root, dest=dest, classes=[name], roles=("positive",))
+    assert subset.classes == [name] and len(subset) == int((wanted.label_name == name).sum())
+    with pytest.raises(ValueError, match="have no positive label"):
+        LabeledShards(selected_root, dest=dest, classes=["no-such-class"])
+
+
+def test_train_classifier_from_pseudo_labels(selected_root, cifar_root, tmp_path) -> None:
+    from pipeline.config import TrainClassifierConfig
+    from pipeline.train_classifier import train_classifier
+
+    _, truth, _ = cifar_root
+    root = tmp_path / "root"
+    shutil.copytree(selected_root, root)
+    labels = pd.read_csv(truth)
+    seed_csv, holdout = tmp_path / "seed.csv", tmp_path / "holdout.csv"
+    labels.tail(300).groupby("label").head(5).to_csv(seed_csv, index=False)  # class names from seed labels
+    labels.head(100).to_csv(holdout, index=False)
+    small = dict(rounds=1, epochs=1, min_steps=20, passes=3, hidden=32, review_per_class=2, tau_p=0.2)
+    select(root, SelectConfig(labels_from="seed", seed_labels=[str(seed_csv)], run_name="seeded", **small))
+    publish_labels(root, "seeded")
+    config = TrainClassifierConfig(
+        batch_size=16, max_steps=3, workers=0, holdout=str(holdout), holdout_split=None
+    )
+    metrics = train_classifier(root, config)
+    assert metrics["steps"] == 3 and (root / "classifiers" / "default" / "model.pt").exists()
+    assert metrics["holdout"]["images"] > 0 and 0 <= metrics["holdout"]["accuracy"] <= 1
+    saved = json.loads((root / "classifiers" / "default" / "metrics.json").read_text())
+    assert saved["classes"] == metrics["classes"] and saved["label_run"] == latest_run(str(root / "labels"))
+    assert (
+        main(
+            [
+                "train-classifier",
+                str(root),
+                "--max-steps",
+                "1",
+                "--batch-size",
+                "16",
+                "--workers",
+                "0",
+                "--run-name",
+                "cli",
+            ]
+        )
+        == 0
+    )

@@ -1,0 +1,174 @@
+"""``lakelabel train-classifier``: a torchvision classifier trained from a label run, evaluated on a
+labeled hold-out (cross-entropy on positives, UPS's negative-learning loss on negatives).
+
+Writes ``ROOT/classifiers/<run>/``: ``model.pt`` (state dict), ``classes.json``, ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from models.backbones import build_backbone
+from models.ups import negative_learning_loss
+from pipeline.atomic import atomic_write, atomic_write_bytes
+from pipeline.augment import eval_transform
+from pipeline.config import TrainClassifierConfig
+from pipeline.labeled_shards import LabeledShards
+from pipeline.pretrain import _autocast, init_backbone_from
+from pipeline.shard_data import eval_loader, list_shards
+from pipeline.truth import attach_keys, read_label_csv
+
+STEMS = ("small", "imagenet")
+
+
+def _train_transform(size: int):
+    from torchvision.transforms import v2
+
+    return v2.Compose(
+        [
+            v2.PILToTensor(),
+            v2.RandomResizedCrop(size, scale=(0.6, 1.0), antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+        ]
+    )
+
+
+def holdout_keys(root: Path, config: TrainClassifierConfig):
+    """Hold-out rows (key, label_name) from the CSV, restricted to its split when it has one."""
+    if not config.holdout:
+        return None
+    table = read_label_csv(config.holdout)
+    if "label_name" not in table.columns:
+        raise ValueError(f"hold-out CSV {config.holdout!r} needs a label_name column to match class names")
+    if config.holdout_split and "split" in table.columns:
+        table = table[table.split == config.holdout_split]
+    return attach_keys(root, table).drop_duplicates("key")
+
+
+def train_classifier(
+    root: str | Path, config: TrainClassifierConfig | None = None, device: str | None = None
+) -> dict:
+    config = config or TrainClassifierConfig()
+    if config.stem not in STEMS:
+        raise ValueError(f"unknown stem {config.stem!r}; valid: {', '.join(STEMS)}")
+    root = Path(root)
+    started = time.perf_counter()
+    holdout = holdout_keys(root, config)
+    excluded = set(holdout.key) if holdout is not None else set()  # the hold-out never trains
+    data = LabeledShards(
+        root,
+        config.labels,
+        dest=config.labels_dest,
+        classes=config.classes,
+        transform=_train_transform(config.image_size),
+        exclude_keys=excluded,
+        confidence_weighting=config.confidence_weighting,
+        shuffle=config.shuffle_buffer,
+        seed=config.seed,
+    )
+    if len(data) < config.batch_size:
+        raise ValueError(
+            f"label run has {len(data)} trainable images (after the hold-out), fewer than a batch"
+        )
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(config.seed)
+    backbone, dim = build_backbone(config.backbone, small_images=config.stem == "small")
+    if config.init_from:
+        init_backbone_from(backbone, config.init_from)
+    model = nn.Sequential(backbone, nn.Linear(dim, len(data.classes))).to(dev)
+    if dev.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    steps_per_epoch = max(1, len(data) // config.batch_size)
+    total = (
+        config.epochs * steps_per_epoch
+        if config.max_steps is None
+        else min(config.max_steps, config.epochs * steps_per_epoch)
+    )
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=config.lr, momentum=0.9, weight_decay=config.weight_decay
+    )
+    step, history = 0, []
+    model.train()
+    while step < total:
+        epoch_loss, batches = 0.0, 0
+        for batch in data.loader(config.batch_size, config.workers):
+            lr = 0.5 * config.lr * (1 + math.cos(math.pi * step / total))
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x = batch["image"].to(dev, non_blocking=True)
+            label, negatives, weight = (
+                batch["label"].to(dev),
+                batch["negatives"].to(dev),
+                batch["weight"].to(dev),
+            )
+            with _autocast(config.precision, dev):
+                logits = model(x).float()
+            pos = label >= 0
+            loss = torch.zeros((), device=dev)
+            if pos.any():
+                ce = F.cross_entropy(logits[pos], label[pos], reduction="none")
+                loss = loss + (ce * weight[pos]).sum() / weight[pos].sum()
+            if config.negative_weight and negatives.any():
+                loss = loss + config.negative_weight * negative_learning_loss(logits, negatives)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            epoch_loss, batches = epoch_loss + float(loss.detach()), batches + 1
+            if step >= total:
+                break
+        history.append({"step": step, "loss": round(epoch_loss / max(batches, 1), 4)})
+    train_seconds = time.perf_counter() - started
+    metrics = {
+        "label_run": data.run_id,
+        "classes": data.classes,
+        "trained_on": data.counts(),
+        "steps": step,
+        "train_seconds": round(train_seconds, 1),
+        "history": history,
+        "device": str(dev),
+    }
+    if holdout is not None:
+        metrics["holdout"] = evaluate_holdout(root, model, data.classes, holdout, config, dev)
+    out = root / "classifiers" / config.run_name
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "model.pt", lambda f: torch.save(model.state_dict(), f))
+    atomic_write_bytes(out / "classes.json", json.dumps(data.classes).encode())
+    metrics["checkpoint"] = str(out / "model.pt")
+    metrics["config"] = config.model_dump()
+    atomic_write_bytes(out / "metrics.json", json.dumps(metrics, indent=1).encode())
+    return metrics
+
+
+@torch.no_grad()
+def evaluate_holdout(root: Path, model: nn.Module, classes: list[str], holdout, config, dev) -> dict:
+    """Top-1 accuracy (overall and per class) on hold-out images whose class is among ``classes``."""
+    holdout = holdout[holdout.label_name.isin(classes)]
+    truth = dict(zip(holdout.key, holdout.label_name, strict=True))
+    model.eval()
+    correct: dict[str, list[int]] = {c: [0, 0] for c in classes}
+    loader = eval_loader(
+        list_shards(root), eval_transform(config.image_size), 256, config.workers, set(truth)
+    )
+    for images, keys in loader:
+        with _autocast(config.precision, dev):
+            pred = model(images.to(dev)).float().argmax(1).cpu().tolist()
+        for key, p in zip(keys, pred, strict=True):
+            name = truth[key]
+            correct[name][0] += int(classes[p] == name)
+            correct[name][1] += 1
+    n = sum(t for _, t in correct.values())
+    return {
+        "images": n,
+        "accuracy": round(sum(c for c, _ in correct.values()) / n, 4) if n else None,
+        "per_class": {k: round(c / t, 4) if t else None for k, (c, t) in correct.items()},
+    }
