@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from data_specs.labels import LABELS_SCHEMA, ROLES
 from models.ups import (
     DropoutClassifier,
     Selection,
@@ -41,21 +42,24 @@ from pipeline.truth import attach_keys, read_label_csv, read_seed_labels
 LABEL_SOURCES = ("clusters", "seed")
 METHODS = ("ups", "confidence")
 NAMINGS = ("hungarian", "majority")
-ROLES = ("positive", "negative_only", "review", "unlabeled")
 
+#: ``selection.parquet``: the label table's per-image columns (data_specs/labels.py) plus ``predicted``.
 SELECTION_SCHEMA = pa.schema(
     [
-        pa.field("key", pa.string(), nullable=False),
-        pa.field("shard", pa.string(), nullable=False),
-        pa.field("label", pa.int32()),
-        pa.field("label_name", pa.string()),
-        pa.field("predicted", pa.int32(), nullable=False),
-        pa.field("role", pa.string(), nullable=False),
-        pa.field("is_seed", pa.bool_(), nullable=False),
-        pa.field("confidence", pa.float32(), nullable=False),
-        pa.field("uncertainty", pa.float32(), nullable=False),
-        pa.field("negative_labels", pa.list_(pa.int32()), nullable=False),
+        LABELS_SCHEMA.field(name)
+        for name in (
+            "key",
+            "shard",
+            "label",
+            "label_name",
+            "role",
+            "is_seed",
+            "confidence",
+            "uncertainty",
+            "negative_labels",
+        )
     ]
+    + [pa.field("predicted", pa.int32(), nullable=False)]
 )
 
 
