@@ -147,10 +147,22 @@ def cmd_select(args: argparse.Namespace) -> int:
     return 0
 
 
+def _storage_options(items: list[str]) -> dict:
+    options = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--storage-option must be KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        options[key] = value
+    return options
+
+
 def cmd_publish(args: argparse.Namespace) -> int:
     from pipeline.labels import publish_labels
 
-    print(json.dumps(publish_labels(args.root, args.selection, args.dest), separators=(",", ":")))
+    options = _storage_options(args.storage_option)
+    record = publish_labels(args.root, args.selection, args.dest, storage_options=options)
+    print(json.dumps(record, separators=(",", ":")))
     return 0
 
 
@@ -160,13 +172,14 @@ def cmd_labels(args: argparse.Namespace) -> int:
     if not (args.root or args.dest):
         raise ValueError("give ROOT or --dest")
     dest = args.dest or default_dest(args.root)
+    options = _storage_options(args.storage_option)
     if args.action == "ls":
-        for record in list_runs(dest):
+        for record in list_runs(dest, options):
             print(f"{record['run_id']}  rows={record['rows']}  roles={json.dumps(record['roles'])}")
     elif args.action == "latest":
-        print(latest_run(dest))
+        print(latest_run(dest, options))
     else:
-        table = read_labels(dest, args.run).to_pandas()
+        table = read_labels(dest, args.run, options).to_pandas()
         print(f"run {table.run_id.iloc[0] if len(table) else args.run}: {len(table)} rows\n")
         counts = table.groupby(["role", "label_name"], dropna=False).size().rename("images")
         print(counts.to_string())
@@ -348,6 +361,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("root")
     p.add_argument("--selection", default="default", help="selection run (default 'default')")
     p.add_argument("--dest", help="label lake URL (default ROOT/labels)")
+    p.add_argument(
+        "--storage-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fsspec option (repeatable)",
+    )
     p.set_defaults(func=cmd_publish)
 
     p = sub.add_parser(
@@ -359,6 +379,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("root", nargs="?", help="ingest root (labels under ROOT/labels)")
     p.add_argument("--dest", help="label lake URL instead of ROOT/labels")
     p.add_argument("--run", help="run id for show (default: latest)")
+    p.add_argument(
+        "--storage-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fsspec option (repeatable)",
+    )
     p.set_defaults(func=cmd_labels)
 
     p = sub.add_parser(

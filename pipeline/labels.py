@@ -28,8 +28,8 @@ class LabelsNotFound(FileNotFoundError):
     """No committed label run (or not the one asked for)."""
 
 
-def _fs(dest: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    fs, path = fsspec.core.url_to_fs(dest)
+def _fs(dest: str, storage_options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    fs, path = fsspec.core.url_to_fs(dest, **(storage_options or {}))
     return fs, path.rstrip("/")
 
 
@@ -99,16 +99,17 @@ def publish_labels(
     selection_run: str = "default",
     dest: str | None = None,
     fail_before_commit: bool = False,
+    storage_options: dict | None = None,
 ) -> dict:
     """Publish ``ROOT/selections/<selection_run>`` as a new label run; returns the commit record.
 
     ``fail_before_commit`` is fault injection for tests: it stops after staging, as a crash would.
     """
     dest = dest or default_dest(root)
-    fs, base = _fs(dest)
+    fs, base = _fs(dest, storage_options)
     table = build_label_table(root, selection_run)
     digest = _content_hash(table)
-    for record in list_runs(dest):
+    for record in list_runs(dest, storage_options):
         if record["content_sha256"] == digest:
             return {**record, "skipped": True}
     created = datetime.now(UTC)
@@ -123,7 +124,7 @@ def publish_labels(
         pa.array([created] * table.num_rows, pa.timestamp("ms", tz="UTC")),
     )
     table = validate_labels(table)
-    _clean_staging(fs, base)
+    _clean_staging(fs, base, dest, storage_options)
     staging = f"{base}/_staging/{run_id}"
     fs.makedirs(staging, exist_ok=True)
     with fs.open(f"{staging}/{PART}", "wb") as f:
@@ -131,7 +132,8 @@ def publish_labels(
     if fail_before_commit:
         raise RuntimeError(f"fault injected before committing label run {run_id}")
     final = f"{base}/run_id={run_id}"
-    fs.mv(staging, final, recursive=True)
+    fs.makedirs(final, exist_ok=True)
+    fs.mv(f"{staging}/{PART}", f"{final}/{PART}")  # a rename locally; copy + delete on object stores
     roles = pd.Series(table.column("role").to_pylist()).value_counts().to_dict()
     record = {
         "run_id": run_id,
@@ -146,7 +148,7 @@ def publish_labels(
     fs.makedirs(f"{base}/_commits", exist_ok=True)
     with fs.open(f"{base}/_commits/{run_id}.json", "w") as f:  # the commit marker
         f.write(json.dumps(record, indent=1))
-    latest = max(r["run_id"] for r in list_runs(dest))
+    latest = max(r["run_id"] for r in list_runs(dest, storage_options))
     with fs.open(f"{base}/_latest.tmp", "w") as f:
         f.write(latest + "\n")
     fs.mv(f"{base}/_latest.tmp", f"{base}/_latest")
@@ -155,19 +157,19 @@ def publish_labels(
     return {**record, "skipped": False}
 
 
-def _clean_staging(fs, base: str) -> None:
+def _clean_staging(fs, base: str, dest: str, storage_options: dict | None) -> None:
     """Remove interrupted publishes: the staging area and run folders that never got their marker."""
     if fs.exists(f"{base}/_staging"):
         fs.rm(f"{base}/_staging", recursive=True)
-    committed = {r["run_id"] for r in list_runs(f"{fs.unstrip_protocol(base)}")}
+    committed = {r["run_id"] for r in list_runs(dest, storage_options)}
     for path in fs.glob(f"{base}/run_id=*"):
         if path.rsplit("run_id=", 1)[1] not in committed:
             fs.rm(path, recursive=True)
 
 
-def list_runs(dest: str) -> list[dict]:
+def list_runs(dest: str, storage_options: dict | None = None) -> list[dict]:
     """Commit records of every committed run, oldest first."""
-    fs, base = _fs(dest)
+    fs, base = _fs(dest, storage_options)
     if not fs.exists(f"{base}/_commits"):
         return []
     records = []
@@ -177,19 +179,19 @@ def list_runs(dest: str) -> list[dict]:
     return sorted(records, key=lambda r: r["run_id"])
 
 
-def latest_run(dest: str) -> str:
-    runs = list_runs(dest)
+def latest_run(dest: str, storage_options: dict | None = None) -> str:
+    runs = list_runs(dest, storage_options)
     if not runs:
         raise LabelsNotFound(f"no committed label run under {dest!r}; run `lakelabel publish` first")
     return runs[-1]["run_id"]
 
 
-def read_labels(dest: str, run_id: str | None = None) -> pa.Table:
+def read_labels(dest: str, run_id: str | None = None, storage_options: dict | None = None) -> pa.Table:
     """One committed run (``None``: the latest), validated against the contract."""
-    fs, base = _fs(dest)
-    run_id = run_id or latest_run(dest)
+    fs, base = _fs(dest, storage_options)
+    run_id = run_id or latest_run(dest, storage_options)
     if not fs.exists(f"{base}/_commits/{run_id}.json"):
-        known = ", ".join(r["run_id"] for r in list_runs(dest)) or "none"
+        known = ", ".join(r["run_id"] for r in list_runs(dest, storage_options)) or "none"
         raise LabelsNotFound(f"label run {run_id!r} is not committed under {dest!r} (committed: {known})")
     with fs.open(f"{base}/run_id={run_id}/{PART}") as f:
         return validate_labels(pq.read_table(f))

@@ -161,3 +161,33 @@ def test_train_classifier_from_pseudo_labels(selected_root, cifar_root, tmp_path
         )
         == 0
     )
+
+
+@pytest.mark.slow
+def test_publish_to_an_s3_label_lake(selected_root, port, monkeypatch) -> None:
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="lake")
+        options = {"endpoint_url": endpoint, "key": "testing", "secret": "testing"}
+        dest = "s3://lake/labels"
+        first = publish_labels(selected_root, dest=dest, storage_options=options)
+        with pytest.raises(RuntimeError, match="fault injected"):
+            publish_labels(
+                selected_root, "looser", dest=dest, storage_options=options, fail_before_commit=True
+            )
+        assert latest_run(dest, options) == first["run_id"]
+        second = publish_labels(selected_root, "looser", dest=dest, storage_options=options)
+        assert [r["run_id"] for r in list_runs(dest, options)] == [first["run_id"], second["run_id"]]
+        assert read_labels(dest, first["run_id"], options).num_rows == 400
+        plain = pd.read_parquet(f"{dest}/run_id={second['run_id']}", storage_options=options)
+        assert len(plain) == 400 and plain.key.is_unique
+    finally:
+        server.stop()
