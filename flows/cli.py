@@ -213,6 +213,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from flows.serve import serve_deployments
+    from pipeline.config import load_config
+
+    config = load_config(args.config or DEMO_CONFIG, source=args.source, root=args.root)
+    serve_deployments(config, args.cron, None if args.weekly_cron == "off" else args.weekly_cron)
+    return 0
+
+
 DEMO_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "demo.yaml")
 
 
@@ -426,6 +435,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", help="override the config's source")
     p.add_argument("--root", help="override the config's output root")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "serve",
+        help="serve the nightly curate and weekly pretrain deployments from this process (flow.serve)",
+        description="Register and run the scheduled deployments in one process (needs PREFECT_API_URL for a "
+        "lasting server). Stopping this process pauses them. For workers, use prefect.yaml instead.",
+    )
+    p.add_argument("--config", help="YAML config (default: flows/configs/demo.yaml)")
+    p.add_argument("--source", help="override the config's source")
+    p.add_argument("--root", help="override the config's output root")
+    p.add_argument("--cron", default="0 2 * * *", help="curate schedule (default nightly 02:00 UTC)")
+    p.add_argument("--weekly-cron", default="0 3 * * 0", help="pretrain schedule, or 'off'")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

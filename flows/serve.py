@@ -1,0 +1,38 @@
+"""``lakelabel serve``: the one-process alternative to ``prefect.yaml`` + a worker (``flow.serve``).
+
+Serves the nightly curate and the weekly re-pretrain deployments from this process; stopping it
+pauses them (Prefect marks served deployments as not ready).
+"""
+
+from __future__ import annotations
+
+from prefect import serve
+
+from flows.curate import curate_flow
+from flows.pretrain import pretrain_flow
+from pipeline.config import LakelabelConfig
+
+
+def deployments(config: LakelabelConfig, nightly_cron: str, weekly_cron: str | None):
+    """The deployments ``serve`` runs: curate (nightly) and, when ``weekly_cron``, pretrain (weekly)."""
+    out = [
+        curate_flow.to_deployment(
+            name="nightly-curate", cron=nightly_cron, parameters={"config": config.model_dump(mode="json")}
+        )
+    ]
+    if weekly_cron:
+        out.append(
+            pretrain_flow.to_deployment(
+                name="weekly-pretrain",
+                cron=weekly_cron,
+                parameters={"root": config.root, "config": config.pretrain.model_dump(mode="json")},
+            )
+        )
+    return out
+
+
+def serve_deployments(
+    config: LakelabelConfig, nightly_cron: str = "0 2 * * *", weekly_cron: str | None = "0 3 * * 0"
+) -> None:
+    """Block, running scheduled (and manually triggered) runs of the deployments in this process."""
+    serve(*deployments(config, nightly_cron, weekly_cron))
