@@ -6,13 +6,23 @@ Ground truth (``labels.csv.gz``) is only ever used for evaluation and as seed la
 from __future__ import annotations
 
 import gzip
+import os
 import tarfile
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-CIFAR = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10"
+_CANDIDATES = [
+    os.environ.get("LAKELABEL_CIFAR10", ""),
+    str(
+        Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10"
+    ),  # ../shared next to the repo
+    "/work/shared/datasets/cifar10",
+]
+CIFAR = next(
+    (Path(c) for c in _CANDIDATES if c and (Path(c) / "lake.tar.gz").is_file()), Path(_CANDIDATES[1])
+)
 
 
 def cifar_available() -> bool:
