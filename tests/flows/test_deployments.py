@@ -35,8 +35,18 @@ def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 120) -> Non
     raise TimeoutError("prefect server did not become healthy")
 
 
-@pytest.mark.slow
-def test_prefect_yaml_deploys_and_a_process_worker_runs_curate(tmp_path):
+TINY = {
+    "ingest": {"workers": 0, "shard_max_count": 300},
+    "pretrain": {"method": "simclr", "stem": "imagenet", "batch_size": 32, "max_steps": 2, "workers": 0},
+    "embed": {"workers": 0},
+    "cluster": {"k": 4, "heads": 1, "epochs": 1},
+    "select": {"rounds": 1, "epochs": 1, "min_steps": 10, "passes": 3, "hidden": 32, "review_per_class": 1},
+}
+
+
+@pytest.fixture
+def prefect_server(tmp_path):
+    """A real ``prefect server start`` on 127.0.0.1; yields ``(env, prefect_cli)``."""
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {
@@ -64,46 +74,76 @@ def test_prefect_yaml_deploys_and_a_process_worker_runs_curate(tmp_path):
     )
     try:
         _wait_healthy(api, server)
-        prefect("work-pool", "create", "lakelabel-process", "--type", "process")
-        prefect("--no-prompt", "deploy", "--all")
-        deployments = json.loads(
-            prefect("deployment", "inspect", "curate/nightly-curate", "--output", "json")
-        )
-        assert [s["schedule"]["cron"] for s in deployments["schedules"]] == ["0 2 * * *"]
-        weekly = json.loads(prefect("deployment", "inspect", "pretrain/weekly-pretrain", "--output", "json"))
-        assert [s["schedule"]["cron"] for s in weekly["schedules"]] == ["0 3 * * 0"]
-
-        root = tmp_path / "demo" / "root"
-        config = {
-            "root": str(root),
-            "ingest": {"workers": 0, "shard_max_count": 300},
-            "pretrain": {
-                "method": "simclr",
-                "stem": "imagenet",
-                "batch_size": 32,
-                "max_steps": 2,
-                "workers": 0,
-            },
-            "embed": {"workers": 0},
-            "cluster": {"k": 4, "heads": 1, "epochs": 1},
-            "select": {
-                "rounds": 1,
-                "epochs": 1,
-                "min_steps": 10,
-                "passes": 3,
-                "hidden": 32,
-                "review_per_class": 1,
-            },
-        }
-        out = prefect(
-            "deployment", "run", "curate/nightly-curate", "--params", json.dumps({"config": config})
-        )
-        run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", out).group(1)
-        prefect("worker", "start", "--pool", "lakelabel-process", "--run-once", timeout=600)
-        state = json.loads(prefect("flow-run", "inspect", run_id, "--output", "json"))["state"]
-        assert state["type"] == "COMPLETED", state
-        runs = list_runs(str(root / "labels"))
-        assert len(runs) == 1 and runs[0]["rows"] == 600
+        yield env, prefect
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)
+
+
+def _completed(prefect, run_id: str) -> dict:
+    return json.loads(prefect("flow-run", "inspect", run_id, "--output", "json"))["state"]
+
+
+@pytest.mark.slow
+def test_prefect_yaml_deploys_and_a_process_worker_runs_curate(prefect_server, tmp_path):
+    env, prefect = prefect_server
+    prefect("work-pool", "create", "lakelabel-process", "--type", "process")
+    prefect("--no-prompt", "deploy", "--all")
+    deployment = json.loads(prefect("deployment", "inspect", "curate/nightly-curate", "--output", "json"))
+    assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["0 2 * * *"]
+    weekly = json.loads(prefect("deployment", "inspect", "pretrain/weekly-pretrain", "--output", "json"))
+    assert [s["schedule"]["cron"] for s in weekly["schedules"]] == ["0 3 * * 0"]
+
+    root = tmp_path / "demo" / "root"
+    config = {"root": str(root), **TINY}
+    out = prefect("deployment", "run", "curate/nightly-curate", "--params", json.dumps({"config": config}))
+    run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", out).group(1)
+    prefect("worker", "start", "--pool", "lakelabel-process", "--run-once", timeout=600)
+    state = _completed(prefect, run_id)
+    assert state["type"] == "COMPLETED", state
+    runs = list_runs(str(root / "labels"))
+    assert len(runs) == 1 and runs[0]["rows"] == 600
+
+
+@pytest.mark.slow
+def test_lakelabel_serve_registers_and_runs_deployments(prefect_server, tmp_path):
+    import yaml
+
+    env, prefect = prefect_server
+    root = tmp_path / "served" / "root"
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(yaml.safe_dump({"root": str(root), **TINY}))
+    lakelabel = str(Path(sys.executable).with_name("lakelabel"))
+    serve = subprocess.Popen(
+        [lakelabel, "serve", "--config", str(config_file), "--cron", "0 1 * * *"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            listed = subprocess.run(
+                [PREFECT, "deployment", "ls"], env=env, capture_output=True, text=True
+            ).stdout
+            if "nightly-curate" in listed and "weekly-pretrain" in listed:
+                break
+            time.sleep(1)
+        deployment = json.loads(prefect("deployment", "inspect", "curate/nightly-curate", "--output", "json"))
+        assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["0 1 * * *"]
+        out = prefect("deployment", "run", "curate/nightly-curate")
+        run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", out).group(1)
+        deadline = time.time() + 400
+        while time.time() < deadline and _completed(prefect, run_id)["type"] not in (
+            "COMPLETED",
+            "FAILED",
+            "CRASHED",
+        ):
+            time.sleep(2)
+        assert _completed(prefect, run_id)["type"] == "COMPLETED"
+        assert len(list_runs(str(root / "labels"))) == 1
+    finally:
+        os.killpg(serve.pid, 15)
+        serve.wait(timeout=30)
