@@ -186,6 +186,22 @@ def cmd_labels(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from pipeline.report import build_report
+
+    meta = build_report(
+        args.root,
+        labels_run=args.labels,
+        dest=args.dest,
+        truth=args.truth,
+        out=args.out,
+        per_row=args.per_row,
+        storage_options=_storage_options(args.storage_option),
+    )
+    print(json.dumps({k: meta[k] for k in ("run_id", "html", "metrics")}, separators=(",", ":")))
+    return 0
+
+
 def cmd_train_classifier(args: argparse.Namespace) -> int:
     from pipeline.config import TrainClassifierConfig
     from pipeline.train_classifier import train_classifier
@@ -210,6 +226,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"shards:   {os.path.abspath(result['shards'])}")
     print(f"manifest: {os.path.abspath(result['manifest'])}")
     print(f"labels:   {os.path.abspath(result['labels'])}  (run {result['label_run']})")
+    print(f"report:   {os.path.abspath(result['report'])}")
     return 0
 
 
@@ -424,6 +441,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--run-name", help="folder under ROOT/classifiers")
     p.set_defaults(func=cmd_train_classifier)
+
+    p = sub.add_parser(
+        "report",
+        help="one self-contained HTML page (+ PNGs) to judge a label run",
+        description="Sample montages per class, cluster and review queue, confidence/uncertainty histograms, "
+        "per-class counts, run metadata; with --truth a precision-coverage curve and confusion matrix. "
+        "Written to ROOT/reports/RUN/report.html (images inlined).",
+    )
+    p.add_argument("root")
+    p.add_argument("--labels", help="label run id (default: the latest)")
+    p.add_argument("--truth", help="ground-truth CSV (path,label[,label_name]) for evaluation only")
+    p.add_argument("--dest", help="label lake URL (default ROOT/labels)")
+    p.add_argument("--out", help="output folder (default ROOT/reports/RUN)")
+    p.add_argument("--per-row", type=int, default=12, help="images per montage row (default 12)")
+    p.add_argument(
+        "--storage-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fsspec option (repeatable)",
+    )
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser(
         "run",

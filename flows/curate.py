@@ -19,6 +19,7 @@ from flows.embed import embed_flow
 from flows.ingest import ingest_flow
 from flows.pretrain import pretrain_flow
 from flows.publish import publish_labels_flow
+from flows.report import report_flow
 from flows.select import select_flow
 from pipeline.config import LakelabelConfig
 from pipeline.demo import demo_seed_csv, demo_truth_csv, make_demo_lake
@@ -65,6 +66,12 @@ def curate_flow(config: LakelabelConfig | None = None) -> dict:
         "publish", lambda: publish_labels_flow(root, config.select.run_name, config.labels_dest)
     )
     labels_dest = config.labels_dest or str(Path(root) / "labels")
+    report = stage(
+        "report",
+        lambda: report_flow(
+            root, published["run_id"], config.labels_dest, config.select.truth, dict(timings)
+        ),
+    )
     metrics = selection.get("metrics") or {}
     lines = [
         "# lakelabel curate run",
@@ -72,6 +79,7 @@ def curate_flow(config: LakelabelConfig | None = None) -> dict:
         f"- root: `{root}`",
         f"- labels: `{labels_dest}` run `{published['run_id']}`",
         f"- encoder: `{embed['encoder']}` ({embed['encoder_sha256'][:12]})",
+        f"- report: [{report['html']}]({Path(report['html']).resolve().as_uri()})",
         "",
         "| stage | seconds | result |",
         "|---|---|---|",
@@ -83,6 +91,7 @@ def curate_flow(config: LakelabelConfig | None = None) -> dict:
         f"{' (unchanged, skipped)' if clusters['skipped'] else ''} |",
         f"| select | {timings['select']} | {selection['roles']} |",
         f"| publish | {timings['publish']} | {published['rows']} rows{' (unchanged)' if published['skipped'] else ''} |",
+        f"| report | {timings['report']} | {report['images_inlined']} figures |",
     ]
     if metrics:
         lines += [
@@ -107,6 +116,7 @@ def curate_flow(config: LakelabelConfig | None = None) -> dict:
         "timings": timings,
         "labels": labels_dest,
         "label_run": published["run_id"],
+        "report": report["html"],
         "shards": str(Path(root) / "shards"),
         "manifest": str(Path(root) / "manifest"),
     }

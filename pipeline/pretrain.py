@@ -7,9 +7,11 @@ a re-run resumes from it exactly), ``encoder.pt`` (backbone state dict: the inpu
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import pickle
+import statistics
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -308,6 +310,13 @@ class Pretrainer:
         )
         return round(float((pred == y_te).float().mean()), 4)
 
+    def _steady_step_s(self) -> float | None:
+        """Median seconds per step after the first quarter (loader start-up and warm-up excluded)."""
+        times = self.step_times[len(self.step_times) // 4 :]
+        if len(times) < 3:
+            return None
+        return round(statistics.median(b - a for a, b in itertools.pairwise(times)), 4)
+
     def finish(self, seconds: float) -> dict:
         summary = {
             "root": str(self.root),
@@ -323,6 +332,7 @@ class Pretrainer:
             "images_per_s": round(self.steps_run * self.config.batch_size * self.dist.world / seconds, 1)
             if seconds
             else None,
+            "steady_step_s": self._steady_step_s(),
             "history": self.history,
             "init_from": self.init_report,
             "encoder": str(self.ckpt_dir / "encoder.pt"),

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.testing.utilities import prefect_test_harness
 
 from flows.curate import curate_flow
@@ -14,8 +19,9 @@ from pipeline.config import (
     PretrainConfig,
     SelectConfig,
 )
+from pipeline.demo import make_demo_lake
 from pipeline.faults import InjectedFault
-from pipeline.labels import read_labels
+from pipeline.labels import list_runs, read_labels
 
 
 def tiny_config(root) -> LakelabelConfig:
@@ -44,6 +50,22 @@ def test_curate_runs_end_to_end_and_resumes_after_a_failed_stage(tmp_path, monke
         assert (root / "checkpoints" / "tiny" / "encoder.pt").exists()
         assert len(list(root.glob("embeddings/*/emb-*.parquet"))) == 3
         result = curate_flow(config)
+        # a nightly run after new images arrived: only they are ingested and embedded; a new version
+        more = make_demo_lake(tmp_path / "more", per_class=30, seed=1)
+        shutil.copytree(more, root.parent / "lake" / "camera-new")
+        nightly = curate_flow(config)
+        with get_client(sync_client=True) as client:
+            artifacts = client.read_artifacts(
+                artifact_filter=ArtifactFilter(
+                    key=ArtifactFilterKey(any_=["label-report", "curate-summary", "curate-class-counts"])
+                )
+            )
+    by_key = {a.key: a for a in artifacts}
+    assert set(by_key) == {"label-report", "curate-summary", "curate-class-counts"}
+    assert by_key["label-report"].type == "markdown"  # Prefect stores a link artifact as a markdown link
+    assert Path(result["report"]).resolve().as_uri() in by_key["label-report"].data
+    assert result["report"] in by_key["curate-summary"].data
+    assert Path(result["report"]).is_file() and "figures rendered" in Path(result["report"]).read_text()
     assert (
         result["ingest"]["found"] == 0 and result["ingest"]["already_ingested"] == 604
     )  # nothing new (600 + 1 copy + 2 bad + 1 .demo-complete)
@@ -55,4 +77,14 @@ def test_curate_runs_end_to_end_and_resumes_after_a_failed_stage(tmp_path, monke
     names = set(labels.label_name.dropna())
     assert names and names <= {"box_truck", "round_car", "tri_plane", "bar_ship"}
     assert "metrics" in result["select"]  # the demo's ground truth is used for evaluation
-    assert set(result["timings"]) == {"ingest", "pretrain", "embed", "cluster", "select", "publish"}
+    ingest = nightly["ingest"]
+    assert (ingest["found"], ingest["sharded"], ingest["duplicate"], ingest["rejected"]) == (124, 120, 1, 2)
+    assert ingest["already_ingested"] == 604
+    assert nightly["embed"]["shards_embedded"] == 1 and nightly["embed"]["shards_skipped"] == 3
+    assert nightly["pretrain"]["skipped"] is True and nightly["cluster"]["skipped"] is False
+    runs = list_runs(nightly["labels"])
+    assert [r["run_id"] for r in runs] == [result["label_run"], nightly["label_run"]]
+    new_labels = read_labels(nightly["labels"], nightly["label_run"]).to_pandas()
+    assert len(new_labels) == 720 and set(labels.key) < set(new_labels.key)
+    assert len(read_labels(result["labels"], result["label_run"])) == 600  # the earlier version is kept
+    assert set(result["timings"]) == {"ingest", "pretrain", "embed", "cluster", "select", "publish", "report"}

@@ -75,6 +75,7 @@ def test_pretrain_writes_encoder_and_summary_and_runs_knn(shard_root, tmp_path):
     labels.to_csv(csv, index=False)
     summary = pretrain(shard_root, _config(run_name="knn", epochs=1, knn_labels=str(csv), method="byol"))
     assert summary["steps"] == summary["steps_per_epoch"] == 96 // 8
+    assert 0 < summary["steady_step_s"] <= summary["seconds"] / (summary["steps"] // 2)  # 12 steps timed
     assert 0.0 <= summary["history"][-1]["knn_top1"] <= 1.0
     encoder = torch.load(summary["encoder"], weights_only=True)
     assert "conv1.weight" in encoder and encoder["conv1.weight"].shape[-1] == 3  # small-image stem
