@@ -147,6 +147,16 @@ def cmd_select(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_storage_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--storage-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fsspec option (repeatable)",
+    )
+
+
 def _storage_options(items: list[str]) -> dict:
     options = {}
     for item in items:
@@ -387,13 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("root")
     p.add_argument("--selection", default="default", help="selection run (default 'default')")
     p.add_argument("--dest", help="label lake URL (default ROOT/labels)")
-    p.add_argument(
-        "--storage-option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="fsspec option (repeatable)",
-    )
+    _add_storage_option(p)
     p.set_defaults(func=cmd_publish)
 
     p = sub.add_parser(
@@ -405,13 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("root", nargs="?", help="ingest root (labels under ROOT/labels)")
     p.add_argument("--dest", help="label lake URL instead of ROOT/labels")
     p.add_argument("--run", help="run id for show (default: latest)")
-    p.add_argument(
-        "--storage-option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="fsspec option (repeatable)",
-    )
+    _add_storage_option(p)
     p.set_defaults(func=cmd_labels)
 
     p = sub.add_parser(
@@ -455,13 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dest", help="label lake URL (default ROOT/labels)")
     p.add_argument("--out", help="output folder (default ROOT/reports/RUN)")
     p.add_argument("--per-row", type=int, default=12, help="images per montage row (default 12)")
-    p.add_argument(
-        "--storage-option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="fsspec option (repeatable)",
-    )
+    _add_storage_option(p)
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser(

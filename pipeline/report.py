@@ -280,28 +280,20 @@ def build_report(
             _image_png(montage(review_rows, images, per_row)),
         )
     non_seed = table[~table.is_seed]
-    figures["confidence"] = (
-        "Confidence",
-        _histogram(
-            {
-                "positive": non_seed.confidence[non_seed.role == "positive"].to_numpy(),
-                "not positive": non_seed.confidence[non_seed.role != "positive"].to_numpy(),
-            },
-            "confidence (mean MC-dropout probability)",
-            "confidence",
-        ),
-    )
-    figures["uncertainty"] = (
-        "Uncertainty",
-        _histogram(
-            {
-                "positive": non_seed.uncertainty[non_seed.role == "positive"].to_numpy(),
-                "not positive": non_seed.uncertainty[non_seed.role != "positive"].to_numpy(),
-            },
-            "uncertainty (MC-dropout std)",
-            "uncertainty",
-        ),
-    )
+    is_positive = non_seed.role == "positive"
+    for column, title in (
+        ("confidence", "confidence (mean MC-dropout probability)"),
+        ("uncertainty", "uncertainty (MC-dropout std)"),
+    ):
+        values = non_seed[column]
+        figures[column] = (
+            column.capitalize(),
+            _histogram(
+                {"positive": values[is_positive].to_numpy(), "not positive": values[~is_positive].to_numpy()},
+                title,
+                column,
+            ),
+        )
     per_class = positives.label_name.value_counts().sort_index()
     if len(per_class):
         figures["class_counts"] = ("Positive labels per class", _bars(per_class, "positive labels per class"))
