@@ -96,3 +96,20 @@ def clustering_scores(pred: np.ndarray, truth: np.ndarray) -> dict:
         "purity": round(float(table.max(1).sum() / table.sum()), 4),
         "n": int(table.sum()),
     }
+
+
+#: Coverages at which precision–coverage curves are reported.
+COVERAGES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+def precision_coverage(correct: np.ndarray, confidence: np.ndarray) -> np.ndarray:
+    """Precision of the ``i + 1`` most confident predictions for every ``i`` (coverage ``(i + 1) / n``).
+
+    ``correct``: (n,) bool, ``confidence``: (n,) float → (n,) float; ties keep input order."""
+    order = np.argsort(-confidence, kind="stable")
+    return np.cumsum(correct[order]) / np.arange(1, len(order) + 1)
+
+
+def precision_at(curve: np.ndarray, coverage: float) -> float:
+    """The curve's precision at ``coverage`` (at least one prediction)."""
+    return float(curve[max(1, int(round(coverage * len(curve)))) - 1])

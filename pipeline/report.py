@@ -13,7 +13,6 @@ import base64
 import html
 import io
 import json
-import tarfile
 from pathlib import Path
 
 import matplotlib
@@ -27,28 +26,12 @@ from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
 from pipeline.atomic import atomic_write_bytes  # noqa: E402
 from pipeline.labels import default_dest, list_runs, read_labels  # noqa: E402
-from pipeline.metrics import hungarian_accuracy  # noqa: E402
+from pipeline.metrics import COVERAGES, hungarian_accuracy, precision_at, precision_coverage  # noqa: E402
+from pipeline.shard_data import read_shard_images  # noqa: E402
 from pipeline.truth import attach_keys, read_label_csv  # noqa: E402
 
 TILE = 48  # px per montage tile
 STAGES = ("ingest", "pretrain", "embed", "cluster", "select", "publish", "report")
-
-
-def read_images(root: Path, wanted: dict[str, str]) -> dict[str, Image.Image]:
-    """``{key: shard}`` → ``{key: RGB image}``, one pass over each shard that holds a wanted key."""
-    by_shard: dict[str, set[str]] = {}
-    for key, shard in wanted.items():
-        by_shard.setdefault(shard, set()).add(key)
-    images: dict[str, Image.Image] = {}
-    for shard, keys in sorted(by_shard.items()):
-        with tarfile.open(root / "shards" / shard) as tar:
-            for member in tar:
-                key, _, ext = member.name.partition(".")
-                if ext == "jpg" and key in keys:
-                    images[key] = Image.open(io.BytesIO(tar.extractfile(member).read())).convert("RGB")
-                    if len(keys & images.keys()) == len(keys):
-                        break
-    return images
 
 
 def montage(rows: list[tuple[str, list[str]]], images: dict[str, Image.Image], columns: int) -> Image.Image:
@@ -118,21 +101,16 @@ def truth_scores(table: pd.DataFrame, truth: pd.Series, identity: bool) -> dict:
         _, mapping = hungarian_accuracy(pred, y)
         mapped = np.array([mapping.get(int(p), -1) for p in pred])
     correct = mapped == y
-    order = np.argsort(-rows.confidence.to_numpy(), kind="stable")
-    hits = np.cumsum(correct[order])
-    n = len(order)
+    precision = precision_coverage(correct, rows.confidence.to_numpy())
+    n = len(precision)
     coverage = np.arange(1, n + 1) / n
-    precision = hits / np.arange(1, n + 1)
     positive = (rows.role == "positive").to_numpy()
     classes = int(max(y.max(), mapped.max()) + 1)
     confusion = np.zeros((classes, classes), dtype=np.int64)
     pos_mapped, pos_true = mapped[positive], y[positive]
     ok = pos_mapped >= 0
     np.add.at(confusion, (pos_true[ok], pos_mapped[ok]), 1)
-    at = {
-        f"{c:.1f}": round(float(precision[max(0, int(round(c * n)) - 1)]), 4)
-        for c in np.arange(0.1, 1.01, 0.1)
-    }
+    at = {f"{c:.1f}": round(precision_at(precision, c), 4) for c in COVERAGES}
     return {
         "evaluated": n,
         "accuracy_full_coverage": round(float(correct.mean()), 4),
@@ -261,7 +239,7 @@ def build_report(
     ]
     wanted_keys = {k for _, keys in class_rows + cluster_rows + review_rows for k in keys}
     shard_of = table.set_index("key").shard
-    images = read_images(root, {k: shard_of[k] for k in wanted_keys})
+    images = read_shard_images(root, {k: shard_of[k] for k in wanted_keys})
 
     figures: dict[str, tuple[str, bytes]] = {}
     if class_rows:

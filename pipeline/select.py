@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import tarfile
 import time
 from pathlib import Path
 
@@ -20,7 +19,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from data_specs.labels import LABELS_SCHEMA, ROLES
 from models.ups import (
@@ -36,7 +34,8 @@ from pipeline.atomic import atomic_write, atomic_write_bytes
 from pipeline.cluster import read_assignments
 from pipeline.config import SelectConfig
 from pipeline.embed import find_embeddings, read_embeddings
-from pipeline.metrics import hungarian_accuracy
+from pipeline.metrics import COVERAGES, hungarian_accuracy, precision_at, precision_coverage
+from pipeline.shard_data import read_shard_images
 from pipeline.truth import attach_keys, read_label_csv, read_seed_labels
 
 LABEL_SOURCES = ("clusters", "seed")
@@ -311,17 +310,11 @@ def export_review(
     thumbs.mkdir(exist_ok=True)
     manifest = pq.read_table(root / "manifest", columns=["key", "source_uri", "status"]).to_pandas()
     uri = manifest[manifest.status == "sharded"].drop_duplicates("key").set_index("key").source_uri
-    wanted = set(queue.key)
-    for shard in sorted(set(queue.shard)):
-        with tarfile.open(root / "shards" / shard) as tar:
-            for member in tar:
-                key, _, ext = member.name.partition(".")
-                if ext == "jpg" and key in wanted:
-                    im = Image.open(io.BytesIO(tar.extractfile(member).read())).convert("RGB")
-                    im.thumbnail((config.thumbnail_size, config.thumbnail_size))
-                    buffer = io.BytesIO()
-                    im.save(buffer, "PNG")
-                    atomic_write_bytes(thumbs / f"{key}.png", buffer.getvalue())
+    for key, im in read_shard_images(root, dict(zip(queue.key, queue.shard, strict=True))).items():
+        im.thumbnail((config.thumbnail_size, config.thumbnail_size))
+        buffer = io.BytesIO()
+        im.save(buffer, "PNG")
+        atomic_write_bytes(thumbs / f"{key}.png", buffer.getvalue())
     queue["source_uri"] = queue.key.map(uri)
     queue["thumbnail"] = "thumbs/" + queue.key + ".png"
     queue["candidates"] = [
@@ -364,24 +357,20 @@ def evaluate_selection(root, truth_csv, final: pd.DataFrame, selection: Selectio
     conf = selection.confidence.numpy()[has]
     pos = selection.positive.numpy()[has]
     n_pos = int(pos.sum())
-    order = np.argsort(-conf, kind="stable")
-    conf_top = np.zeros_like(pos)
-    conf_top[order[:n_pos]] = True
     neg = selection.negative.numpy()[has]
     inv = {v: k for k, v in mapping.items()}
     true_col = np.array([inv.get(int(t), -1) for t in y])
     neg_wrong = int(neg[np.arange(len(y)), np.clip(true_col, 0, None)][true_col >= 0].sum())
-    curve = []
-    for cov in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0):
-        top = order[: max(1, int(round(cov * len(order))))]
-        curve.append({"coverage": cov, "precision": round(float(correct[top].mean()), 4)})
+    precision = precision_coverage(correct, conf)
+    curve = [{"coverage": cov, "precision": round(precision_at(precision, cov), 4)} for cov in COVERAGES]
     return {
         "evaluated": int(has.sum()),
         "accuracy_full_coverage": round(float(correct.mean()), 4),
         "positives": n_pos,
         "coverage": round(n_pos / len(y), 4),
         "precision": round(float(correct[pos].mean()), 4) if n_pos else None,
-        "confidence_only_precision_at_equal_coverage": round(float(correct[conf_top].mean()), 4)
+        # the n_pos most confident images: confidence-only selection at UPS's coverage
+        "confidence_only_precision_at_equal_coverage": round(float(precision[n_pos - 1]), 4)
         if n_pos
         else None,
         "negative_labels": int(neg.sum()),

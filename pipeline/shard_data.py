@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import random
+import tarfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -39,6 +40,26 @@ def list_shards(root: str | Path) -> list[str]:
 def decode_rgb(data: bytes) -> Image.Image:
     im = Image.open(io.BytesIO(data))
     return im.convert("RGB")
+
+
+def read_shard_images(root: str | Path, shard_of: dict[str, str]) -> dict[str, Image.Image]:
+    """``{key: shard name}`` → ``{key: RGB image}``, one pass over each shard holding a wanted key
+    (stopping once it has them all)."""
+    by_shard: dict[str, set[str]] = {}
+    for key, shard in shard_of.items():
+        by_shard.setdefault(shard, set()).add(key)
+    images: dict[str, Image.Image] = {}
+    for shard, keys in sorted(by_shard.items()):
+        left = set(keys)
+        with tarfile.open(Path(root) / "shards" / shard) as tar:
+            for member in tar:
+                key, _, ext = member.name.partition(".")
+                if ext == "jpg" and key in left:
+                    images[key] = decode_rgb(tar.extractfile(member).read())
+                    left.discard(key)
+                    if not left:
+                        break
+    return images
 
 
 def train_loader(

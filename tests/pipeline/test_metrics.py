@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.metrics import ari, cluster_report, clustering_scores, hungarian_accuracy, nmi
+from pipeline.metrics import (
+    ari,
+    cluster_report,
+    clustering_scores,
+    hungarian_accuracy,
+    nmi,
+    precision_at,
+    precision_coverage,
+)
 
 
 def test_identical_up_to_renaming() -> None:
@@ -50,3 +58,12 @@ def test_bad_inputs() -> None:
         nmi(np.array([0, 1]), np.array([0]))
     with pytest.raises(ValueError, match="no labelled samples"):
         ari(np.array([]), np.array([]))
+
+
+def test_precision_coverage_ranks_by_confidence() -> None:
+    correct = np.array([False, True, True, False])
+    confidence = np.array([0.2, 0.9, 0.9, 0.5])  # ranked 1, 2 (tie: input order), 3, 0
+    curve = precision_coverage(correct, confidence)
+    assert curve.tolist() == pytest.approx([1.0, 1.0, 2 / 3, 0.5])
+    assert precision_at(curve, 0.5) == 1.0 and precision_at(curve, 1.0) == 0.5
+    assert precision_at(curve, 0.01) == 1.0  # at least one prediction
