@@ -14,21 +14,6 @@ from tests.lakes import make_bad_lake
 from tests.pipeline.test_ingest import shard_keys
 
 
-@pytest.fixture
-def s3_endpoint(port, monkeypatch):
-    from moto.server import ThreadedMotoServer
-
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
-
-
 @pytest.mark.slow
 def test_ingest_from_s3_url(tmp_path: Path, s3_endpoint: str):
     lake = tmp_path / "lake"

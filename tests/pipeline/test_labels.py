@@ -13,20 +13,15 @@ import pytest
 
 from data_specs.labels import LABELS_SCHEMA
 from flows.cli import main
-from pipeline.cluster import cluster
-from pipeline.config import ClusterConfig, EmbedConfig, SelectConfig
-from pipeline.embed import embed
+from pipeline.config import SelectConfig
 from pipeline.labels import LabelsNotFound, latest_run, list_runs, publish_labels, read_labels
 from pipeline.select import select
+from tests.pipeline.conftest import clustered_copy
 
 
 @pytest.fixture(scope="module")
 def selected_root(cifar_root, tmp_path_factory):
-    src, truth, _ = cifar_root
-    root = tmp_path_factory.mktemp("labels") / "root"
-    shutil.copytree(src, root)
-    embed(root, EmbedConfig(encoder="tiny", workers=0))
-    cluster(root, ClusterConfig(k=10, heads=2, epochs=1))
+    root = clustered_copy(cifar_root, tmp_path_factory.mktemp("labels"), heads=2, epochs=1)
     small = dict(rounds=1, epochs=1, min_steps=20, passes=3, hidden=32, review_per_class=2)
     select(root, SelectConfig(**small))
     select(root, SelectConfig(**small, tau_p=0.2, run_name="looser"))
@@ -164,30 +159,18 @@ def test_train_classifier_from_pseudo_labels(selected_root, cifar_root, tmp_path
 
 
 @pytest.mark.slow
-def test_publish_to_an_s3_label_lake(selected_root, port, monkeypatch) -> None:
+def test_publish_to_an_s3_label_lake(selected_root, s3_endpoint) -> None:
     import boto3
-    from moto.server import ThreadedMotoServer
 
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    try:
-        endpoint = f"http://127.0.0.1:{port}"
-        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="lake")
-        options = {"endpoint_url": endpoint, "key": "testing", "secret": "testing"}
-        dest = "s3://lake/labels"
-        first = publish_labels(selected_root, dest=dest, storage_options=options)
-        with pytest.raises(RuntimeError, match="fault injected"):
-            publish_labels(
-                selected_root, "looser", dest=dest, storage_options=options, fail_before_commit=True
-            )
-        assert latest_run(dest, options) == first["run_id"]
-        second = publish_labels(selected_root, "looser", dest=dest, storage_options=options)
-        assert [r["run_id"] for r in list_runs(dest, options)] == [first["run_id"], second["run_id"]]
-        assert read_labels(dest, first["run_id"], options).num_rows == 400
-        plain = pd.read_parquet(f"{dest}/run_id={second['run_id']}", storage_options=options)
-        assert len(plain) == 400 and plain.key.is_unique
-    finally:
-        server.stop()
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket="lake")
+    options = {"endpoint_url": s3_endpoint, "key": "testing", "secret": "testing"}
+    dest = "s3://lake/labels"
+    first = publish_labels(selected_root, dest=dest, storage_options=options)
+    with pytest.raises(RuntimeError, match="fault injected"):
+        publish_labels(selected_root, "looser", dest=dest, storage_options=options, fail_before_commit=True)
+    assert latest_run(dest, options) == first["run_id"]
+    second = publish_labels(selected_root, "looser", dest=dest, storage_options=options)
+    assert [r["run_id"] for r in list_runs(dest, options)] == [first["run_id"], second["run_id"]]
+    assert read_labels(dest, first["run_id"], options).num_rows == 400
+    plain = pd.read_parquet(f"{dest}/run_id={second['run_id']}", storage_options=options)
+    assert len(plain) == 400 and plain.key.is_unique

@@ -14,13 +14,12 @@ import pytest
 from PIL import Image
 
 from flows.cli import main
-from pipeline.cluster import cluster
-from pipeline.config import ClusterConfig, EmbedConfig, SelectConfig
-from pipeline.embed import embed
+from pipeline.config import SelectConfig
 from pipeline.labels import publish_labels, read_labels
 from pipeline.report import build_report
 from pipeline.select import select
 from pipeline.truth import attach_keys, read_label_csv
+from tests.pipeline.conftest import clustered_copy
 
 
 def chromium() -> str:
@@ -33,14 +32,11 @@ def chromium() -> str:
 
 @pytest.fixture(scope="module")
 def labelled_root(cifar_root, tmp_path_factory):
-    src, truth, _ = cifar_root
+    _, truth, _ = cifar_root
     tmp = tmp_path_factory.mktemp("report")
-    root = tmp / "root"
-    shutil.copytree(src, root)
+    root = clustered_copy(cifar_root, tmp, heads=2, epochs=1)
     seed_csv = tmp / "seed.csv"
     pd.read_csv(truth).groupby("label").head(4).to_csv(seed_csv, index=False)
-    embed(root, EmbedConfig(encoder="tiny", workers=0))
-    cluster(root, ClusterConfig(k=10, heads=2, epochs=1))
     small = dict(rounds=1, epochs=1, min_steps=20, passes=3, hidden=32, review_per_class=2, tau_p=0.3)
     select(root, SelectConfig(labels_from="seed", seed_labels=[str(seed_csv)], **small))
     record = publish_labels(root)

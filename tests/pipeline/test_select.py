@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pandas as pd
@@ -11,20 +10,16 @@ import pytest
 from PIL import Image
 
 from flows.cli import main
-from pipeline.cluster import cluster
-from pipeline.config import ClusterConfig, EmbedConfig, SelectConfig
-from pipeline.embed import embed
+from pipeline.config import SelectConfig
 from pipeline.select import read_selection, select
 from pipeline.truth import attach_keys
+from tests.pipeline.conftest import clustered_copy
 
 
 @pytest.fixture(scope="module")
 def selection_root(cifar_root, tmp_path_factory):
-    src, truth, _ = cifar_root
-    root = tmp_path_factory.mktemp("select") / "root"
-    shutil.copytree(src, root)
-    embed(root, EmbedConfig(encoder="tiny", workers=0))
-    cluster(root, ClusterConfig(k=10, heads=1, epochs=2))
+    _, truth, _ = cifar_root
+    root = clustered_copy(cifar_root, tmp_path_factory.mktemp("select"), heads=1, epochs=2)
     labels = pd.read_csv(truth)
     seed = labels.groupby("label").head(4)[["path", "label", "label_name"]]
     seed_csv = root.parent / "seed.csv"
