@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torchvision.transforms import v2
 
+from pipeline.config import check_choice
+
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 # (blur p, solarize p) for view 1 and view 2 at >= 96 px; at 32 px blur is off.
@@ -47,8 +49,7 @@ class TwoViews:
     """Callable returning two independently augmented views of one image."""
 
     def __init__(self, method: str, image_size: int):
-        if method not in _ASYMMETRY:
-            raise ValueError(f"unknown SSL method {method!r}; valid: {', '.join(_ASYMMETRY)}")
+        check_choice("SSL method", method, _ASYMMETRY)
         (b1, s1), (b2, s2) = _ASYMMETRY[method]
         self.view1 = view_transform(image_size, b1, s1)
         self.view2 = view_transform(image_size, b2, s2)

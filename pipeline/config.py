@@ -7,6 +7,7 @@ parameters and the Prefect UI form. ``extra="forbid"`` everywhere: a misspelt ke
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -249,6 +250,13 @@ class TrainClassifierConfig(StrictModel):
 
 class ConfigError(ValueError):
     """A configuration file or value is invalid."""
+
+
+def check_choice(name: str, value: object, valid: Iterable) -> None:
+    """Fail with one message naming ``value`` and listing ``valid`` unless ``value`` is one of them."""
+    valid = list(valid)
+    if value not in valid:
+        raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(map(str, valid))}")
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from data_specs.manifest import MANIFEST_SCHEMA
 from models.backbones import build_backbone
 from pipeline.atomic import atomic_write, atomic_write_bytes
 from pipeline.augment import eval_transform
-from pipeline.config import EmbedConfig
+from pipeline.config import EmbedConfig, check_choice
 from pipeline.pretrain import CheckpointError, _autocast, init_backbone_from
 from pipeline.shard_data import eval_loader, list_shards
 
@@ -116,8 +116,8 @@ def load_encoder(root: str | Path, config: EmbedConfig) -> Encoder:
             f"encoder {config.encoder!r} is neither a finished run under {str(root / 'checkpoints')!r} "
             f"(finished runs: {', '.join(runs) or 'none'}), a file, nor 'random'"
         )
-    if config.stem is not None and config.stem not in STEMS:
-        raise ValueError(f"unknown stem {config.stem!r}; valid: {', '.join(STEMS)}")
+    if config.stem is not None:
+        check_choice("stem", config.stem, STEMS)
     module, dim = build_backbone(backbone, small_images=small)
     report = init_backbone_from(module, path)
     if report["matched"] < report["backbone_tensors"]:
@@ -143,8 +143,7 @@ def embed(
 ) -> dict:
     """Embed ROOT's committed shards (or ``shards``, file names or paths) not yet embedded; returns a summary."""
     config = config or EmbedConfig()
-    if config.dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {config.dtype!r}; valid: {', '.join(DTYPES)}")
+    check_choice("dtype", config.dtype, DTYPES)
     root = Path(root)
     start = time.perf_counter()
     all_shards = list_shards(root)

@@ -28,7 +28,7 @@ from models.methods import build_method
 from models.optim import LARS, warmup_cosine
 from pipeline.atomic import atomic_write, atomic_write_bytes
 from pipeline.augment import TwoViews, eval_transform
-from pipeline.config import PretrainConfig
+from pipeline.config import PretrainConfig, check_choice
 from pipeline.shard_data import eval_loader, list_shards, train_loader
 from pipeline.truth import attach_keys, read_label_csv
 
@@ -113,8 +113,7 @@ def _atomic_save(obj: dict, path: Path) -> None:
 
 
 def _autocast(precision: str, device: torch.device):
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+    check_choice("precision", precision, PRECISIONS)
     if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
@@ -125,10 +124,8 @@ class Pretrainer:
 
     def __init__(self, root: str | Path, config: PretrainConfig, device: str | None = None):
         self.root, self.config = Path(root), config
-        if config.optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {config.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
-        if config.stem not in STEMS:
-            raise ValueError(f"unknown stem {config.stem!r}; valid: {', '.join(STEMS)}")
+        check_choice("optimizer", config.optimizer, OPTIMIZERS)
+        check_choice("stem", config.stem, STEMS)
         self.dist = setup_distributed()
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.shards = list_shards(self.root)

@@ -32,7 +32,7 @@ from models.ups import (
 )
 from pipeline.atomic import atomic_write, atomic_write_bytes
 from pipeline.cluster import read_assignments
-from pipeline.config import SelectConfig
+from pipeline.config import SelectConfig, check_choice
 from pipeline.embed import find_embeddings, read_embeddings
 from pipeline.metrics import COVERAGES, hungarian_accuracy, precision_at, precision_coverage
 from pipeline.shard_data import read_shard_images
@@ -63,13 +63,9 @@ SELECTION_SCHEMA = pa.schema(
 
 
 def check_select_config(config: SelectConfig) -> None:
-    for value, valid, name in (
-        (config.labels_from, LABEL_SOURCES, "labels_from"),
-        (config.method, METHODS, "method"),
-        (config.naming, NAMINGS, "naming"),
-    ):
-        if value not in valid:
-            raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
+    check_choice("labels_from", config.labels_from, LABEL_SOURCES)
+    check_choice("method", config.method, METHODS)
+    check_choice("naming", config.naming, NAMINGS)
     if config.labels_from == "seed" and not config.seed_labels:
         raise ValueError("labels_from=seed needs at least one seed-label CSV (--seed-labels)")
 
@@ -151,7 +147,7 @@ def select(root: str | Path, config: SelectConfig | None = None, log=None) -> di
         table = read_assignments(root, config.cluster_run).to_pandas()
         if config.cluster_column not in table.columns or config.cluster_column in ("key", "shard"):
             valid = [c for c in table.columns if c in ("kmeans", "sinkhorn") or c.startswith("head_")]
-            raise ValueError(f"unknown cluster_column {config.cluster_column!r}; valid: {', '.join(valid)}")
+            check_choice("cluster_column", config.cluster_column, valid)
         cluster_of = table.set_index("key")[config.cluster_column].reindex(emb.keys)
         if cluster_of.isna().any():
             raise ValueError(

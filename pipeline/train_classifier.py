@@ -19,7 +19,7 @@ from models.backbones import build_backbone
 from models.ups import negative_learning_loss
 from pipeline.atomic import atomic_write, atomic_write_bytes
 from pipeline.augment import eval_transform
-from pipeline.config import TrainClassifierConfig
+from pipeline.config import TrainClassifierConfig, check_choice
 from pipeline.labeled_shards import LabeledShards
 from pipeline.pretrain import _autocast, init_backbone_from
 from pipeline.shard_data import eval_loader, list_shards
@@ -58,8 +58,7 @@ def train_classifier(
     root: str | Path, config: TrainClassifierConfig | None = None, device: str | None = None
 ) -> dict:
     config = config or TrainClassifierConfig()
-    if config.stem not in STEMS:
-        raise ValueError(f"unknown stem {config.stem!r}; valid: {', '.join(STEMS)}")
+    check_choice("stem", config.stem, STEMS)
     root = Path(root)
     started = time.perf_counter()
     holdout = holdout_keys(root, config)
