@@ -109,7 +109,8 @@ def publish_labels(
     fs, base = _fs(dest, storage_options)
     table = build_label_table(root, selection_run)
     digest = _content_hash(table)
-    for record in list_runs(dest, storage_options):
+    runs = list_runs(dest, storage_options)
+    for record in runs:
         if record["content_sha256"] == digest:
             return {**record, "skipped": True}
     created = datetime.now(UTC)
@@ -124,7 +125,7 @@ def publish_labels(
         pa.array([created] * table.num_rows, pa.timestamp("ms", tz="UTC")),
     )
     table = validate_labels(table)
-    _clean_staging(fs, base, dest, storage_options)
+    _clean_staging(fs, base, {r["run_id"] for r in runs})
     staging = f"{base}/_staging/{run_id}"
     fs.makedirs(staging, exist_ok=True)
     with fs.open(f"{staging}/{PART}", "wb") as f:
@@ -157,11 +158,10 @@ def publish_labels(
     return {**record, "skipped": False}
 
 
-def _clean_staging(fs, base: str, dest: str, storage_options: dict | None) -> None:
+def _clean_staging(fs, base: str, committed: set[str]) -> None:
     """Remove interrupted publishes: the staging area and run folders that never got their marker."""
     if fs.exists(f"{base}/_staging"):
         fs.rm(f"{base}/_staging", recursive=True)
-    committed = {r["run_id"] for r in list_runs(dest, storage_options)}
     for path in fs.glob(f"{base}/run_id=*"):
         if path.rsplit("run_id=", 1)[1] not in committed:
             fs.rm(path, recursive=True)
@@ -186,12 +186,20 @@ def latest_run(dest: str, storage_options: dict | None = None) -> str:
     return runs[-1]["run_id"]
 
 
-def read_labels(dest: str, run_id: str | None = None, storage_options: dict | None = None) -> pa.Table:
-    """One committed run (``None``: the latest), validated against the contract."""
+def read_commit(dest: str, run_id: str | None = None, storage_options: dict | None = None) -> dict:
+    """The commit record of one committed run (``None``: the latest)."""
     fs, base = _fs(dest, storage_options)
     run_id = run_id or latest_run(dest, storage_options)
     if not fs.exists(f"{base}/_commits/{run_id}.json"):
         known = ", ".join(r["run_id"] for r in list_runs(dest, storage_options)) or "none"
         raise LabelsNotFound(f"label run {run_id!r} is not committed under {dest!r} (committed: {known})")
+    with fs.open(f"{base}/_commits/{run_id}.json") as f:
+        return json.loads(f.read())
+
+
+def read_labels(dest: str, run_id: str | None = None, storage_options: dict | None = None) -> pa.Table:
+    """One committed run (``None``: the latest), validated against the contract."""
+    fs, base = _fs(dest, storage_options)
+    run_id = read_commit(dest, run_id, storage_options)["run_id"]
     with fs.open(f"{base}/run_id={run_id}/{PART}") as f:
         return validate_labels(pq.read_table(f))

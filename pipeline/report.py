@@ -25,7 +25,7 @@ import pandas as pd  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
 from pipeline.atomic import atomic_write_bytes  # noqa: E402
-from pipeline.labels import default_dest, list_runs, read_labels  # noqa: E402
+from pipeline.labels import default_dest, read_commit, read_labels  # noqa: E402
 from pipeline.metrics import COVERAGES, hungarian_accuracy, precision_at, precision_coverage  # noqa: E402
 from pipeline.shard_data import read_shard_images  # noqa: E402
 from pipeline.truth import attach_keys, read_label_csv  # noqa: E402
@@ -160,11 +160,11 @@ def _confusion_png(confusion: np.ndarray, names: list[str]) -> bytes:
     return _png(figure)
 
 
-def _stage_timings(root: Path, summary: dict, timings: dict | None) -> dict[str, float]:
+def _stage_timings(root: Path, summary: dict, encoder: dict, timings: dict | None) -> dict[str, float]:
     if timings:
         return dict(timings)
     out: dict[str, float] = {}
-    encoder_dir = root / "checkpoints" / str(summary.get("encoder_run", ""))
+    encoder_dir = root / "checkpoints" / str(encoder.get("encoder", ""))
     if (encoder_dir / "summary.json").exists():
         out["pretrain"] = json.loads((encoder_dir / "summary.json").read_text()).get("seconds")
     cluster = root / "clusters" / summary["config"].get("cluster_run", "default") / "summary.json"
@@ -195,9 +195,9 @@ def build_report(
     if not (root / "shards").is_dir():
         raise FileNotFoundError(f"{str(root)!r} has no shards/: not a lakelabel root")
     dest = dest or default_dest(root)
-    table = read_labels(dest, labels_run, storage_options).to_pandas()
-    run_id = str(table.run_id.iloc[0]) if len(table) else str(labels_run)
-    record = next(r for r in list_runs(dest, storage_options) if r["run_id"] == run_id)
+    record = read_commit(dest, labels_run, storage_options)
+    run_id = record["run_id"]
+    table = read_labels(dest, run_id, storage_options).to_pandas()
     selection_dir = root / "selections" / record["selection_run"]
     summary = json.loads((selection_dir / "summary.json").read_text())
     selection_path = selection_dir / "selection.parquet"
@@ -213,7 +213,6 @@ def build_report(
     table["predicted"] = predicted if predicted is not None else table.label.fillna(-1).astype(int)
     emb_meta_path = Path(summary.get("embeddings", "")) / "meta.json"
     encoder = json.loads(emb_meta_path.read_text()) if emb_meta_path.is_file() else {}
-    summary["encoder_run"] = encoder.get("encoder", "")
     out = Path(out) if out else root / "reports" / run_id
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.html").unlink(missing_ok=True)
@@ -298,7 +297,7 @@ def build_report(
 
     for name, (_, data) in figures.items():
         atomic_write_bytes(out / f"{name}.png", data)
-    stage_seconds = _stage_timings(root, summary, timings)
+    stage_seconds = _stage_timings(root, summary, encoder, timings)
     public_scores = {k: v for k, v in (scores or {}).items() if not k.startswith("_")}
     page = _html(run_id, record, summary, encoder, stage_seconds, per_class, public_scores, figures)
     meta = {
