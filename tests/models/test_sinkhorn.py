@@ -139,6 +139,19 @@ def test_overrelaxation_needs_fewer_iterations() -> None:
     assert torch.allclose(fast.log_scale, plain.log_scale, atol=1e-2)
 
 
+def test_overrelaxation_backs_off_when_plain_sinkhorn_is_already_fast() -> None:
+    # cosine scores of random directions: plain Sinkhorn contracts fast, a fixed ω = 1.8 overshoots
+    # and oscillates (13 iterations here before the step-reversal rule; plain takes 4)
+    gen = torch.Generator().manual_seed(11)
+    points = torch.nn.functional.normalize(torch.randn(20_000, 32, generator=gen), dim=1)
+    centers = torch.nn.functional.normalize(torch.randn(100, 32, generator=gen), dim=1)
+    scores = points @ centers.T
+    plain = sinkhorn_knopp(scores, 10.0, tol=1e-3, overrelax=1.0)
+    relaxed = sinkhorn_knopp(scores, 10.0, tol=1e-3)
+    assert plain.converged and relaxed.converged
+    assert relaxed.iterations <= plain.iterations + 1
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -170,3 +183,18 @@ def test_balanced_labels_raise_lambda_until_hard_labels_balance() -> None:
     assert solved.result.lam > 25.0
     with pytest.raises(ValueError, match="balance must be"):
         balanced_labels(scores, 25.0, balance=0)
+
+
+def test_threaded_passes_match_one_thread_and_repeat_exactly() -> None:
+    scores = log_probs(20_000, 50, seed=12)
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = sinkhorn_knopp(scores, 10.0, tol=1e-4, chunk_rows=256)
+        torch.set_num_threads(2)
+        threaded = [sinkhorn_knopp(scores, 10.0, tol=1e-4, chunk_rows=256) for _ in range(2)]
+    finally:
+        torch.set_num_threads(previous)
+    assert threaded[0].iterations == single.iterations
+    assert torch.allclose(threaded[0].log_scale, single.log_scale, atol=1e-5)
+    assert torch.equal(threaded[0].log_scale, threaded[1].log_scale)  # fixed partition, fixed sum order
