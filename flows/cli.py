@@ -382,6 +382,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--confidence-tau", type=float)
     p.add_argument("--class-balance", action="store_true", default=None)
     p.add_argument("--review-per-class", type=int)
+    p.add_argument(
+        "--finetune",
+        action="store_true",
+        default=None,
+        help="full fine-tuning (for GPUs): each round trains the encoder + head on the shards, then re-embeds",
+    )
+    p.add_argument(
+        "--finetune-encoder", help="checkpoint run or state-dict file (default: the embeddings' encoder)"
+    )
+    p.add_argument("--finetune-steps", type=int, help="fine-tuning steps per round (default 500)")
+    p.add_argument("--finetune-batch-size", type=int)
+    p.add_argument("--finetune-lr", type=float, help="AdamW learning rate of the encoder (default 1e-4)")
+    p.add_argument("--workers", type=int, help="decode workers for fine-tuning and re-embedding")
+    p.add_argument("--precision", help="auto (bf16 on CUDA) | fp32 | bf16")
     p.add_argument("--truth", help="ground-truth CSV for evaluation only")
     p.add_argument("--seed", type=int)
     p.add_argument("--run-name", help="folder under ROOT/selections")

@@ -1,12 +1,14 @@
 """Uncertainty-aware pseudo-label selection (UPS: Rizve, Duarte, Rawat & Shah, ICLR 2021, "In Defense
 of Pseudo-Labeling: An Uncertainty-Aware Pseudo-label Selection Framework").
 
-Pure compute: a dropout classifier head, MC-dropout statistics, the selection rule (§3.2, eq. 3-4),
-the confidence-only baseline and the negative-learning loss (eq. 5).
+Pure compute: a dropout classifier head (and an encoder + head for full fine-tuning), MC-dropout
+statistics, the selection rule (§3.2, eq. 3-4), the confidence-only baseline, the negative-learning
+loss (eq. 5) and the training loss on pseudo-labels (cross-entropy + negative learning).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +33,21 @@ class DropoutClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+class EncoderClassifier(nn.Module):
+    """``(B, 3, H, W)`` images → backbone → L2-normalised features × √dim (the scale select gives the
+    frozen embeddings) → :class:`DropoutClassifier` logits ``(B, C)``. For full fine-tuning."""
+
+    def __init__(self, backbone: nn.Module, dim: int, head: DropoutClassifier):
+        super().__init__()
+        self.backbone, self.head, self.dim, self.scale = backbone, head, dim, math.sqrt(dim)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.backbone(images).float(), dim=1) * self.scale
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images))
 
 
 @dataclass
@@ -150,6 +167,30 @@ def negative_learning_loss(logits: torch.Tensor, negative: torch.Tensor) -> torc
     p = F.softmax(logits[rows], dim=1)
     log_not = torch.log((1 - p).clamp_min(1e-7))
     return (-(mask[rows] * log_not).sum(1) / per_sample[rows]).mean()
+
+
+def pseudo_label_loss(
+    logits: torch.Tensor,
+    label: torch.Tensor,
+    negatives: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    negative_weight: float = 1.0,
+) -> torch.Tensor:
+    """Cross-entropy on rows with a label plus ``negative_weight`` × :func:`negative_learning_loss`.
+
+    ``logits`` ``(B, C)``; ``label`` ``(B,)`` int64, −1 for a row without a positive label;
+    ``negatives`` ``(B, C)`` bool; ``weight`` ``(B,)`` per-row weight of the cross-entropy (the
+    weighted mean over labelled rows; uniform when None). A batch with neither gives 0 with a gradient path.
+    """
+    loss = logits.sum() * 0.0
+    has_label = label >= 0
+    if bool(has_label.any()):
+        ce = F.cross_entropy(logits[has_label], label[has_label], reduction="none")
+        w = torch.ones_like(ce) if weight is None else weight[has_label].to(ce.dtype)
+        loss = loss + (ce * w).sum() / w.sum()
+    if negative_weight and bool(negatives.any()):
+        loss = loss + negative_weight * negative_learning_loss(logits, negatives)
+    return loss
 
 
 def expected_calibration_error(confidence: torch.Tensor, correct: torch.Tensor, bins: int = 15) -> float:

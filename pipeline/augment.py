@@ -69,3 +69,16 @@ def eval_transform(image_size: int) -> v2.Compose:
             v2.Normalize(MEAN, STD),
         ]
     )
+
+
+def classifier_transform(image_size: int) -> v2.Compose:
+    """Light augmentation for supervised training on labels: random resized crop (scale 0.6–1) and flip."""
+    return v2.Compose(
+        [
+            v2.PILToTensor(),
+            v2.RandomResizedCrop(image_size, scale=(0.6, 1.0), antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(MEAN, STD),
+        ]
+    )

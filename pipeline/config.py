@@ -207,6 +207,24 @@ class SelectConfig(StrictModel):
         20, ge=0, description="Least certain samples per class in the review queue."
     )
     thumbnail_size: int = Field(96, gt=0)
+    finetune: bool = Field(
+        False,
+        description="Full fine-tuning (meant for GPUs): each round trains the encoder and a fresh head end "
+        "to end on the round's labels from the shards, then re-embeds every image; MC dropout on the head.",
+    )
+    finetune_encoder: str | None = Field(
+        None,
+        description="Encoder to fine-tune: a run under ROOT/checkpoints or a state-dict file; "
+        "None = the one that made the embeddings (checked by sha256).",
+    )
+    finetune_steps: int = Field(500, gt=0, description="Fine-tuning steps per round.")
+    finetune_batch_size: int = Field(128, gt=1)
+    finetune_lr: float = Field(
+        1e-4, gt=0, description="AdamW learning rate of the encoder (the head uses lr)."
+    )
+    workers: int = Field(2, ge=0, description="Decode workers for fine-tuning and re-embedding.")
+    shuffle_buffer: int = Field(2000, ge=0, description="Sample shuffle buffer of the fine-tuning stream.")
+    precision: str = Field("auto", description="auto (bf16 on CUDA) | fp32 | bf16 (fine-tuning)")
     truth: str | None = Field(None, description="Ground-truth CSV, for evaluation only (never trains).")
     seed: int = 0
     run_name: str = Field(

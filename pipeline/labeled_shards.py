@@ -11,20 +11,16 @@ run (or the ``classes`` asked for, in that order).
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-import webdataset as wds
-
 from pipeline.labels import default_dest, read_labels
-from pipeline.shard_data import _KeyIn, _mp_context, decode_rgb
+from pipeline.shard_data import KeyedShards
 
 TRAIN_ROLES = ("positive", "negative_only")
 
 
-class LabeledShards(torch.utils.data.IterableDataset):
+class LabeledShards(KeyedShards):
     """Stream the images of a label run with their labels, negatives and weights (see module doc)."""
 
     def __init__(
@@ -63,10 +59,9 @@ class LabeledShards(torch.utils.data.IterableDataset):
             raise ValueError(
                 f"class(es) {sorted(missing)} have no positive label in this run; it has {sorted(set(id_to_name.values()))}"
             )
-        self.classes = names
         index_of_name = {n: i for i, n in enumerate(names)}
         index_of_id = {i: index_of_name[n] for i, n in id_to_name.items() if n in index_of_name}
-        self.samples: dict[str, tuple[int, list[int], float]] = {}
+        samples: dict[str, tuple[int, list[int], float]] = {}
         for row in table.itertuples(index=False):
             label = -1 if row.label is None or row.label != row.label else index_of_id.get(int(row.label), -2)
             if label == -2:
@@ -75,56 +70,7 @@ class LabeledShards(torch.utils.data.IterableDataset):
             if label < 0 and not negatives:
                 continue
             weight = float(row.confidence) if confidence_weighting else 1.0
-            self.samples[row.key] = (label, negatives, weight)
+            samples[row.key] = (label, negatives, weight)
         self.run_id = table.run_id.iloc[0] if len(table) else labels
-        self.shards = sorted(
-            str(self.root / "shards" / s) for s in set(table[table.key.isin(self.samples)].shard)
-        )
-        self.transform = transform
-        self.shuffle, self.seed = shuffle, seed
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def counts(self) -> dict[str, int]:
-        positives = sum(1 for label, _, _ in self.samples.values() if label >= 0)
-        return {
-            "samples": len(self.samples),
-            "positives": positives,
-            "negative_only": len(self.samples) - positives,
-        }
-
-    def _pipeline(self):
-        dataset = wds.WebDataset(
-            self.shards,
-            shardshuffle=len(self.shards) if self.shuffle else False,
-            nodesplitter=wds.split_by_node,
-            workersplitter=wds.split_by_worker,
-            seed=self.seed,
-            empty_check=False,
-        ).select(_KeyIn(set(self.samples)))
-        if self.shuffle:
-            dataset = dataset.shuffle(self.shuffle, rng=random.Random(self.seed))
-        return dataset.map(self._sample)
-
-    def _sample(self, sample: dict) -> dict:
-        label, negatives, weight = self.samples[sample["__key__"]]
-        image = decode_rgb(sample["jpg"])
-        mask = torch.zeros(len(self.classes), dtype=torch.bool)
-        mask[negatives] = True
-        return {
-            "image": self.transform(image) if self.transform else image,
-            "label": label,
-            "negatives": mask,
-            "weight": weight,
-            "key": sample["__key__"],
-        }
-
-    def __iter__(self):
-        return iter(self._pipeline())
-
-    def loader(self, batch_size: int, workers: int = 0) -> torch.utils.data.DataLoader:
-        """A DataLoader over this dataset (spawned workers once FAISS is loaded)."""
-        return torch.utils.data.DataLoader(
-            self, batch_size=batch_size, num_workers=workers, multiprocessing_context=_mp_context(workers)
-        )
+        shards = [str(self.root / "shards" / s) for s in set(table[table.key.isin(samples)].shard)]
+        super().__init__(shards, samples, names, transform, shuffle, seed)

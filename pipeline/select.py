@@ -34,6 +34,7 @@ from pipeline.atomic import atomic_write, atomic_write_bytes
 from pipeline.cluster import read_assignments
 from pipeline.config import SelectConfig, check_choice
 from pipeline.embed import find_embeddings, read_embeddings
+from pipeline.finetune import finetune_round, load_finetune_encoder
 from pipeline.metrics import COVERAGES, hungarian_accuracy, precision_at, precision_coverage
 from pipeline.shard_data import read_shard_images
 from pipeline.truth import attach_keys, read_label_csv, read_seed_labels
@@ -121,8 +122,10 @@ def train_classifier(
     return model
 
 
-def select(root: str | Path, config: SelectConfig | None = None, log=None) -> dict:
-    """Run R rounds of selection on ROOT's embeddings; returns the summary (also in summary.json)."""
+def select(root: str | Path, config: SelectConfig | None = None, log=None, device: str | None = None) -> dict:
+    """Run R rounds of selection on ROOT's embeddings; returns the summary (also in summary.json).
+
+    ``device``: where fine-tuning runs (``config.finetune``); default CUDA when present."""
     config = config or SelectConfig()
     check_select_config(config)
     root = Path(root)
@@ -183,8 +186,28 @@ def select(root: str | Path, config: SelectConfig | None = None, log=None) -> di
 
     rounds = []
     selection: Selection | None = None
+    encoder = load_finetune_encoder(root, emb, config) if config.finetune else None
     for r in range(config.rounds):
-        model = train_classifier(x, pos_idx, pos_labels, neg_idx, neg_mask, classes, config, config.seed + r)
+        tuned: dict = {}
+        if encoder is not None:  # full fine-tuning: encoder + head on the shards, then re-embed
+            result = finetune_round(
+                root,
+                emb,
+                encoder,
+                pos_idx,
+                pos_labels,
+                neg_idx,
+                neg_mask,
+                classes,
+                config,
+                config.seed + r,
+                device,
+            )
+            model, x, tuned = result.head, result.features, result.record
+        else:
+            model = train_classifier(
+                x, pos_idx, pos_labels, neg_idx, neg_mask, classes, config, config.seed + r
+            )
         stats = mc_dropout_stats(model, x, config.passes, config.neg_temperature, seed=config.seed + r)
         if config.method == "ups":
             selection = ups_select(
@@ -201,6 +224,7 @@ def select(root: str | Path, config: SelectConfig | None = None, log=None) -> di
             "positives": int(positive.sum()),
             "negative_only": int((neg_rows & ~positive).sum()),
             "negative_labels": int(selection.negative[~seed_rows].sum()),
+            **tuned,
         }
         rounds.append(record)
         if log:
@@ -228,6 +252,7 @@ def select(root: str | Path, config: SelectConfig | None = None, log=None) -> di
             "confidence_tau",
             "passes",
             "rounds",
+            "finetune",
         )
     }
     summary["encoder_sha256"] = emb.meta["encoder_sha256"]

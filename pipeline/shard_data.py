@@ -185,3 +185,71 @@ def _mp_context(workers: int) -> str | None:
     if workers <= 0:
         return None
     return "spawn" if "faiss" in sys.modules else None
+
+
+class KeyedShards(torch.utils.data.IterableDataset):
+    """Stream the samples ``samples`` (key → (class index or −1, ruled-out class indices, weight))
+    of ``shards`` as dicts: ``image``, ``label``, ``negatives`` (bool ``(C,)``), ``weight``, ``key``;
+    one pass, or endlessly with ``repeat``."""
+
+    def __init__(
+        self,
+        shards: list[str],
+        samples: dict[str, tuple[int, list[int], float]],
+        classes: list[str],
+        transform: Callable | None = None,
+        shuffle: int = 0,
+        seed: int = 0,
+        repeat: bool = False,
+    ):
+        self.shards, self.samples, self.classes = sorted(shards), samples, classes
+        self.transform = transform
+        self.shuffle, self.seed, self.repeat = shuffle, seed, repeat
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def counts(self) -> dict[str, int]:
+        positives = sum(1 for label, _, _ in self.samples.values() if label >= 0)
+        return {
+            "samples": len(self.samples),
+            "positives": positives,
+            "negative_only": len(self.samples) - positives,
+        }
+
+    def _pipeline(self):
+        dataset = wds.WebDataset(
+            self.shards,
+            shardshuffle=len(self.shards) if self.shuffle else False,
+            nodesplitter=wds.split_by_node,
+            workersplitter=wds.split_by_worker,
+            seed=self.seed,
+            empty_check=False,
+        ).select(_KeyIn(set(self.samples)))
+        if self.shuffle:
+            dataset = dataset.shuffle(self.shuffle, rng=random.Random(self.seed))
+        dataset = dataset.map(self._sample)
+        # an endless stream: a step-bounded trainer keeps one loader (and its workers) for all epochs
+        return dataset.repeat() if self.repeat else dataset
+
+    def _sample(self, sample: dict) -> dict:
+        label, negatives, weight = self.samples[sample["__key__"]]
+        image = decode_rgb(sample["jpg"])
+        mask = torch.zeros(len(self.classes), dtype=torch.bool)
+        mask[negatives] = True
+        return {
+            "image": self.transform(image) if self.transform else image,
+            "label": label,
+            "negatives": mask,
+            "weight": weight,
+            "key": sample["__key__"],
+        }
+
+    def __iter__(self):
+        return iter(self._pipeline())
+
+    def loader(self, batch_size: int, workers: int = 0) -> torch.utils.data.DataLoader:
+        """A DataLoader over this dataset (spawned workers once FAISS is loaded)."""
+        return torch.utils.data.DataLoader(
+            self, batch_size=batch_size, num_workers=workers, multiprocessing_context=_mp_context(workers)
+        )

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from models.backbones import build_backbone
-from models.ups import negative_learning_loss
+from models.ups import pseudo_label_loss
 from pipeline.atomic import atomic_write, atomic_write_bytes
-from pipeline.augment import eval_transform
+from pipeline.augment import classifier_transform, eval_transform
 from pipeline.config import TrainClassifierConfig, check_choice
 from pipeline.labeled_shards import LabeledShards
 from pipeline.pretrain import _autocast, init_backbone_from
@@ -26,20 +25,6 @@ from pipeline.shard_data import eval_loader, list_shards
 from pipeline.truth import attach_keys, read_label_csv
 
 STEMS = ("small", "imagenet")
-
-
-def _train_transform(size: int):
-    from torchvision.transforms import v2
-
-    return v2.Compose(
-        [
-            v2.PILToTensor(),
-            v2.RandomResizedCrop(size, scale=(0.6, 1.0), antialias=True),
-            v2.RandomHorizontalFlip(),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
-        ]
-    )
 
 
 def holdout_keys(root: Path, config: TrainClassifierConfig):
@@ -68,7 +53,7 @@ def train_classifier(
         config.labels,
         dest=config.labels_dest,
         classes=config.classes,
-        transform=_train_transform(config.image_size),
+        transform=classifier_transform(config.image_size),
         exclude_keys=excluded,
         confidence_weighting=config.confidence_weighting,
         shuffle=config.shuffle_buffer,
@@ -111,13 +96,7 @@ def train_classifier(
             )
             with _autocast(config.precision, dev):
                 logits = model(x).float()
-            pos = label >= 0
-            loss = torch.zeros((), device=dev)
-            if pos.any():
-                ce = F.cross_entropy(logits[pos], label[pos], reduction="none")
-                loss = loss + (ce * weight[pos]).sum() / weight[pos].sum()
-            if config.negative_weight and negatives.any():
-                loss = loss + config.negative_weight * negative_learning_loss(logits, negatives)
+            loss = pseudo_label_loss(logits, label, negatives, weight, config.negative_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

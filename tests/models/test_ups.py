@@ -15,6 +15,7 @@ from models.ups import (
     expected_calibration_error,
     mc_dropout_stats,
     negative_learning_loss,
+    pseudo_label_loss,
     ups_select,
 )
 
@@ -106,3 +107,23 @@ def test_ece() -> None:
     correct = torch.tensor([True, True, True, False, True, False])
     # bin 0.9: acc 0.75 vs 0.9 (weight 4/6); bin 0.6: acc 0.5 vs 0.6 (weight 2/6)
     assert expected_calibration_error(conf, correct) == pytest.approx(4 / 6 * 0.15 + 2 / 6 * 0.1)
+
+
+def test_pseudo_label_loss_is_weighted_ce_plus_negative_learning() -> None:
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(6, 4, generator=gen, requires_grad=True)
+    label = torch.tensor([0, 2, -1, 1, -1, 3])
+    negatives = torch.zeros(6, 4, dtype=torch.bool)
+    negatives[2, 1] = negatives[4, [0, 3]] = True
+    weight = torch.tensor([1.0, 0.5, 9.0, 2.0, 9.0, 0.0])
+    has = label >= 0
+    ce = torch.nn.functional.cross_entropy(logits[has], label[has], reduction="none")
+    expected = (ce * weight[has]).sum() / weight[has].sum() + 0.5 * negative_learning_loss(logits, negatives)
+    got = pseudo_label_loss(logits, label, negatives, weight, negative_weight=0.5)
+    assert torch.allclose(got, expected)
+    # no weights: plain mean cross-entropy; no negatives: cross-entropy only
+    assert torch.allclose(pseudo_label_loss(logits, label, torch.zeros_like(negatives)), ce.mean())
+    # neither labels nor negatives: zero, and still differentiable
+    empty = pseudo_label_loss(logits, torch.full((6,), -1), torch.zeros_like(negatives))
+    empty.backward()
+    assert float(empty) == 0.0 and logits.grad is not None

@@ -136,3 +136,67 @@ def test_bad_options_and_cli(selection_root, capsys) -> None:
     assert code == 0
     out = json.loads(capsys.readouterr().out)
     assert out["method"] == "confidence" and out["rounds"][0]["negative_labels"] == 0
+
+
+def test_finetune_round_tunes_a_copy_and_reembeds_in_key_order(selection_root) -> None:
+    import copy
+
+    import torch
+
+    from models.ups import DropoutClassifier, EncoderClassifier
+    from pipeline.embed import find_embeddings, read_embeddings
+    from pipeline.finetune import finetune_round, load_finetune_encoder, reembed
+    from pipeline.truth import read_seed_labels
+
+    root, _, seed_csv = selection_root
+    emb = read_embeddings(find_embeddings(root))
+    config = small(finetune=True, finetune_steps=12, finetune_batch_size=16, workers=0, shuffle_buffer=0)
+    encoder = load_finetune_encoder(root, emb, config)
+    before = {k: v.clone() for k, v in encoder.module.state_dict().items()}
+    # the untuned encoder re-embeds every image into the stored embeddings, row for row
+    untouched = EncoderClassifier(
+        copy.deepcopy(encoder.module), encoder.dim, DropoutClassifier(encoder.dim, 10)
+    )
+    stored = torch.from_numpy(emb.matrix()) * encoder.dim**0.5
+    assert torch.allclose(reembed(untouched, emb, root, config, torch.device("cpu")), stored, atol=0.05)
+
+    seeds = read_seed_labels(root, [str(seed_csv)])
+    row = {k: i for i, k in enumerate(emb.keys)}
+    pos_idx = torch.as_tensor([row[k] for k in seeds.key])
+    pos_labels = torch.as_tensor(seeds.label.to_numpy().astype("int64"))
+    no_negatives = torch.empty(0, dtype=torch.long), torch.empty(0, 10, dtype=torch.bool)
+    config = config.model_copy(update={"finetune_steps": 30, "finetune_lr": 1e-3, "lr": 1e-2})
+    result = finetune_round(root, emb, encoder, pos_idx, pos_labels, *no_negatives, 10, config, seed=0)
+    record = result.record
+    assert record["finetune_steps"] == 30 and record["finetune_images"] == 30 * 16
+    assert record["finetune_loss_end"] < record["finetune_loss_start"]
+    with torch.no_grad():  # the tuned encoder + head fit their 40 training images
+        fitted = (result.head.eval()(result.features[pos_idx]).argmax(1) == pos_labels).float().mean()
+    assert fitted >= 0.5
+    assert result.features.shape == stored.shape
+    assert torch.allclose(result.features.norm(dim=1), torch.full((emb.n,), encoder.dim**0.5), atol=1e-3)
+    assert (result.features - stored).abs().max() > 0.1  # the encoder moved ...
+    assert all(torch.equal(v, before[k]) for k, v in encoder.module.state_dict().items())  # ... a copy of it
+
+    other = root.parent / "other-encoder.pt"
+    torch.save({k: v + 0.01 if v.is_floating_point() else v for k, v in before.items()}, other)
+    with pytest.raises(ValueError, match="did not make the embeddings"):
+        load_finetune_encoder(root, emb, small(finetune=True, finetune_encoder=str(other)))
+    with pytest.raises(ValueError, match="unknown precision"):
+        load_finetune_encoder(root, emb, small(finetune=True, precision="fp8"))
+
+
+def test_select_with_finetune_from_the_cli(selection_root, capsys) -> None:
+    root, truth, seed_csv = selection_root
+    argv = ["select", str(root), "--labels-from", "seed", "--seed-labels", str(seed_csv), "--rounds", "2"]
+    argv += ["--epochs", "1", "--passes", "3", "--tau-p", "0.3", "--finetune", "--finetune-steps", "2"]
+    argv += ["--finetune-batch-size", "16", "--workers", "0", "--truth", str(truth), "--run-name", "tuned"]
+    assert main(argv) == 0
+    summary = json.loads((root / "selections" / "tuned" / "summary.json").read_text())
+    assert summary["config"]["finetune"] and summary["thresholds"]["finetune"]
+    assert [r["finetune_steps"] for r in summary["rounds"]] == [2, 2]
+    assert all(r["device"] == "cpu" and r["reembed_seconds"] >= 0 for r in summary["rounds"])
+    assert summary["rounds"][1]["trained_on_positives"] >= 40  # round 2 trains on round 1's selection
+    table = read_selection(root, "tuned")
+    assert len(table) == 400 and table.key.is_unique and table.is_seed.sum() == 40
+    assert summary["metrics"]["evaluated"] == 360
