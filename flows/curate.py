@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_markdown_artifact
 
 from flows.cluster import cluster_flow
 from flows.embed import embed_flow
@@ -100,11 +100,7 @@ def curate_flow(config: LakelabelConfig | None = None) -> dict:
             f"accuracy at full coverage {metrics['accuracy_full_coverage']}.",
         ]
     create_markdown_artifact("\n".join(lines), key="curate-summary", description="lakelabel run summary")
-    create_table_artifact(
-        [{"class": k, "positive_labels": v} for k, v in selection["per_class_positives"].items()],
-        key="curate-class-counts",
-        description="positive labels per class",
-    )
+    # positive labels per class: the publish subflow's `label-counts` table artifact
     logger.info("labels: %s (run %s)", labels_dest, published["run_id"])
     return {
         "ingest": ingest,

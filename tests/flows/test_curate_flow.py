@@ -57,14 +57,16 @@ def test_curate_runs_end_to_end_and_resumes_after_a_failed_stage(tmp_path, monke
         with get_client(sync_client=True) as client:
             artifacts = client.read_artifacts(
                 artifact_filter=ArtifactFilter(
-                    key=ArtifactFilterKey(any_=["label-report", "curate-summary", "curate-class-counts"])
+                    key=ArtifactFilterKey(any_=["label-report", "curate-summary", "label-counts"])
                 )
             )
     data_of: dict[str, list[str]] = {}
     for artifact in artifacts:  # one version per run that created the key, in no set order
         data_of.setdefault(artifact.key, []).append(artifact.data)
-    assert set(data_of) == {"label-report", "curate-summary", "curate-class-counts"}
+    assert set(data_of) == {"label-report", "curate-summary", "label-counts"}
     assert {a.type for a in artifacts if a.key == "label-report"} == {"markdown"}  # a link, as markdown
+    # positives per class, once per published version (from the publish subflow)
+    assert len(data_of["label-counts"]) == 2 and all("positive_labels" in d for d in data_of["label-counts"])
     for run in (result, nightly):
         assert any(Path(run["report"]).resolve().as_uri() in d for d in data_of["label-report"])
         assert any(run["report"] in d for d in data_of["curate-summary"])
