@@ -67,6 +67,9 @@ def test_crash_keeps_previous_version_and_two_runs_coexist(selected_root, tmp_pa
     assert not (tmp_path / "labels" / "_staging").exists()
     assert [r["run_id"] for r in list_runs(dest)] == [first["run_id"], second["run_id"]]
     assert latest_run(dest) == second["run_id"]
+    # a crash between the second commit marker and `_latest`: the markers decide, not `_latest`
+    (tmp_path / "labels" / "_latest").write_text(first["run_id"] + "\n")
+    assert latest_run(dest) == second["run_id"] and read_labels(dest).num_rows == 400
     old, new = read_labels(dest, first["run_id"]).to_pandas(), read_labels(dest).to_pandas()
     assert (new.role == "positive").sum() >= (old.role == "positive").sum()  # the looser threshold
     with pytest.raises(LabelsNotFound, match="not committed"):
