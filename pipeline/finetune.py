@@ -11,7 +11,6 @@ small runs are practical (a ResNet-18 step at 32 px is ~1 s per 128 images on 2 
 from __future__ import annotations
 
 import copy
-import math
 import re
 import time
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from models.optim import warmup_cosine
 from models.ups import DropoutClassifier, EncoderClassifier, pseudo_label_loss
 from pipeline.augment import classifier_transform, eval_transform
 from pipeline.config import EmbedConfig, SelectConfig, check_choice
@@ -110,9 +110,8 @@ def finetune_round(
     started, step, images, losses = time.perf_counter(), 0, 0, []
     model.train()
     for batch in data.loader(config.finetune_batch_size, workers):  # endless: bounded by steps
-        scale = 0.5 * (1 + math.cos(math.pi * step / config.finetune_steps))
         for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
-            group["lr"] = lr * scale
+            group["lr"] = warmup_cosine(step, config.finetune_steps, 0, lr)
         x = batch["image"].to(dev, non_blocking=True)
         if dev.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)

@@ -7,7 +7,6 @@ Writes ``ROOT/classifiers/<run>/``: ``model.pt`` (state dict), ``classes.json``,
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from models.backbones import build_backbone
+from models.optim import warmup_cosine
 from models.ups import pseudo_label_loss
 from pipeline.atomic import atomic_write, atomic_write_bytes
 from pipeline.augment import classifier_transform, eval_transform
@@ -85,7 +85,7 @@ def train_classifier(
     while step < total:
         epoch_loss, batches = 0.0, 0
         for batch in data.loader(config.batch_size, config.workers):
-            lr = 0.5 * config.lr * (1 + math.cos(math.pi * step / total))
+            lr = warmup_cosine(step, total, 0, config.lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             x = batch["image"].to(dev, non_blocking=True)
