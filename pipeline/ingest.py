@@ -23,6 +23,7 @@ import os
 import resource
 import secrets
 import signal
+import sys
 import threading
 import time
 from collections import deque
@@ -326,13 +327,28 @@ def pending_batches(
         yield batch
 
 
+#: Modules whose thread pools do not survive a fork: a forked child calling into them can hang.
+FORK_UNSAFE_MODULES: tuple[str, ...] = ("faiss", "torch")
+
+
+def fork_is_safe() -> bool:
+    """True when this process has one thread and has not loaded FAISS or torch.
+
+    A fork copies only the calling thread: a lock another thread holds (or an OpenMP pool, once
+    FAISS ran) stays taken in the child forever. The ``lakelabel ingest`` command meets neither;
+    a long-lived process (a Prefect worker, a notebook) often does, and then gets spawned workers.
+    """
+    return threading.active_count() == 1 and not any(m in sys.modules for m in FORK_UNSAFE_MODULES)
+
+
 def map_ordered(
     fn: Callable, batches: Iterable, workers: int, initializer: Callable | None = None, initargs: tuple = ()
 ) -> Iterator:
-    """``map(fn, batches)`` over ``workers`` spawned processes, in order, with a bounded window.
+    """``map(fn, batches)`` over ``workers`` processes, in order, with a bounded window.
 
-    Spawned (not forked) workers: forking after FAISS/OpenMP ran in the parent can hang the child.
-    At most ``4 × workers`` batches are in flight, so memory does not grow with the lake.
+    Workers are forked when :func:`fork_is_safe` (a fresh CLI process: no start-up imports to
+    repeat), else spawned. At most ``4 × workers`` batches are in flight, so memory does not grow
+    with the lake.
     """
     if workers <= 0:
         if initializer:
@@ -341,7 +357,7 @@ def map_ordered(
         return
     window = 4 * workers
     with ProcessPoolExecutor(
-        workers, mp_context=get_context("spawn"), initializer=initializer, initargs=initargs
+        workers, mp_context=get_context("fork" if fork_is_safe() else "spawn"), initializer=initializer, initargs=initargs
     ) as pool:
         pending: deque = deque()
         for batch in batches:

@@ -79,3 +79,39 @@ def test_rejections_name_the_reason():
     assert check_image(jpeg, max_pixels=64 * 64 - 1).reason == "decompression_bomb"
     ppm = b"P6 4 4 255\n" + bytes(48)
     assert check_image(ppm, max_pixels=LIMIT).reason == "unsupported_format"
+
+
+def test_scaled_validation_accepts_exactly_what_a_full_decode_accepts():
+    """The fast path validates at 1/8 scale; damaged files must fare as under a full strict decode."""
+    import random
+
+    import simplejpeg
+
+    from pipeline.images import check_plain_jpeg
+
+    rng = random.Random(0)
+    verdicts = {True: 0, False: 0}
+    for seed in range(20):
+        out = io.BytesIO()
+        Image.fromarray(rng_image(seed, (48, 40))).save(out, "JPEG", quality=80, progressive=seed % 2 == 1)
+        raw = out.getvalue()
+        assert check_plain_jpeg(raw, LIMIT, None) == (48, 40)
+        for variant in range(30):
+            damaged = bytearray(raw)
+            if variant % 3 == 0:
+                damaged = damaged[: rng.randrange(2, len(raw))]
+            elif variant % 3 == 1:
+                i = rng.randrange(len(raw) // 3, len(raw))
+                damaged[i] ^= 1 << rng.randrange(8)
+            else:
+                i = rng.randrange(len(raw) // 3, len(raw))
+                damaged[i : i + 8] = bytes(len(damaged[i : i + 8]))
+            damaged = bytes(damaged)
+            try:
+                simplejpeg.decode_jpeg(damaged, strict=True)
+                full_ok = True
+            except ValueError:
+                full_ok = False
+            assert isinstance(check_plain_jpeg(damaged, LIMIT, None), tuple) == full_ok
+            verdicts[full_ok] += 1
+    assert verdicts[True] > 50 and verdicts[False] > 200  # both outcomes were exercised

@@ -301,3 +301,25 @@ def test_manifest_is_plain_parquet_with_contract_metadata(tmp_path):
     } <= set(schema.names)
     run_files = list((root / "manifest" / "_runs").glob("*.json"))
     assert len(run_files) == 1 and json.loads(run_files[0].read_text())["sharded"] == 5
+
+
+def test_workers_fork_only_in_a_single_threaded_process_without_faiss_or_torch():
+    import subprocess
+    import sys
+    import threading
+
+    from pipeline.ingest import fork_is_safe
+
+    code = (
+        "import sys; from pipeline.ingest import fork_is_safe; print(fork_is_safe(), 'torch' in sys.modules)"
+    )
+    fresh = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert fresh.stdout.split() == ["True", "False"]  # what `lakelabel ingest` sees
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait)
+    thread.start()
+    try:
+        assert not fork_is_safe()
+    finally:
+        stop.set()
+        thread.join()
