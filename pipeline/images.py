@@ -113,7 +113,9 @@ def check_image(
     return ImageCheck(None, out.getvalue(), fmt, mode, rgb.width, rgb.height, width, height, reencoded=True)
 
 
-def check_plain_jpeg(raw: bytes, max_pixels: int, max_side: int | None) -> tuple[int, int] | ImageCheck | None:
+def check_plain_jpeg(
+    raw: bytes, max_pixels: int, max_side: int | None
+) -> tuple[int, int] | ImageCheck | None:
     """Fast path for the common case, an upright 3-channel JPEG that is kept byte for byte.
 
     Returns ``(width, height)`` when ``raw`` is one and decodes cleanly, an :class:`ImageCheck`

@@ -18,8 +18,10 @@ re-run over a grown lake ingests only the new files, into new shards.
 from __future__ import annotations
 
 import fcntl
+import itertools
 import json
 import os
+import queue
 import resource
 import secrets
 import signal
@@ -38,11 +40,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data_specs.manifest import MANIFEST_SCHEMA, validate_manifest
-from data_specs.shards import SHARD_NAME_RE, key_for_sha256, shard_name
+from data_specs.shards import SHARD_NAME_RE, shard_name
 from pipeline.atomic import atomic_write, atomic_write_bytes, temp_path
 from pipeline.config import IngestConfig
 from pipeline.ingest_worker import BatchResult, WorkerOptions, process_batch
 from pipeline.lake import LakeFile, SourceSpec, iter_lake, resolve_source
+from pipeline.lake_index import INDEX_FILE, LakeIndex
 from pipeline.tario import END_OF_ARCHIVE
 
 MANIFEST_PART_RE = SHARD_NAME_RE.pattern.replace("shard-", "part-").replace(r"\.tar", r"\.parquet")
@@ -74,44 +77,42 @@ def _fsync_dir(path: Path) -> None:
 class LakeState:
     """What earlier runs committed under ROOT (read at start-up, after crash recovery)."""
 
+    index: LakeIndex
     next_index: int = 0
-    done_uris: set[str] = field(default_factory=set)
-    #: key of every kept image → its shard index
-    kept: dict[str, int] = field(default_factory=dict)
     removed_orphans: list[str] = field(default_factory=list)
+    #: manifest parts the index had to take in at start-up, and whether it was rebuilt
+    index_sync: dict[str, int] = field(default_factory=dict)
 
 
 def recover(root: Path) -> LakeState:
-    """Clean up after a crash and load the committed state of ROOT (creating the folders)."""
+    """Clean up after a crash, bring ROOT's index up to its manifest, return the committed state.
+
+    Memory does not grow with the lake: the index lives on disk (:mod:`pipeline.lake_index`);
+    only the part numbers are listed.
+    """
     shards, manifest = root / "shards", root / "manifest"
     for folder in (shards, manifest, manifest / "_runs"):
         folder.mkdir(parents=True, exist_ok=True)
-    state = LakeState()
+    removed: list[str] = []
     for folder in (shards, manifest, manifest / "_runs"):
         for tmp in folder.glob(".*.tmp"):
             tmp.unlink()
-            state.removed_orphans.append(str(tmp))
-    committed = {int(p.name[5:11]) for p in manifest.glob("part-*.parquet")}
+            removed.append(str(tmp))
+    committed = sorted(int(p.name[5:11]) for p in manifest.glob("part-*.parquet"))
+    committed_set = set(committed)
     for shard in shards.glob("shard-*.tar"):
         match = SHARD_NAME_RE.match(shard.name)
-        if match and int(match.group(1)) not in committed:
+        if match and int(match.group(1)) not in committed_set:
             shard.unlink()  # renamed, but its manifest part never landed: redo the unit
-            state.removed_orphans.append(str(shard))
-    if committed:
-        state.next_index = max(committed) + 1
-        table = pq.read_table(
-            manifest, columns=["source_uri", "status", "sha256", "shard"], schema=MANIFEST_SCHEMA
-        )
-        state.done_uris = set(table.column("source_uri").to_pylist())
-        for status, sha, shard in zip(
-            table.column("status").to_pylist(),
-            table.column("sha256").to_pylist(),
-            table.column("shard").to_pylist(),
-            strict=True,
-        ):
-            if status == "sharded":
-                state.kept[key_for_sha256(sha)] = int(shard[6:-4])
-    return state
+            removed.append(str(shard))
+    index = LakeIndex(manifest / INDEX_FILE)
+    sync = index.sync(manifest, committed)
+    return LakeState(
+        index=index,
+        next_index=committed[-1] + 1 if committed else 0,
+        removed_orphans=removed,
+        index_sync=sync,
+    )
 
 
 class RootLock:
@@ -183,12 +184,38 @@ class IngestCounts:
     reasons: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass
+class _ClosedUnit:
+    """A full unit handed to the commit thread: its temp shard, its rows, its kept keys."""
+
+    index: int
+    tar: object | None
+    tmp_path: Path
+    final_path: Path
+    rows: _UnitRows
+    keys: dict[str, int]
+    indexed: threading.Event = field(default_factory=threading.Event)
+
+
 class ShardCommitter:
-    """Single writer: de-duplicates, appends samples to the open shard, commits units atomically."""
+    """Single writer: de-duplicates, appends samples to the open shard, commits units atomically.
+
+    Committing a unit (fsync, rename, the manifest part, the index) runs on one background
+    thread, in unit order, while the next unit fills: the disk waits leave the critical path. At
+    most ``_MAX_CLOSED_UNITS`` units wait for it; their keys still count for de-duplication.
+    """
+
+    _MAX_CLOSED_UNITS = 2
 
     def __init__(self, root: Path, run_id: str, state: LakeState, config: IngestConfig):
         self.root, self.run_id, self.state, self.config = root, run_id, state, config
         self.counts = IngestCounts()
+        self.lake_index = state.index
+        self._index_has_keys = state.index.has_keys()
+        self._closed: deque[_ClosedUnit] = deque()  # handed to the commit thread, maybe not yet indexed
+        self._queue: queue.Queue[_ClosedUnit | None] = queue.Queue(self._MAX_CLOSED_UNITS)
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
         self._open_unit()
 
     def _open_unit(self) -> None:
@@ -200,6 +227,7 @@ class ShardCommitter:
         self.samples = 0
         self.nbytes = 0
         self.rows = _UnitRows()
+        self.unit_keys: dict[str, int] = {}  # keys kept in the open unit (not yet in the index)
 
     def skip(self, uri: str, reason: str) -> None:
         row = dict.fromkeys(_ROW_COLUMNS, [None])
@@ -238,8 +266,22 @@ class ShardCommitter:
         committed whenever the next sample would break the shard's count or byte bound.
         """
         n = len(batch)
-        counts, kept, config = self.counts, self.state.kept, self.config
+        counts, config = self.counts, self.config
         blob, ends, keys = memoryview(batch.blob), batch.ends, batch.keys
+        # Kept keys come from three places: the index (units committed before this batch: one
+        # lookup per batch), the unit open when the batch began (stays valid if it commits
+        # mid-batch), and this batch itself.
+        open_unit_keys = self.unit_keys
+        self._raise_commit_error()
+        while self._closed and self._closed[0].indexed.is_set():
+            self._closed.popleft()
+        closed_keys = [unit.keys for unit in self._closed]  # taken before the index is asked
+        indexed = (
+            self.lake_index.shards_of([k for k in keys if k is not None]) if self._index_has_keys else {}
+        )
+        for unit_keys in closed_keys:
+            indexed.update(unit_keys)
+        kept_here: dict[str, int] = {}
         status: list[str | None] = [None] * n
         shard: list[str | None] = [None] * n
         first_row = write_from = prev_end = 0
@@ -249,7 +291,11 @@ class ShardCommitter:
                 status[i] = "rejected"
                 continue
             end = ends[i]
-            kept_index = kept.get(key)
+            kept_index = kept_here.get(key)
+            if kept_index is None:
+                kept_index = open_unit_keys.get(key)
+                if kept_index is None:
+                    kept_index = indexed.get(key)
             if kept_index is not None:
                 status[i], shard[i] = "duplicate", shard_name(kept_index)
                 if prev_end > write_from:
@@ -267,7 +313,7 @@ class ShardCommitter:
                 first_row = i
                 self.commit()
             status[i], shard[i] = "sharded", self.shard
-            kept[key] = self.index
+            self.unit_keys[key] = kept_here[key] = self.index
             self.samples += 1
             self.nbytes += size
             prev_end = end
@@ -286,43 +332,94 @@ class ShardCommitter:
                     counts.reasons[reason] = counts.reasons.get(reason, 0) + 1
 
     def commit(self) -> None:
-        """Close the open unit: shard rename first, then its manifest part (the commit marker)."""
+        """Close the open unit and hand it to the commit thread; open the next unit."""
         if not len(self.rows):
             return
-        if self.tar is not None:
-            self.tar.write(END_OF_ARCHIVE)
-            os.fsync(self.tar.fileno())
+        self._raise_commit_error()
+        unit = _ClosedUnit(self.index, self.tar, self.tmp_path, self.final_path, self.rows, self.unit_keys)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._commit_loop, name="ingest-commit", daemon=True)
+            self._thread.start()
+        self._closed.append(unit)
+        self.lake_index.key_filter.add(list(unit.keys))
+        self._index_has_keys = self._index_has_keys or bool(unit.keys)
+        self.state.next_index = self.index + 1
+        self._open_unit()
+        self._queue.put(unit)  # blocks while _MAX_CLOSED_UNITS units wait: bounded memory
+
+    def close(self) -> None:
+        """Commit the open unit and wait until every unit is on disk; re-raise a commit error."""
+        self.commit()
+        self.stop()
+        self._raise_commit_error()
+
+    def stop(self) -> None:
+        """Let the commit thread finish the units handed to it, then end it (the open unit stays
+        uncommitted: its temp shard is removed by the next run's recovery)."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        if self.tar is not None and not self.tar.closed:
             self.tar.close()
-            os.replace(self.tmp_path, self.final_path)
+
+    def _raise_commit_error(self) -> None:
+        if self._error is not None:
+            raise IngestError(f"committing a unit failed: {self._error!r}") from self._error
+
+    def _commit_loop(self) -> None:
+        while (unit := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._commit_unit(unit)
+                except BaseException as exc:  # noqa: BLE001 - handed to the ingest thread
+                    self._error = exc
+            unit.indexed.set()
+
+    def _commit_unit(self, unit: _ClosedUnit) -> None:
+        """Shard rename first, then its manifest part (the commit marker), then the index."""
+        if unit.tar is not None:
+            unit.tar.write(END_OF_ARCHIVE)
+            os.fsync(unit.tar.fileno())
+            unit.tar.close()
+            os.replace(unit.tmp_path, unit.final_path)
             self.counts.shards_written += 1
-        rows = self.rows
-        table = rows.table(self.run_id, datetime.now(timezone.utc))
-        part = self.root / "manifest" / manifest_part_name(self.index)
+        table = unit.rows.table(self.run_id, datetime.now(timezone.utc))
+        part = self.root / "manifest" / manifest_part_name(unit.index)
         atomic_write(part, lambda f: pq.write_table(table, f, compression="zstd"))
         _fsync_dir(self.root / "shards")
         _fsync_dir(self.root / "manifest")
-        self.state.done_uris.update(rows.source_uris())
-        self.state.next_index = self.index + 1
-        self._open_unit()
+        self.lake_index.add_unit(unit.index, unit.keys, unit.rows.source_uris())
 
 
 def pending_batches(
     files: Iterable[LakeFile], committer: ShardCommitter, batch_size: int
 ) -> Iterator[list[WorkItem]]:
-    """Group the lake files still to do into work batches; record skips on the way."""
-    done = committer.state.done_uris
+    """Group the lake files still to do into work batches; record skips on the way.
+
+    Files that earlier runs resolved are dropped, a listing chunk at a time against the index
+    (a fresh ROOT skips the lookup). Files committed during this run are never listed twice.
+    """
+    lake_index, counts = committer.lake_index, committer.counts
+    check_done = lake_index.has_uris()
     batch: list[WorkItem] = []
-    for lake_file in files:
-        if lake_file.uri in done:
-            committer.counts.already_ingested += 1
-            continue
-        if lake_file.skip_reason is not None:
-            committer.skip(lake_file.uri, lake_file.skip_reason)
-            continue
-        batch.append((lake_file.uri, lake_file.path, lake_file.data))
-        if len(batch) >= batch_size:
-            yield batch
-            batch = []
+    chunk: list[LakeFile] = []
+    files = iter(files)
+    while True:
+        chunk[:] = itertools.islice(files, batch_size)
+        if not chunk:
+            break
+        done = lake_index.resolved([f.uri for f in chunk]) if check_done else None
+        for j, lake_file in enumerate(chunk):
+            if done is not None and done[j]:
+                counts.already_ingested += 1
+            elif lake_file.skip_reason is not None:
+                committer.skip(lake_file.uri, lake_file.skip_reason)
+            else:
+                batch.append((lake_file.uri, lake_file.path, lake_file.data))
+                if len(batch) >= batch_size:
+                    yield batch
+                    batch = []
     if batch:
         yield batch
 
@@ -357,7 +454,10 @@ def map_ordered(
         return
     window = 4 * workers
     with ProcessPoolExecutor(
-        workers, mp_context=get_context("fork" if fork_is_safe() else "spawn"), initializer=initializer, initargs=initargs
+        workers,
+        mp_context=get_context("fork" if fork_is_safe() else "spawn"),
+        initializer=initializer,
+        initargs=initargs,
     ) as pool:
         pending: deque = deque()
         for batch in batches:
@@ -445,7 +545,11 @@ class IngestSession:
         return self
 
     def __exit__(self, *exc) -> None:
-        self._lock.__exit__(*exc)
+        try:
+            self.committer.stop()
+        finally:
+            self.state.index.close()
+            self._lock.__exit__(*exc)
 
     def batches(self) -> Iterator[list[WorkItem]]:
         return pending_batches(iter_lake(self.spec), self.committer, self.config.batch_size)
@@ -455,7 +559,7 @@ class IngestSession:
 
     def finish(self) -> dict:
         """Commit the last unit, write the run summary (the run's done-marker) and return it."""
-        self.committer.commit()
+        self.committer.close()
         seconds = time.perf_counter() - self.started
         c = self.committer.counts
         summary = {

@@ -152,8 +152,10 @@ def process_batch(
             w, h = plain
             data, fmt, mode, ow, oh, again = raw, "JPEG", "RGB", w, h, False
         else:
-            check = plain if plain is not None else check_image(
-                raw, max_pixels=max_pixels, max_side=max_side, jpeg_quality=quality
+            check = (
+                plain
+                if plain is not None
+                else check_image(raw, max_pixels=max_pixels, max_side=max_side, jpeg_quality=quality)
             )
             fmt = check.format
             if check.reason is not None:

@@ -193,8 +193,10 @@ def test_recovery_removes_partial_outputs(tmp_path):
     (root / "shards" / ".shard-000003.tar.tmp").write_bytes(b"partial")
     (root / "manifest" / ".part-000003.parquet.tmp").write_bytes(b"partial")
     state = recover(root)
+    state.index.close()
     assert not (root / "shards" / "shard-000002.tar").exists()
     assert len(state.removed_orphans) == 3 and state.next_index == 2
+    assert state.index_sync == {"indexed_parts": 2, "rebuilt": 1}  # it had indexed the lost part
     summary = run_ingest(str(lake), root, IngestConfig(workers=0, shard_max_count=20))
     assert (summary["found"], summary["sharded"], summary["already_ingested"]) == (20, 20, 40)
     assert_accounted(root, lake_uris(lake))
