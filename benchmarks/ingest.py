@@ -1,12 +1,13 @@
 """Ingest throughput against GNU tar, and peak memory at 10k and 60k files, on the CIFAR-10 lake.
 
-Usage: python benchmarks/ingest.py [--lake ../shared/datasets/cifar10/lake.tar.gz] [--repeats 2]
+Usage: python benchmarks/ingest.py [--lake ../shared/datasets/cifar10/lake.tar.gz] [--repeats 2] [--grow N]
 
 Extracts the lake to a temp dir, warms the page cache, then (in one run, alternating, best of
 ``--repeats``) times ``tar cf`` of the folder to a file and ``lakelabel ingest`` of the same folder
 (full decode validation, sha256, shards + manifest, all cores). Peak RSS comes from the ingest's
 own summary (the parent, and its largest worker) at 10k files (the test split) and 60k (all).
-Prints one JSON object.
+``--grow N`` also ingests a lake of N distinct files (the CIFAR JPEGs again, each made unique by a
+JPEG comment segment) to show peak memory past the lake sizes above. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -39,10 +40,25 @@ def _ingest(folder: Path, out: Path) -> tuple[float, dict]:
     return seconds, json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _grown_lake(source: Path, dest: Path, n_files: int) -> None:
+    """``n_files`` distinct valid JPEGs: lake files with a numbered COM segment after SOI."""
+    files = sorted(p for p in source.rglob("*.jpg"))
+    for i in range(n_files):
+        raw = files[i % len(files)].read_bytes()
+        comment = b"lakelabel-%d" % i
+        folder = dest / f"part-{i // 10_000:04d}"
+        if i % 10_000 == 0:
+            folder.mkdir(parents=True)
+        (folder / f"{i:08d}.jpg").write_bytes(
+            raw[:2] + b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment + raw[2:]
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lake", type=Path, default=DEFAULT_LAKE)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--grow", type=int, default=0, help="also ingest a lake of N distinct files")
     args = parser.parse_args()
     if not args.lake.is_file():
         sys.exit(f"lake archive not found: {args.lake}")
@@ -61,6 +77,13 @@ def main() -> None:
             ingest_s.append(seconds)
         assert summary["found"] == n_files and summary["sharded"] + summary["duplicate"] == n_files, summary
         _, small = _ingest(folder / "test", tmp / "out10k")
+        grown = None
+        if args.grow:
+            shutil.rmtree(tmp / "out10k", ignore_errors=True)
+            shutil.rmtree(tmp / "out", ignore_errors=True)
+            _grown_lake(folder, tmp / "grown", args.grow)
+            grown_s, grown = _ingest(tmp / "grown", tmp / "out-grown")
+            assert grown["sharded"] == args.grow, grown
         tar_fps = n_files / min(tar_s)
         ingest_fps = n_files / min(ingest_s)
         result = {
@@ -80,6 +103,15 @@ def main() -> None:
                 "60k": {"parent": summary["peak_rss_mb"], "largest_worker": summary["peak_rss_workers_mb"]},
             },
         }
+        if grown is not None:
+            result["peak_rss_mb"][f"{args.grow // 1000}k"] = {
+                "parent": grown["peak_rss_mb"],
+                "largest_worker": grown["peak_rss_workers_mb"],
+            }
+            result[f"ingest_files_per_s_{args.grow // 1000}k"] = round(args.grow / grown_s)
+            result["index_bytes_per_file"] = round(
+                (tmp / "out-grown" / "manifest" / "_index.sqlite").stat().st_size / args.grow, 1
+            )
         print(json.dumps(result))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

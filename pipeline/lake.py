@@ -7,6 +7,7 @@ Listing order is deterministic (names sorted within each directory).
 
 from __future__ import annotations
 
+import operator
 import os
 import posixpath
 import stat
@@ -123,6 +124,9 @@ def iter_lake(spec: SourceSpec) -> Iterator[LakeFile]:
         yield from _iter_archive(spec)
 
 
+_BY_NAME = operator.attrgetter("name")
+
+
 def _iter_local(root: str) -> Iterator[LakeFile]:
     real_root = os.path.realpath(root)
     visited = {real_root}
@@ -130,7 +134,8 @@ def _iter_local(root: str) -> Iterator[LakeFile]:
     while stack:
         folder = stack.pop()
         try:
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+            with os.scandir(folder) as scan:
+                entries = sorted(scan, key=_BY_NAME)
         except OSError:
             continue
         subdirs = []
@@ -167,7 +172,7 @@ def _iter_local(root: str) -> Iterator[LakeFile]:
                 visited.add(os.path.realpath(entry.path))
                 subdirs.append(entry.path)
             elif entry.is_file(follow_symlinks=False):
-                yield LakeFile(uri, path=entry.path)
+                yield LakeFile(uri, entry.path)
             else:
                 yield LakeFile(uri, skip_reason="not_a_regular_file")
         stack.extend(reversed(subdirs))

@@ -95,7 +95,7 @@ class LakeIndex:
     at a time) and lookups from another thread are fine.
     """
 
-    def __init__(self, path: str | Path, cache_mb: int = 64):
+    def __init__(self, path: str | Path, cache_mb: int = 16):
         if cache_mb <= 0:
             raise ValueError(f"cache_mb must be > 0, got {cache_mb}")
         self.path = Path(path)
@@ -114,13 +114,17 @@ class LakeIndex:
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        # Set after the page size is final: SQLite turns a size in KiB into a page count.
         db.execute(f"PRAGMA cache_size=-{self.cache_mb * 1024}")
         return db
 
     def _open(self) -> sqlite3.Connection:
+        new = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            new.execute("PRAGMA journal_mode=WAL")  # persistent
+        finally:
+            new.close()
         db = self._connect()
-        db.execute("PRAGMA page_size=16384")  # takes effect on a new file only
-        db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")  # a lost commit only means re-indexing a part
         db.executescript(
             """
