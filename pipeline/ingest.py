@@ -211,7 +211,6 @@ class ShardCommitter:
         self.root, self.run_id, self.state, self.config = root, run_id, state, config
         self.counts = IngestCounts()
         self.lake_index = state.index
-        self._index_has_keys = state.index.has_keys()
         self._closed: deque[_ClosedUnit] = deque()  # handed to the commit thread, maybe not yet indexed
         self._queue: queue.Queue[_ClosedUnit | None] = queue.Queue(self._MAX_CLOSED_UNITS)
         self._thread: threading.Thread | None = None
@@ -276,9 +275,7 @@ class ShardCommitter:
         while self._closed and self._closed[0].indexed.is_set():
             self._closed.popleft()
         closed_keys = [unit.keys for unit in self._closed]  # taken before the index is asked
-        indexed = (
-            self.lake_index.shards_of([k for k in keys if k is not None]) if self._index_has_keys else {}
-        )
+        indexed = self.lake_index.shards_of([k for k in keys if k is not None])
         for unit_keys in closed_keys:
             indexed.update(unit_keys)
         kept_here: dict[str, int] = {}
@@ -342,7 +339,6 @@ class ShardCommitter:
             self._thread.start()
         self._closed.append(unit)
         self.lake_index.key_filter.add(list(unit.keys))
-        self._index_has_keys = self._index_has_keys or bool(unit.keys)
         self.state.next_index = self.index + 1
         self._open_unit()
         self._queue.put(unit)  # blocks while _MAX_CLOSED_UNITS units wait: bounded memory
@@ -403,12 +399,8 @@ def pending_batches(
     lake_index, counts = committer.lake_index, committer.counts
     check_done = lake_index.has_uris()
     batch: list[WorkItem] = []
-    chunk: list[LakeFile] = []
     files = iter(files)
-    while True:
-        chunk[:] = itertools.islice(files, batch_size)
-        if not chunk:
-            break
+    while chunk := list(itertools.islice(files, batch_size)):
         done = lake_index.resolved([f.uri for f in chunk]) if check_done else None
         for j, lake_file in enumerate(chunk):
             if done is not None and done[j]:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import fsspec
 
-from data_specs.shards import KEY_HEX_CHARS
+from data_specs.shards import key_for_sha256
 from pipeline.images import check_image, check_plain_jpeg
 from pipeline.lake import SourceSpec
 from pipeline.tario import SampleEncoder
@@ -130,20 +130,11 @@ def process_batch(
     max_pixels, max_side, quality = options.max_pixels, options.max_side, options.jpeg_quality
     encode = SampleEncoder(options.mtime).encode
     dumps, sha256 = json.dumps, hashlib.sha256
-    raws = read_batch(spec, items) if spec.kind != "local" else None
-    for i in range(n):
+    for i, raw in enumerate(read_batch(spec, items)):
         ends[i] = offset
-        if raws is None:
-            try:
-                raw = _read_local(items[i][1])
-            except OSError:
-                reasons[i] = "read_error"
-                continue
-        else:
-            raw = raws[i]
-            if isinstance(raw, Exception):
-                reasons[i] = "read_error"
-                continue
+        if isinstance(raw, Exception):
+            reasons[i] = "read_error"
+            continue
         sha = sha256(raw).hexdigest()
         shas[i] = sha
         size = nbytes[i] = len(raw)
@@ -165,7 +156,7 @@ def process_batch(
                 continue
             data, mode, w, h = check.data, check.mode, check.width, check.height
             ow, oh, again = check.original_width, check.original_height, check.reencoded
-        key = sha[:KEY_HEX_CHARS]
+        key = key_for_sha256(sha)
         keys[i], width[i], height[i], formats[i], reencoded[i] = key, w, h, fmt, again
         meta = (
             f'{{"key":"{key}","source_uri":{dumps(uris[i])},"sha256":"{sha}","format":"{fmt}",'

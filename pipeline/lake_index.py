@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+
+from data_specs.shards import key_for_sha256
 
 #: Rows per SQL ``IN (...)`` lookup (well under SQLite's host-parameter limit).
 LOOKUP_CHUNK = 500
@@ -114,17 +116,17 @@ class LakeIndex:
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        # Set after the page size is final: SQLite turns a size in KiB into a page count.
+        # Never change the page size after this: SQLite turns a size in KiB into a page count.
         db.execute(f"PRAGMA cache_size=-{self.cache_mb * 1024}")
         return db
 
     def _open(self) -> sqlite3.Connection:
-        new = sqlite3.connect(self.path, isolation_level=None)
-        try:
-            new.execute("PRAGMA journal_mode=WAL")  # persistent
-        finally:
-            new.close()
         db = self._connect()
+        try:
+            db.execute("PRAGMA journal_mode=WAL")  # the first read: fails here if not a database
+        except sqlite3.DatabaseError:
+            db.close()
+            raise
         db.execute("PRAGMA synchronous=NORMAL")  # a lost commit only means re-indexing a part
         db.executescript(
             """
@@ -175,7 +177,7 @@ class LakeIndex:
             )
             status = table.column("status").to_pylist()
             sha = table.column("sha256").to_pylist()
-            kept = [s[:32] for st, s in zip(status, sha, strict=True) if st == "sharded"]
+            kept = [key_for_sha256(s) for st, s in zip(status, sha, strict=True) if st == "sharded"]
             self.add_unit(part, kept, table.column("source_uri").to_pylist())
         self._load_filter()
         return {"indexed_parts": len(missing), "rebuilt": int(rebuilt)}
@@ -224,9 +226,6 @@ class LakeIndex:
     def has_uris(self) -> bool:
         return self._reader.execute("SELECT 1 FROM seen LIMIT 1").fetchone() is not None
 
-    def has_keys(self) -> bool:
-        return self._reader.execute("SELECT 1 FROM kept LIMIT 1").fetchone() is not None
-
     def shards_of(self, keys: Sequence[str]) -> dict[str, int]:
         """``{key: shard index}`` for the keys (hex) that are already kept; the others are absent.
 
@@ -237,22 +236,23 @@ class LakeIndex:
         maybe = self.key_filter.maybe_contains(keys)
         if not maybe.all():
             keys = [k for k, m in zip(keys, maybe.tolist(), strict=True) if m]
-        for start in range(0, len(keys), LOOKUP_CHUNK):
-            chunk = [bytes.fromhex(k) for k in keys[start : start + LOOKUP_CHUNK]]
-            sql = f"SELECT key, shard FROM kept WHERE key IN ({','.join('?' * len(chunk))})"
-            for key, shard in self._reader.execute(sql, chunk):
-                found[key.hex()] = shard
+        for key, shard in self._select_in(
+            "SELECT key, shard FROM kept WHERE key", [bytes.fromhex(k) for k in keys]
+        ):
+            found[key.hex()] = shard
         return found
 
     def resolved(self, uris: Sequence[str]) -> list[bool]:
         """For each URI, whether an earlier unit already resolved it."""
         digests = [uri_digest(u) for u in uris]
-        done: set[bytes] = set()
-        for start in range(0, len(digests), LOOKUP_CHUNK):
-            chunk = digests[start : start + LOOKUP_CHUNK]
-            sql = f"SELECT uri FROM seen WHERE uri IN ({','.join('?' * len(chunk))})"
-            done.update(row[0] for row in self._reader.execute(sql, chunk))
+        done = {row[0] for row in self._select_in("SELECT uri FROM seen WHERE uri", digests)}
         return [d in done for d in digests]
+
+    def _select_in(self, select_where: str, values: Sequence[bytes]) -> Iterator[tuple]:
+        """Rows of ``<select_where> IN (values)``, asked ``LOOKUP_CHUNK`` values at a time."""
+        for start in range(0, len(values), LOOKUP_CHUNK):
+            chunk = values[start : start + LOOKUP_CHUNK]
+            yield from self._reader.execute(f"{select_where} IN ({','.join('?' * len(chunk))})", chunk)
 
     def counts(self) -> dict[str, int]:
         db = self._reader
