@@ -92,6 +92,24 @@ def mc_dropout_stats(
 
 
 @dataclass
+class TrainingLabels:
+    """One round's training labels over the N embedded rows: ``pos_idx`` ``(P,)`` rows with class
+    ``pos_labels`` ``(P,)``; ``neg_idx`` ``(M,)`` rows with ``neg_mask`` ``(M, C)`` bool, the
+    classes ruled out for each (negative learning)."""
+
+    pos_idx: torch.Tensor
+    pos_labels: torch.Tensor
+    neg_idx: torch.Tensor
+    neg_mask: torch.Tensor
+
+    @classmethod
+    def positives_only(cls, pos_idx: torch.Tensor, pos_labels: torch.Tensor, classes: int) -> TrainingLabels:
+        return cls(
+            pos_idx, pos_labels, torch.empty(0, dtype=torch.long), torch.empty(0, classes, dtype=torch.bool)
+        )
+
+
+@dataclass
 class Selection:
     """``positive`` ``(N,)`` bool, ``label`` ``(N,)`` int64 (argmax; meaningful where positive),
     ``negative`` ``(N, C)`` bool (classes ruled out; never on a positive row),

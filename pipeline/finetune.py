@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from models.optim import warmup_cosine
-from models.ups import DropoutClassifier, EncoderClassifier, pseudo_label_loss
+from models.ups import DropoutClassifier, EncoderClassifier, TrainingLabels, pseudo_label_loss
 from pipeline.augment import classifier_transform, eval_transform
 from pipeline.config import EmbedConfig, SelectConfig, check_choice
 from pipeline.embed import Embeddings, Encoder, load_encoder
@@ -63,28 +63,25 @@ def finetune_round(
     root: str | Path,
     emb: Embeddings,
     encoder: Encoder,
-    pos_idx: torch.Tensor,
-    pos_labels: torch.Tensor,
-    neg_idx: torch.Tensor,
-    neg_mask: torch.Tensor,
+    labels: TrainingLabels,
     classes: int,
     config: SelectConfig,
     seed: int,
     device: str | None = None,
 ) -> FinetuneResult:
-    """Train a copy of ``encoder`` + a fresh head on rows ``pos_idx`` (labels) and ``neg_idx``
-    (ruled-out classes ``neg_mask`` ``(n_neg, C)``) of ``emb``; re-embed every row of ``emb``."""
+    """Train a copy of ``encoder`` + a fresh head on ``labels`` (rows of ``emb``: positives and
+    negatives); re-embed every row of ``emb``."""
     root = Path(root)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(seed)
     samples: dict[str, tuple[int, list[int], float]] = {}
-    for row, label in zip(pos_idx.tolist(), pos_labels.tolist(), strict=True):
+    for row, label in zip(labels.pos_idx.tolist(), labels.pos_labels.tolist(), strict=True):
         samples[emb.keys[row]] = (int(label), [], 1.0)
-    for row, mask in zip(neg_idx.tolist(), neg_mask, strict=True):
+    for row, mask in zip(labels.neg_idx.tolist(), labels.neg_mask, strict=True):
         samples.setdefault(emb.keys[row], (-1, torch.nonzero(mask).squeeze(1).tolist(), 1.0))
     if not samples:
         raise ValueError("nothing to fine-tune on: the round has no positive and no negative label")
-    rows = pos_idx.tolist() + neg_idx.tolist()
+    rows = labels.pos_idx.tolist() + labels.neg_idx.tolist()
     shards = [str(root / "shards" / s) for s in sorted({emb.shards[r] for r in rows})]
     # the stream repeats per worker: a worker without a shard would wait forever, so at most one per shard
     workers = min(config.workers, len(shards))

@@ -24,6 +24,7 @@ from data_specs.labels import LABELS_SCHEMA, ROLES
 from models.ups import (
     DropoutClassifier,
     Selection,
+    TrainingLabels,
     confidence_select,
     expected_calibration_error,
     mc_dropout_stats,
@@ -87,16 +88,15 @@ def name_clusters(
 
 
 def train_classifier(
-    x: torch.Tensor,
-    pos_idx: torch.Tensor,
-    pos_labels: torch.Tensor,
-    neg_idx: torch.Tensor,
-    neg_mask: torch.Tensor,
-    classes: int,
-    config: SelectConfig,
-    seed: int,
+    x: torch.Tensor, labels: TrainingLabels, classes: int, config: SelectConfig, seed: int
 ) -> DropoutClassifier:
-    """A fresh classifier trained on positives (cross-entropy) and negatives (negative learning)."""
+    """A fresh classifier on rows of ``x``: positives (cross-entropy), negatives (negative learning)."""
+    pos_idx, pos_labels, neg_idx, neg_mask = (
+        labels.pos_idx,
+        labels.pos_labels,
+        labels.neg_idx,
+        labels.neg_mask,
+    )
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model = DropoutClassifier(x.shape[1], classes, config.hidden, config.dropout)
@@ -182,7 +182,7 @@ def select(root: str | Path, config: SelectConfig | None = None, log=None, devic
         seed_rows = torch.zeros(n, dtype=torch.bool)
         seed_rows[pos_idx] = True
     summary["seed_labels_used"] = int(len(seeds))
-    neg_idx, neg_mask = torch.empty(0, dtype=torch.long), torch.empty(0, classes, dtype=torch.bool)
+    labels = TrainingLabels.positives_only(pos_idx, pos_labels, classes)
 
     rounds = []
     selection: Selection | None = None
@@ -194,10 +194,7 @@ def select(root: str | Path, config: SelectConfig | None = None, log=None, devic
                 root,
                 emb,
                 encoder,
-                pos_idx,
-                pos_labels,
-                neg_idx,
-                neg_mask,
+                labels,
                 classes,
                 config,
                 config.seed + r,
@@ -205,9 +202,7 @@ def select(root: str | Path, config: SelectConfig | None = None, log=None, devic
             )
             model, x, tuned = result.head, result.features, result.record
         else:
-            model = train_classifier(
-                x, pos_idx, pos_labels, neg_idx, neg_mask, classes, config, config.seed + r
-            )
+            model = train_classifier(x, labels, classes, config, config.seed + r)
         stats = mc_dropout_stats(model, x, config.passes, config.neg_temperature, seed=config.seed + r)
         if config.method == "ups":
             selection = ups_select(
@@ -219,8 +214,8 @@ def select(root: str | Path, config: SelectConfig | None = None, log=None, devic
         neg_rows = selection.negative.any(1) & ~seed_rows
         record = {
             "round": r,
-            "trained_on_positives": int(len(pos_idx)),
-            "trained_on_negatives": int(len(neg_idx)),
+            "trained_on_positives": int(len(labels.pos_idx)),
+            "trained_on_negatives": int(len(labels.neg_idx)),
             "positives": int(positive.sum()),
             "negative_only": int((neg_rows & ~positive).sum()),
             "negative_labels": int(selection.negative[~seed_rows].sum()),
@@ -230,10 +225,13 @@ def select(root: str | Path, config: SelectConfig | None = None, log=None, devic
         if log:
             log(record)
         # next round: selected pseudo-labels (+ the human seed labels, always kept)
-        pos_idx = torch.cat([torch.nonzero(positive).squeeze(1), torch.nonzero(seed_rows).squeeze(1)])
-        pos_labels = torch.cat([selection.label[positive], _seed_label_vector(seeds, n)[seed_rows]])
         neg_idx = torch.nonzero(neg_rows).squeeze(1)
-        neg_mask = selection.negative[neg_idx]
+        labels = TrainingLabels(
+            torch.cat([torch.nonzero(positive).squeeze(1), torch.nonzero(seed_rows).squeeze(1)]),
+            torch.cat([selection.label[positive], _seed_label_vector(seeds, n)[seed_rows]]),
+            neg_idx,
+            selection.negative[neg_idx],
+        )
     assert selection is not None
     final = _final_table(emb, selection, seed_rows, _seed_label_vector(seeds, n), names, config)
     summary["rounds"] = rounds

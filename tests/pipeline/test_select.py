@@ -143,7 +143,7 @@ def test_finetune_round_tunes_a_copy_and_reembeds_in_key_order(selection_root) -
 
     import torch
 
-    from models.ups import DropoutClassifier, EncoderClassifier
+    from models.ups import DropoutClassifier, EncoderClassifier, TrainingLabels
     from pipeline.embed import find_embeddings, read_embeddings
     from pipeline.finetune import finetune_round, load_finetune_encoder, reembed
     from pipeline.truth import read_seed_labels
@@ -164,9 +164,9 @@ def test_finetune_round_tunes_a_copy_and_reembeds_in_key_order(selection_root) -
     row = {k: i for i, k in enumerate(emb.keys)}
     pos_idx = torch.as_tensor([row[k] for k in seeds.key])
     pos_labels = torch.as_tensor(seeds.label.to_numpy().astype("int64"))
-    no_negatives = torch.empty(0, dtype=torch.long), torch.empty(0, 10, dtype=torch.bool)
     config = config.model_copy(update={"finetune_steps": 30, "finetune_lr": 1e-3, "lr": 1e-2})
-    result = finetune_round(root, emb, encoder, pos_idx, pos_labels, *no_negatives, 10, config, seed=0)
+    labels = TrainingLabels.positives_only(pos_idx, pos_labels, 10)
+    result = finetune_round(root, emb, encoder, labels, 10, config, seed=0)
     record = result.record
     assert record["finetune_steps"] == 30 and record["finetune_images"] == 30 * 16
     assert record["finetune_loss_end"] < record["finetune_loss_start"]
