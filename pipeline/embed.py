@@ -34,7 +34,7 @@ from models.backbones import build_backbone
 from pipeline.atomic import atomic_write, atomic_write_bytes
 from pipeline.augment import eval_transform
 from pipeline.config import EmbedConfig, check_choice
-from pipeline.pretrain import CheckpointError, _autocast, init_backbone_from
+from pipeline.pretrain import CheckpointError, _autocast, compute_device, init_backbone_from
 from pipeline.shard_data import eval_loader, list_shards
 
 STEMS = ("small", "imagenet")
@@ -198,7 +198,7 @@ def embed(
 def _embed_shards(
     encoder: Encoder, shards: list[str], counts: dict[str, int], out_dir: Path, config: EmbedConfig, device
 ) -> int:
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = compute_device(device)
     model = encoder.module.to(dev).eval()
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)

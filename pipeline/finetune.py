@@ -23,7 +23,7 @@ from models.ups import DropoutClassifier, EncoderClassifier, TrainingLabels, pse
 from pipeline.augment import classifier_transform, eval_transform
 from pipeline.config import EmbedConfig, SelectConfig, check_choice
 from pipeline.embed import Embeddings, Encoder, load_encoder
-from pipeline.pretrain import PRECISIONS, _autocast
+from pipeline.pretrain import PRECISIONS, _autocast, compute_device
 from pipeline.shard_data import KeyedShards, eval_loader
 
 
@@ -72,7 +72,7 @@ def finetune_round(
     """Train a copy of ``encoder`` + a fresh head on ``labels`` (rows of ``emb``: positives and
     negatives); re-embed every row of ``emb``."""
     root = Path(root)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = compute_device(device)
     torch.manual_seed(seed)
     samples: dict[str, tuple[int, list[int], float]] = {}
     for row, label in zip(labels.pos_idx.tolist(), labels.pos_labels.tolist(), strict=True):

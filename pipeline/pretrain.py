@@ -112,6 +112,11 @@ def _atomic_save(obj: dict, path: Path) -> None:
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
+def compute_device(device: str | None = None) -> torch.device:
+    """``device`` as given, else CUDA when present, else the CPU (every stage's default)."""
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
 def _autocast(precision: str, device: torch.device):
     check_choice("precision", precision, PRECISIONS)
     if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
@@ -127,7 +132,7 @@ class Pretrainer:
         check_choice("optimizer", config.optimizer, OPTIMIZERS)
         check_choice("stem", config.stem, STEMS)
         self.dist = setup_distributed()
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = compute_device(device)
         self.shards = list_shards(self.root)
         n = count_sharded(self.root)
         world_batch = config.batch_size * self.dist.world

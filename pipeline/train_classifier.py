@@ -20,7 +20,7 @@ from pipeline.atomic import atomic_write, atomic_write_bytes
 from pipeline.augment import classifier_transform, eval_transform
 from pipeline.config import TrainClassifierConfig, check_choice
 from pipeline.labeled_shards import LabeledShards
-from pipeline.pretrain import _autocast, init_backbone_from
+from pipeline.pretrain import _autocast, compute_device, init_backbone_from
 from pipeline.shard_data import eval_loader, list_shards
 from pipeline.truth import attach_keys, read_label_csv
 
@@ -63,7 +63,7 @@ def train_classifier(
         raise ValueError(
             f"label run has {len(data)} trainable images (after the hold-out), fewer than a batch"
         )
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = compute_device(device)
     torch.manual_seed(config.seed)
     backbone, dim = build_backbone(config.backbone, small_images=config.stem == "small")
     if config.init_from:
