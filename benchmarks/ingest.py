@@ -6,6 +6,7 @@ Extracts the lake to a temp dir, warms the page cache, then (in one run, alterna
 ``--repeats``) times ``tar cf`` of the folder to a file and ``lakelabel ingest`` of the same folder
 (full decode validation, sha256, shards + manifest, all cores). Peak RSS comes from the ingest's
 own summary (the parent, and its largest worker) at 10k files (the test split) and 60k (all).
+With the compiled core built, each repeat also times ``--no-compiled-core`` (the Python path).
 ``--grow N`` also ingests a lake of N distinct files (the CIFAR JPEGs again, each made unique by a
 JPEG comment segment) to show peak memory past the lake sizes above. Prints one JSON object.
 """
@@ -23,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from pipeline.ingest_worker import HAS_COMPILED_CORE
+
 DEFAULT_LAKE = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "cifar10" / "lake.tar.gz"
 
 
@@ -32,10 +35,10 @@ def _timed(cmd: list[str], **kw) -> tuple[float, subprocess.CompletedProcess]:
     return time.perf_counter() - start, proc
 
 
-def _ingest(folder: Path, out: Path) -> tuple[float, dict]:
+def _ingest(folder: Path, out: Path, *flags: str) -> tuple[float, dict]:
     shutil.rmtree(out, ignore_errors=True)
     seconds, proc = _timed(
-        [sys.executable, "-m", "flows.cli", "ingest", str(folder), "--out", str(out), "--no-progress"]
+        [sys.executable, "-m", "flows.cli", "ingest", str(folder), "--out", str(out), "--no-progress", *flags]
     )
     return seconds, json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -68,13 +71,15 @@ def main() -> None:
         folder = tmp / "lake"
         n_files = sum(len(files) for _, _, files in os.walk(folder))
         subprocess.run(f"tar cf - -C {tmp} lake | cat > /dev/null", shell=True, check=True)  # warm cache
-        tar_s, ingest_s, summary = [], [], {}
+        tar_s, ingest_s, python_s, summary = [], [], [], {}
         for _ in range(args.repeats):
             seconds, _ = _timed(["tar", "cf", str(tmp / "baseline.tar"), "-C", str(tmp), "lake"])
             tar_s.append(seconds)
             (tmp / "baseline.tar").unlink()
             seconds, summary = _ingest(folder, tmp / "out")
             ingest_s.append(seconds)
+            if HAS_COMPILED_CORE:
+                python_s.append(_ingest(folder, tmp / "out-python", "--no-compiled-core")[0])
         assert summary["found"] == n_files and summary["sharded"] + summary["duplicate"] == n_files, summary
         _, small = _ingest(folder / "test", tmp / "out10k")
         grown = None
@@ -94,6 +99,9 @@ def main() -> None:
             "ingest_files_per_s": round(ingest_fps),
             "ratio_vs_tar": round(ingest_fps / tar_fps, 3),
             "target_ratio": 0.5,
+            "compiled_core": HAS_COMPILED_CORE,
+            "python_path_files_per_s": round(n_files / min(python_s)) if python_s else None,
+            "compiled_vs_python_path": round(min(python_s) / min(ingest_s), 2) if python_s else None,
             "ingest_seconds": [round(s, 3) for s in ingest_s],
             "tar_seconds": [round(s, 3) for s in tar_s],
             "shards": summary["shards_written"],

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from data_specs.columns import arrow_array
 from data_specs.validation import ContractError, check_table
 
 MANIFEST_SCHEMA_VERSION = "1"
@@ -63,10 +64,10 @@ def validate_manifest(table: pa.Table) -> pa.Table:
     """
     table = check_table(table, MANIFEST_SCHEMA, "manifest")
     status = table.column("status")
-    bad = pc.unique(pc.filter(status, pc.invert(pc.is_in(status, pa.array(STATUSES)))))
+    bad = pc.unique(pc.filter(status, pc.invert(pc.is_in(status, arrow_array(STATUSES, pa.string())))))
     if len(bad):
         raise ContractError(f"manifest: unknown status {bad[0].as_py()!r}; valid: {', '.join(STATUSES)}")
-    kept = pc.is_in(status, pa.array(["sharded", "duplicate"]))
+    kept = pc.is_in(status, arrow_array(["sharded", "duplicate"], pa.string()))
     missing_ids = pc.or_(
         pc.or_(pc.is_null(table.column("key")), pc.is_null(table.column("shard"))),
         pc.is_null(table.column("sha256")),

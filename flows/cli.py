@@ -32,6 +32,12 @@ def _add_ingest_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, help="decode processes (default: all cores; 0 = in-process)")
     p.add_argument("--batch-size", type=int, help=f"files per unit of work (default {defaults.batch_size})")
     p.add_argument(
+        "--compiled-core",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run local upright RGB JPEGs through the compiled core when built (default: on)",
+    )
+    p.add_argument(
         "--storage-option",
         action="append",
         default=[],

@@ -31,14 +31,15 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta, timezone
 from multiprocessing import get_context
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from data_specs.columns import arrow_array
 from data_specs.manifest import MANIFEST_SCHEMA, validate_manifest
 from data_specs.shards import SHARD_NAME_RE, shard_name
 from pipeline.atomic import atomic_write, atomic_write_bytes, temp_path
@@ -138,6 +139,8 @@ class RootLock:
             os.close(self._fd)
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
 #: Manifest columns filled per row (``run_id`` and ``ingested_at`` are set per unit at commit).
 _ROW_COLUMNS = tuple(name for name in MANIFEST_SCHEMA.names if name not in ("run_id", "ingested_at"))
 
@@ -166,9 +169,12 @@ class _UnitRows:
             values: list = []
             for chunk in self.chunks:
                 values.extend(chunk[name])
-            arrays.append(pa.array(values, type=MANIFEST_SCHEMA.field(name).type))
-        arrays.append(pa.array([run_id] * self.n, pa.string()))
-        arrays.append(pa.array([at] * self.n, MANIFEST_SCHEMA.field("ingested_at").type))
+            arrays.append(arrow_array(values, MANIFEST_SCHEMA.field(name).type))
+        arrays.append(arrow_array([run_id] * self.n, pa.string()))
+        at_ms = (at - _EPOCH) // timedelta(milliseconds=1)
+        arrays.append(
+            arrow_array([at_ms] * self.n, pa.int64()).view(MANIFEST_SCHEMA.field("ingested_at").type)
+        )
         return validate_manifest(pa.Table.from_arrays(arrays, schema=MANIFEST_SCHEMA))
 
 
@@ -195,6 +201,42 @@ class _ClosedUnit:
     rows: _UnitRows
     keys: dict[str, int]
     indexed: threading.Event = field(default_factory=threading.Event)
+
+
+class _Samples:
+    """A batch's samples, inline (``blob``) or spooled to a file: copies byte ranges into a shard.
+
+    A spooled range goes file to file inside the kernel (``copy_file_range``); the spool file is
+    deleted on exit.
+    """
+
+    def __init__(self, batch: BatchResult):
+        self.spool = batch.spool
+        self.blob = memoryview(batch.blob)
+        self.fd = -1 if self.spool is None else os.open(self.spool, os.O_RDONLY | os.O_CLOEXEC)
+
+    def __enter__(self) -> _Samples:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            os.unlink(self.spool)
+            self.fd = -1
+
+    def copy_to(self, out, start: int, end: int) -> None:
+        if self.fd < 0:
+            out.write(self.blob[start:end])
+            return
+        fd_out = out.fileno()
+        while start < end:
+            try:
+                copied = os.copy_file_range(self.fd, fd_out, end - start, offset_src=start)
+            except OSError:  # a file system or kernel without it: plain reads and writes
+                copied = os.write(fd_out, os.pread(self.fd, min(end - start, 1 << 22), start))
+            if copied <= 0:
+                raise IngestError(f"spool file {self.spool} is shorter than its samples ({start} < {end})")
+            start += copied
 
 
 class ShardCommitter:
@@ -236,10 +278,10 @@ class ShardCommitter:
         self.counts.found += 1
         self.counts.reasons[reason] = self.counts.reasons.get(reason, 0) + 1
 
-    def _write(self, data: memoryview) -> None:
+    def _write(self, samples: _Samples, start: int, end: int) -> None:
         if self.tar is None:
             self.tar = open(self.tmp_path, "wb", buffering=0)  # noqa: SIM115 - closed in commit()
-        self.tar.write(data)
+        samples.copy_to(self.tar, start, end)
 
     def _take_rows(self, batch: BatchResult, status: list, shard: list, a: int, b: int) -> None:
         if a < b:
@@ -261,12 +303,16 @@ class ShardCommitter:
     def add_batch(self, batch: BatchResult) -> None:
         """Record a worker's batch: rejections, duplicates (of earlier runs or this one), new samples.
 
-        Samples are appended to the open shard in contiguous runs of the batch's blob; a unit is
+        Samples are appended to the open shard in contiguous runs of the batch's samples; a unit is
         committed whenever the next sample would break the shard's count or byte bound.
         """
+        with _Samples(batch) as samples:
+            self._add_batch(batch, samples)
+
+    def _add_batch(self, batch: BatchResult, samples: _Samples) -> None:
         n = len(batch)
         counts, config = self.counts, self.config
-        blob, ends, keys = memoryview(batch.blob), batch.ends, batch.keys
+        starts, ends, keys = batch.starts, batch.ends, batch.keys
         # Kept keys come from three places: the index (units committed before this batch: one
         # lookup per batch), the unit open when the batch began (stays valid if it commits
         # mid-batch), and this batch itself.
@@ -281,13 +327,12 @@ class ShardCommitter:
         kept_here: dict[str, int] = {}
         status: list[str | None] = [None] * n
         shard: list[str | None] = [None] * n
-        first_row = write_from = prev_end = 0
+        first_row = run_from = run_to = 0  # [run_from, run_to): kept samples not yet written
         for i in range(n):
             key = keys[i]
             if key is None:
                 status[i] = "rejected"
                 continue
-            end = ends[i]
             kept_index = kept_here.get(key)
             if kept_index is None:
                 kept_index = open_unit_keys.get(key)
@@ -295,27 +340,29 @@ class ShardCommitter:
                     kept_index = indexed.get(key)
             if kept_index is not None:
                 status[i], shard[i] = "duplicate", shard_name(kept_index)
-                if prev_end > write_from:
-                    self._write(blob[write_from:prev_end])
-                write_from = prev_end = end
                 continue
-            size = end - prev_end
+            start, end = starts[i], ends[i]
+            size = end - start
             if self.samples and (
                 self.samples >= config.shard_max_count or self.nbytes + size > config.shard_max_bytes
             ):
-                if prev_end > write_from:
-                    self._write(blob[write_from:prev_end])
-                    write_from = prev_end
+                if run_to > run_from:
+                    self._write(samples, run_from, run_to)
+                run_from = run_to = start
                 self._take_rows(batch, status, shard, first_row, i)
                 first_row = i
                 self.commit()
+            if start != run_to:
+                if run_to > run_from:
+                    self._write(samples, run_from, run_to)
+                run_from = start
+            run_to = end
             status[i], shard[i] = "sharded", self.shard
             self.unit_keys[key] = kept_here[key] = self.index
             self.samples += 1
             self.nbytes += size
-            prev_end = end
-        if prev_end > write_from:
-            self._write(blob[write_from:prev_end])
+        if run_to > run_from:
+            self._write(samples, run_from, run_to)
         self._take_rows(batch, status, shard, first_row, n)
         counts.found += n
         n_dup = status.count("duplicate")
@@ -525,6 +572,7 @@ class IngestSession:
             max_side=self.config.max_side,
             jpeg_quality=self.config.jpeg_quality,
             mtime=int(time.time()),
+            compiled=self.config.compiled_core,
         )
         self._lock = RootLock(self.root)
         self.started = 0.0
@@ -586,6 +634,8 @@ def run_ingest(
     """Ingest ``src`` into ``root`` with a local process pool; return the run summary."""
     with IngestSession(src, root, config) as session:
         workers = session.config.resolved_workers()
+        if workers > 0:  # workers spool their samples next to the shards (recovery removes strays)
+            session.options = replace(session.options, spool_dir=str(session.root / "shards"))
         for results in map_ordered(
             _work, session.batches(), workers, _init_worker, (session.spec, session.options)
         ):

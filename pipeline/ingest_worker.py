@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 from dataclasses import dataclass
@@ -10,17 +11,26 @@ from dataclasses import dataclass
 import fsspec
 
 from data_specs.shards import key_for_sha256
-from pipeline.images import check_image, check_plain_jpeg
 from pipeline.lake import SourceSpec
 from pipeline.tario import SampleEncoder
+
+try:  # the compiled core of the common case (pipeline/_fastscan.c): read, hash, validate, encode
+    from pipeline import _fastscan
+except ImportError:  # pragma: no cover - installed without a C compiler or libjpeg/OpenSSL headers
+    _fastscan = None
+
+#: True when the compiled core is built; ingest runs the same checks in Python without it.
+HAS_COMPILED_CORE = _fastscan is not None
 
 
 @dataclass
 class BatchResult:
-    """Column-wise outcome of one batch (cheap to pickle; the writer appends ``blob`` slices).
+    """Column-wise outcome of one batch (cheap to pickle; the writer appends sample byte ranges).
 
-    ``reasons[i]`` is None for a valid image, whose ``.jpg`` + ``.json`` tar members are
-    ``blob[ends[i-1]:ends[i]]`` (rejected files add nothing to ``blob``).
+    ``reasons[i]`` is None for a valid image, whose ``.jpg`` + ``.json`` tar members are bytes
+    ``starts[i]:ends[i]`` of the batch's samples (an empty range for a rejected file). The samples
+    are ``blob``, or, when the worker spooled them, the file ``spool`` (which the writer deletes):
+    a local worker hands over megabytes per batch through the page cache, not a pipe.
     """
 
     uris: list[str]
@@ -32,8 +42,10 @@ class BatchResult:
     nbytes: list[int | None]
     formats: list[str | None]
     reencoded: list[bool | None]
+    starts: list[int]
     ends: list[int]
     blob: bytes
+    spool: str | None = None
 
     def __len__(self) -> int:
         return len(self.uris)
@@ -46,6 +58,10 @@ class WorkerOptions:
     max_side: int | None
     jpeg_quality: int
     mtime: int
+    #: folder (on ROOT's file system) where workers spool their samples; None: send them inline
+    spool_dir: str | None = None
+    #: use the compiled core (:mod:`pipeline._fastscan`) for local upright RGB JPEGs when built
+    compiled: bool = True
 
 
 _FS_CACHE: dict[tuple, object] = {}
@@ -104,34 +120,100 @@ def read_batch(
     return out
 
 
+_SPOOL_IDS = itertools.count()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def process_batch(
     spec: SourceSpec, options: WorkerOptions, items: list[tuple[str, str | None, bytes | None]]
 ) -> BatchResult:
     """Validate a batch of lake files; never raises for a bad file (it becomes a rejection).
 
-    This loop runs once per file of the lake, so it is kept flat: the common case (an upright RGB
-    JPEG, kept byte for byte) takes :func:`check_plain_jpeg`'s libjpeg-turbo path, everything else
-    :func:`check_image`'s PIL path.
+    Local upright RGB JPEGs (the common case, kept byte for byte) go through the compiled core
+    when it is built; every other file, and every file without it, through :func:`_python_samples`
+    (``check_plain_jpeg``'s libjpeg-turbo path, else ``check_image``'s PIL path). Both
+    write the same bytes and decide the same verdicts (``tests/pipeline/test_ingest_worker.py``).
     """
     n = len(items)
     uris = [item[0] for item in items]
-    reasons: list[str | None] = [None] * n
-    shas: list[str | None] = [None] * n
-    keys: list[str | None] = [None] * n
-    width: list[int | None] = [None] * n
-    height: list[int | None] = [None] * n
-    nbytes: list[int | None] = [None] * n
-    formats: list[str | None] = [None] * n
-    reencoded: list[bool | None] = [None] * n
-    ends = [0] * n
+    spool, spool_fd = None, -1
+    if options.spool_dir is not None:
+        spool = os.path.join(options.spool_dir, f".spool-{os.getpid()}-{next(_SPOOL_IDS)}.tmp")
+        spool_fd = os.open(spool, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        if _fastscan is not None and options.compiled and spec.kind == "local":
+            compiled = _fastscan.scan_plain_jpegs(
+                [item[1] for item in items],
+                uris,
+                options.max_pixels,
+                options.max_side or 0,
+                options.mtime,
+                options.run_id,
+                spool_fd,
+            )
+            blob, shas, keys, width, height, nbytes, starts, ends = compiled
+            offset = blob if spool is not None else len(blob)
+            todo = [i for i in range(n) if shas[i] is None]
+            formats: list[str | None] = ["JPEG"] * n
+            reencoded: list[bool | None] = [False] * n
+            for i in todo:
+                formats[i] = reencoded[i] = None
+        else:
+            blob, offset, todo = b"", 0, list(range(n))
+            shas, keys, width, height, nbytes, formats, reencoded = ([None] * n for _ in range(7))
+            starts, ends = [0] * n, [0] * n
+        reasons: list[str | None] = [None] * n
+        parts: list[bytes] = []
+        if todo:
+            columns = (reasons, shas, keys, width, height, nbytes, formats, reencoded, starts, ends)
+            parts = _python_samples(spec, options, items, todo, uris, columns, offset)
+        if spool is not None:
+            for part in parts:
+                _write_all(spool_fd, part)
+            blob = b""
+        elif parts:
+            blob = b"".join((blob, *parts))
+    except BaseException:
+        if spool is not None:
+            os.close(spool_fd)
+            os.unlink(spool)
+        raise
+    if spool is not None:
+        os.close(spool_fd)
+    return BatchResult(
+        uris, reasons, shas, keys, width, height, nbytes, formats, reencoded, starts, ends, blob, spool
+    )
+
+
+def _python_samples(
+    spec: SourceSpec,
+    options: WorkerOptions,
+    items: list[tuple[str, str | None, bytes | None]],
+    todo: list[int],
+    uris: list[str],
+    columns: tuple[list, ...],
+    offset: int,
+) -> list[bytes]:
+    """The Python path for files ``todo`` of a batch: fills their columns, returns their samples.
+
+    Samples are numbered from byte ``offset`` on. This loop runs once per file when the compiled
+    core is missing, so it is kept flat.
+    """
+    from pipeline.images import check_image, check_plain_jpeg  # PIL loads only when a file needs it
+
+    reasons, shas, keys, width, height, nbytes, formats, reencoded, starts, ends = columns
     parts: list[bytes] = []
-    offset = 0
     run_id_json = json.dumps(options.run_id)
     max_pixels, max_side, quality = options.max_pixels, options.max_side, options.jpeg_quality
     encode = SampleEncoder(options.mtime).encode
     dumps, sha256 = json.dumps, hashlib.sha256
-    for i, raw in enumerate(read_batch(spec, items)):
-        ends[i] = offset
+    for i, raw in zip(todo, read_batch(spec, [items[i] for i in todo]), strict=True):
+        starts[i] = ends[i] = offset
         if isinstance(raw, Exception):
             reasons[i] = "read_error"
             continue
@@ -167,6 +249,4 @@ def process_batch(
         parts.append(member)
         offset += len(member)
         ends[i] = offset
-    return BatchResult(
-        uris, reasons, shas, keys, width, height, nbytes, formats, reencoded, ends, b"".join(parts)
-    )
+    return parts

@@ -69,11 +69,12 @@ def bad_lake(tmp_path: Path) -> tuple[Path, dict]:
     return lake, expected
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_bad_lake_every_case_recorded_and_run_goes_on(bad_lake, tmp_path, workers):
+@pytest.mark.parametrize(("workers", "compiled_core"), [(0, True), (2, True), (2, False)])
+def test_bad_lake_every_case_recorded_and_run_goes_on(bad_lake, tmp_path, workers, compiled_core):
     lake, expected = bad_lake
     root = tmp_path / f"out{workers}"
-    summary = run_ingest(str(lake), root, IngestConfig(workers=workers, shard_max_count=5))
+    config = IngestConfig(workers=workers, shard_max_count=5, compiled_core=compiled_core)
+    summary = run_ingest(str(lake), root, config)
     counts = assert_accounted(root, lake_uris(lake))
     assert summary["found"] == len(expected) == sum(counts.values())
     table = read_manifest(root).to_pandas()
@@ -192,10 +193,12 @@ def test_recovery_removes_partial_outputs(tmp_path):
     (root / "manifest" / "part-000002.parquet").unlink()
     (root / "shards" / ".shard-000003.tar.tmp").write_bytes(b"partial")
     (root / "manifest" / ".part-000003.parquet.tmp").write_bytes(b"partial")
+    (root / "shards" / ".spool-4242-7.tmp").write_bytes(b"a worker's samples, never taken in")
     state = recover(root)
     state.index.close()
     assert not (root / "shards" / "shard-000002.tar").exists()
-    assert len(state.removed_orphans) == 3 and state.next_index == 2
+    assert not list(root.rglob(".*.tmp"))
+    assert len(state.removed_orphans) == 4 and state.next_index == 2
     assert state.index_sync == {"indexed_parts": 2, "rebuilt": 1}  # it had indexed the lost part
     summary = run_ingest(str(lake), root, IngestConfig(workers=0, shard_max_count=20))
     assert (summary["found"], summary["sharded"], summary["already_ingested"]) == (20, 20, 40)

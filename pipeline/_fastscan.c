@@ -1,0 +1,454 @@
+/* Compiled core of the ingest worker's common case: a local file that is an upright RGB JPEG,
+ * kept byte for byte.
+ *
+ * scan_plain_jpegs() reads each file, hashes it (SHA-256), validates it with libjpeg-turbo's
+ * strict decode at 1/8 scale and encodes its WebDataset sample (<key>.jpg + <key>.json tar
+ * members), with the GIL released. It decides only that happy path: every other file (not a JPEG,
+ * CMYK or grey, EXIF present, over max_side or max_pixels, damaged, unreadable) is left to the
+ * Python path (pipeline.images), which keeps every verdict. The bytes it writes equal those of
+ * pipeline.ingest_worker's Python path (tests/pipeline/test_fastscan.py checks that).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <setjmp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <jpeglib.h>
+#include <openssl/evp.h>
+
+#define KEY_HEX_CHARS 32
+#define FIRST_READ (1 << 16)
+#define EXIF_SCAN (1 << 16)
+#define BLOCK 512
+
+/* ---- growable byte buffer ------------------------------------------------------------------ */
+
+typedef struct {
+    char *data;
+    size_t len, cap;
+} Buffer;
+
+static int buffer_reserve(Buffer *b, size_t extra) {
+    if (b->len + extra <= b->cap) return 0;
+    size_t cap = b->cap ? b->cap : 1 << 16;
+    while (cap < b->len + extra) cap *= 2;
+    char *data = realloc(b->data, cap);
+    if (data == NULL) return -1;
+    b->data = data;
+    b->cap = cap;
+    return 0;
+}
+
+static int buffer_append(Buffer *b, const void *src, size_t n) {
+    if (buffer_reserve(b, n) < 0) return -1;
+    memcpy(b->data + b->len, src, n);
+    b->len += n;
+    return 0;
+}
+
+/* Buffers kept between calls: a fresh multi-megabyte buffer per batch costs a page fault per
+ * 4 KiB. Taken and given back with the GIL held, so concurrent calls (threads) never share one;
+ * a call that finds them taken allocates its own. */
+#define KEEP_AT_MOST (64u << 20)
+static Buffer kept_blob, kept_file;
+
+static Buffer take_buffer(Buffer *kept) {
+    Buffer b = *kept;
+    kept->data = NULL;
+    kept->len = kept->cap = 0;
+    b.len = 0;
+    return b;
+}
+
+static void give_back_buffer(Buffer *kept, Buffer *b) {
+    if (kept->data == NULL && b->cap <= KEEP_AT_MOST) {
+        *kept = *b;
+    } else {
+        free(b->data);
+    }
+    b->data = NULL;
+    b->len = b->cap = 0;
+}
+
+/* ---- strict libjpeg error handling (TurboJPEG's "stop on warning") --------------------------- */
+
+typedef struct {
+    struct jpeg_error_mgr pub;
+    jmp_buf jump;
+} StrictErrors;
+
+static void strict_error_exit(j_common_ptr cinfo) { longjmp(((StrictErrors *)cinfo->err)->jump, 1); }
+
+static void strict_emit_message(j_common_ptr cinfo, int level) {
+    if (level < 0) longjmp(((StrictErrors *)cinfo->err)->jump, 1); /* a warning: corrupt data */
+}
+
+static void silent_output_message(j_common_ptr cinfo) { (void)cinfo; }
+
+/* ---- per-file work --------------------------------------------------------------------------- */
+
+/* Whole file into buf (reused across files); -1 on any error (the Python path reports it). */
+static ssize_t read_file(const char *path, Buffer *buf) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    buf->len = 0;
+    if (buffer_reserve(buf, FIRST_READ) < 0) goto fail;
+    for (;;) {
+        ssize_t got = read(fd, buf->data + buf->len, buf->cap - buf->len);
+        if (got < 0) {
+            if (errno == EINTR) continue;
+            goto fail;
+        }
+        buf->len += (size_t)got;
+        if (got == 0 || (buf->len < FIRST_READ && buf->len == (size_t)got)) break; /* short first read: EOF */
+        if (buf->len == buf->cap && buffer_reserve(buf, buf->cap) < 0) goto fail;
+    }
+    close(fd);
+    return (ssize_t)buf->len;
+fail:
+    close(fd);
+    return -1;
+}
+
+static int has_exif(const unsigned char *data, size_t n) {
+    size_t limit = n < EXIF_SCAN ? n : EXIF_SCAN;
+    return memmem(data, limit, "Exif\0\0", 6) != NULL;
+}
+
+/* 1 when data is an upright 3-channel JPEG within the limits that decodes strictly at 1/8 scale. */
+static int plain_jpeg(struct jpeg_decompress_struct *cinfo, StrictErrors *errors, JSAMPARRAY *row,
+                      JDIMENSION *row_width, const unsigned char *data, size_t n, long long max_pixels,
+                      long max_side, int *width, int *height) {
+    if (n < 3 || data[0] != 0xFF || data[1] != 0xD8 || data[2] != 0xFF) return 0;
+    if (setjmp(errors->jump)) {
+        jpeg_abort_decompress(cinfo);
+        return 0;
+    }
+    jpeg_mem_src(cinfo, data, (unsigned long)n);
+    if (jpeg_read_header(cinfo, TRUE) != JPEG_HEADER_OK) {
+        jpeg_abort_decompress(cinfo);
+        return 0;
+    }
+    *width = (int)cinfo->image_width;
+    *height = (int)cinfo->image_height;
+    if (cinfo->num_components != 3 ||
+        (cinfo->jpeg_color_space != JCS_YCbCr && cinfo->jpeg_color_space != JCS_RGB) ||
+        (long long)cinfo->image_width * cinfo->image_height > max_pixels ||
+        (max_side > 0 && ((long)cinfo->image_width > max_side || (long)cinfo->image_height > max_side)) ||
+        has_exif(data, n)) {
+        jpeg_abort_decompress(cinfo);
+        return 0;
+    }
+    cinfo->scale_num = 1;
+    cinfo->scale_denom = 8;
+    cinfo->dct_method = JDCT_IFAST;
+    cinfo->do_fancy_upsampling = FALSE;
+    cinfo->out_color_space = JCS_RGB;
+    jpeg_start_decompress(cinfo);
+    JDIMENSION stride = cinfo->output_width * (JDIMENSION)cinfo->output_components;
+    if (*row == NULL || *row_width < stride) {
+        /* a permanent-pool row survives jpeg_abort; grows to the widest image of the batch */
+        *row = (*cinfo->mem->alloc_sarray)((j_common_ptr)cinfo, JPOOL_PERMANENT, stride, 1);
+        *row_width = stride;
+    }
+    while (cinfo->output_scanline < cinfo->output_height) jpeg_read_scanlines(cinfo, *row, 1);
+    jpeg_finish_decompress(cinfo);
+    return 1;
+}
+
+/* json.dumps(text) with ensure_ascii=True: the exact bytes Python's encoder writes. */
+static int json_string(Buffer *out, PyObject *text) {
+    static const char hex[] = "0123456789abcdef";
+    Py_ssize_t n = PyUnicode_GET_LENGTH(text);
+    int kind = PyUnicode_KIND(text);
+    const void *chars = PyUnicode_DATA(text);
+    if (buffer_reserve(out, (size_t)n * 12 + 2) < 0) return -1;
+    char *p = out->data + out->len;
+    *p++ = '"';
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_UCS4 c = PyUnicode_READ(kind, chars, i);
+        if (c >= 0x20 && c < 0x7F && c != '"' && c != '\\') {
+            *p++ = (char)c;
+            continue;
+        }
+        *p++ = '\\';
+        switch (c) {
+        case '"': *p++ = '"'; continue;
+        case '\\': *p++ = '\\'; continue;
+        case '\n': *p++ = 'n'; continue;
+        case '\r': *p++ = 'r'; continue;
+        case '\t': *p++ = 't'; continue;
+        case '\b': *p++ = 'b'; continue;
+        case '\f': *p++ = 'f'; continue;
+        }
+        if (c >= 0x10000) { /* a surrogate pair */
+            Py_UCS4 v = c - 0x10000, hi = 0xD800 | (v >> 10), lo = 0xDC00 | (v & 0x3FF);
+            *p++ = 'u';
+            for (int s = 12; s >= 0; s -= 4) *p++ = hex[(hi >> s) & 0xF];
+            *p++ = '\\';
+            c = lo;
+        }
+        *p++ = 'u';
+        for (int s = 12; s >= 0; s -= 4) *p++ = hex[(c >> s) & 0xF];
+    }
+    *p++ = '"';
+    out->len = (size_t)(p - out->data);
+    return 0;
+}
+
+/* One ustar regular-file member: header, data, zero padding to 512 bytes (as pipeline.tario). */
+static int tar_member(Buffer *out, const char *name, size_t name_len, const char *data, size_t size,
+                      const char *mtime_field) {
+    size_t padded = (size + BLOCK - 1) / BLOCK * BLOCK;
+    if (buffer_reserve(out, BLOCK + padded) < 0) return -1;
+    unsigned char *h = (unsigned char *)out->data + out->len;
+    memset(h, 0, BLOCK);
+    memcpy(h, name, name_len);
+    memcpy(h + 100, "0000644", 8);
+    memcpy(h + 108, "0000000", 8);
+    memcpy(h + 116, "0000000", 8);
+    snprintf((char *)h + 124, 12, "%011zo", size);
+    memcpy(h + 136, mtime_field, 12);
+    memset(h + 148, ' ', 8);
+    h[156] = '0';
+    memcpy(h + 257, "ustar\0" "00", 8);
+    memcpy(h + 265, "root", 4);
+    memcpy(h + 297, "root", 4);
+    unsigned int sum = 0;
+    for (int i = 0; i < BLOCK; i++) sum += h[i];
+    snprintf((char *)h + 148, 8, "%06o", sum); /* "%06o\0" then the space already there */
+    h[155] = ' ';
+    memcpy(h + BLOCK, data, size);
+    memset(h + BLOCK + size, 0, padded - size);
+    out->len += BLOCK + padded;
+    return 0;
+}
+
+/* ---- the Python entry point ------------------------------------------------------------------ */
+
+typedef struct {
+    int ok;
+    int width, height;
+    Py_ssize_t size;
+    size_t start, end;
+    unsigned char sha[32];
+} FileResult;
+
+static void to_hex(const unsigned char *digest, char *out) {
+    static const char hex[] = "0123456789abcdef";
+    for (int i = 0; i < 32; i++) {
+        out[2 * i] = hex[digest[i] >> 4];
+        out[2 * i + 1] = hex[digest[i] & 0xF];
+    }
+}
+
+static PyObject *scan_plain_jpegs(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"paths", "uris", "max_pixels", "max_side", "mtime", "run_id", "spool_fd", NULL};
+    PyObject *paths, *uris, *run_id;
+    long long max_pixels, mtime;
+    long max_side;
+    int spool_fd = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!O!LlLU|i", keywords, &PyList_Type, &paths, &PyList_Type,
+                                     &uris, &max_pixels, &max_side, &mtime, &run_id, &spool_fd))
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(paths);
+    if (PyList_GET_SIZE(uris) != n) {
+        PyErr_Format(PyExc_ValueError, "paths and uris differ in length: %zd vs %zd", n, PyList_GET_SIZE(uris));
+        return NULL;
+    }
+
+    PyObject *encoded = PyList_New(n); /* paths as file-system bytes, alive while the GIL is released */
+    FileResult *results = calloc((size_t)(n ? n : 1), sizeof(FileResult));
+    size_t *uri_at = calloc((size_t)n + 1, sizeof(size_t));
+    Buffer uri_json = {0}, run_json = {0}, meta = {0};
+    Buffer blob = take_buffer(&kept_blob), file = take_buffer(&kept_file);
+    PyObject *out = NULL;
+    int failed = 0, io_error = 0;
+    if (encoded == NULL || results == NULL || uri_at == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *path = PyList_GET_ITEM(paths, i), *uri = PyList_GET_ITEM(uris, i);
+        if (!PyUnicode_Check(path) || !PyUnicode_Check(uri)) {
+            PyErr_Format(PyExc_TypeError, "paths and uris must hold str, got %R and %R", path, uri);
+            goto done;
+        }
+        PyObject *raw = PyUnicode_EncodeFSDefault(path);
+        if (raw == NULL) goto done;
+        PyList_SET_ITEM(encoded, i, raw);
+        uri_at[i] = uri_json.len;
+        if (json_string(&uri_json, uri) < 0) {
+            PyErr_NoMemory();
+            goto done;
+        }
+    }
+    uri_at[n] = uri_json.len;
+    if (json_string(&run_json, run_id) < 0) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    char mtime_field[12];
+    snprintf(mtime_field, sizeof mtime_field, "%011llo", mtime);
+
+    Py_BEGIN_ALLOW_THREADS
+    struct jpeg_decompress_struct cinfo;
+    StrictErrors errors;
+    cinfo.err = jpeg_std_error(&errors.pub);
+    errors.pub.error_exit = strict_error_exit;
+    errors.pub.emit_message = strict_emit_message;
+    errors.pub.output_message = silent_output_message;
+    jpeg_create_decompress(&cinfo);
+    JSAMPARRAY row = NULL;
+    JDIMENSION row_width = 0;
+    EVP_MD_CTX *hash = EVP_MD_CTX_new();
+    const EVP_MD *sha256 = EVP_sha256();
+    if (hash == NULL) failed = 1;
+    for (Py_ssize_t i = 0; i < n && !failed; i++) {
+        FileResult *r = &results[i];
+        r->start = r->end = blob.len;
+        ssize_t size = read_file(PyBytes_AS_STRING(PyList_GET_ITEM(encoded, i)), &file);
+        if (size <= 0) continue;
+        const unsigned char *data = (const unsigned char *)file.data;
+        if (!plain_jpeg(&cinfo, &errors, &row, &row_width, data, (size_t)size, max_pixels, max_side,
+                        &r->width, &r->height))
+            continue;
+        unsigned int digest_len = 0;
+        if (!EVP_DigestInit_ex(hash, sha256, NULL) || !EVP_DigestUpdate(hash, data, (size_t)size) ||
+            !EVP_DigestFinal_ex(hash, r->sha, &digest_len)) {
+            failed = 1;
+            break;
+        }
+        char sha_hex[64], name[KEY_HEX_CHARS + 5];
+        to_hex(r->sha, sha_hex);
+        memcpy(name, sha_hex, KEY_HEX_CHARS);
+        meta.len = 0;
+        char numbers[160];
+        int numbers_len = snprintf(numbers, sizeof numbers,
+                                   "\"format\":\"JPEG\",\"mode\":\"RGB\",\"width\":%d,\"height\":%d,"
+                                   "\"original_width\":%d,\"original_height\":%d,\"bytes\":%zd,"
+                                   "\"reencoded\":false,\"run_id\":",
+                                   r->width, r->height, r->width, r->height, size);
+        if (buffer_append(&meta, "{\"key\":\"", 8) < 0 || buffer_append(&meta, sha_hex, KEY_HEX_CHARS) < 0 ||
+            buffer_append(&meta, "\",\"source_uri\":", 15) < 0 ||
+            buffer_append(&meta, uri_json.data + uri_at[i], uri_at[i + 1] - uri_at[i]) < 0 ||
+            buffer_append(&meta, ",\"sha256\":\"", 11) < 0 || buffer_append(&meta, sha_hex, 64) < 0 ||
+            buffer_append(&meta, "\",", 2) < 0 || buffer_append(&meta, numbers, (size_t)numbers_len) < 0 ||
+            buffer_append(&meta, run_json.data, run_json.len) < 0 || buffer_append(&meta, "}", 1) < 0) {
+            failed = 1;
+            break;
+        }
+        memcpy(name + KEY_HEX_CHARS, ".jpg", 4);
+        if (tar_member(&blob, name, KEY_HEX_CHARS + 4, file.data, (size_t)size, mtime_field) < 0) {
+            failed = 1;
+            break;
+        }
+        memcpy(name + KEY_HEX_CHARS, ".json", 5);
+        if (tar_member(&blob, name, KEY_HEX_CHARS + 5, meta.data, meta.len, mtime_field) < 0) {
+            failed = 1;
+            break;
+        }
+        r->ok = 1;
+        r->size = size;
+        r->end = blob.len;
+    }
+    EVP_MD_CTX_free(hash);
+    jpeg_destroy_decompress(&cinfo);
+    if (!failed && spool_fd >= 0) {
+        size_t written = 0;
+        while (written < blob.len) {
+            ssize_t w = write(spool_fd, blob.data + written, blob.len - written);
+            if (w < 0 && errno == EINTR) continue;
+            if (w <= 0) {
+                io_error = errno ? errno : EIO;
+                break;
+            }
+            written += (size_t)w;
+        }
+    }
+    Py_END_ALLOW_THREADS
+
+    if (failed) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (io_error) {
+        errno = io_error;
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto done;
+    }
+    PyObject *shas = PyList_New(n), *keys = PyList_New(n), *widths = PyList_New(n), *heights = PyList_New(n),
+             *sizes = PyList_New(n), *starts = PyList_New(n), *ends = PyList_New(n);
+    PyObject *body = spool_fd >= 0 ? PyLong_FromSize_t(blob.len) : PyBytes_FromStringAndSize(blob.data, blob.len);
+    if (!shas || !keys || !widths || !heights || !sizes || !starts || !ends || !body) goto build_failed;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        FileResult *r = &results[i];
+        PyObject *start = PyLong_FromSize_t(r->start), *end = PyLong_FromSize_t(r->end);
+        if (!start || !end) {
+            Py_XDECREF(start);
+            Py_XDECREF(end);
+            goto build_failed;
+        }
+        PyList_SET_ITEM(starts, i, start);
+        PyList_SET_ITEM(ends, i, end);
+        if (!r->ok) {
+            PyObject *items[5] = {shas, keys, widths, heights, sizes};
+            for (int k = 0; k < 5; k++) PyList_SET_ITEM(items[k], i, Py_NewRef(Py_None));
+            continue;
+        }
+        char sha_hex[64];
+        to_hex(r->sha, sha_hex);
+        PyObject *sha = PyUnicode_FromStringAndSize(sha_hex, 64);
+        PyObject *key = PyUnicode_FromStringAndSize(sha_hex, KEY_HEX_CHARS);
+        PyObject *w = PyLong_FromLong(r->width), *h = PyLong_FromLong(r->height);
+        PyObject *size = PyLong_FromSsize_t(r->size);
+        PyList_SET_ITEM(shas, i, sha ? sha : Py_NewRef(Py_None));
+        PyList_SET_ITEM(keys, i, key ? key : Py_NewRef(Py_None));
+        PyList_SET_ITEM(widths, i, w ? w : Py_NewRef(Py_None));
+        PyList_SET_ITEM(heights, i, h ? h : Py_NewRef(Py_None));
+        PyList_SET_ITEM(sizes, i, size ? size : Py_NewRef(Py_None));
+        if (!sha || !key || !w || !h || !size) goto build_failed;
+    }
+    out = PyTuple_Pack(8, body, shas, keys, widths, heights, sizes, starts, ends);
+build_failed:
+    Py_XDECREF(shas);
+    Py_XDECREF(keys);
+    Py_XDECREF(widths);
+    Py_XDECREF(heights);
+    Py_XDECREF(sizes);
+    Py_XDECREF(starts);
+    Py_XDECREF(ends);
+    Py_XDECREF(body);
+done:
+    Py_XDECREF(encoded);
+    free(results);
+    free(uri_at);
+    free(uri_json.data);
+    free(run_json.data);
+    give_back_buffer(&kept_blob, &blob);
+    give_back_buffer(&kept_file, &file);
+    free(meta.data);
+    return out;
+}
+
+static PyMethodDef methods[] = {
+    {"scan_plain_jpegs", (PyCFunction)(void (*)(void))scan_plain_jpegs, METH_VARARGS | METH_KEYWORDS,
+     "scan_plain_jpegs(paths, uris, max_pixels, max_side, mtime, run_id, spool_fd=-1)\n--\n\n"
+     "Read, hash, strictly validate and tar-encode the upright RGB JPEGs among local files.\n\n"
+     "Returns (blob, sha256, keys, widths, heights, sizes, starts, ends): ``blob`` is the samples' tar\n"
+     "members (bytes), or their length when written to ``spool_fd``; file i's sample is\n"
+     "blob[starts[i]:ends[i]]. A file it did not decide has None in sha256/keys/widths/heights/sizes\n"
+     "and an empty range: the Python path handles it. ``max_side`` <= 0 means no limit."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fastscan",
+                                    "Compiled core of the ingest worker (see scan_plain_jpegs).", -1, methods};
+
+PyMODINIT_FUNC PyInit__fastscan(void) { return PyModule_Create(&module); }

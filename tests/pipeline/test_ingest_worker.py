@@ -1,0 +1,165 @@
+"""The ingest worker: the compiled core and the Python path write the same samples and verdicts."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.ingest_worker import HAS_COMPILED_CORE, BatchResult, WorkerOptions, process_batch
+from pipeline.lake import iter_lake, resolve_source
+from tests.lakes import make_bad_lake
+
+needs_core = pytest.mark.skipif(not HAS_COMPILED_CORE, reason="compiled core not built")
+COLUMNS = ("uris", "reasons", "sha256", "keys", "width", "height", "nbytes", "formats", "reencoded")
+
+
+def test_compiled_core_is_built_where_required():
+    """CI sets LAKELABEL_REQUIRE_COMPILED_CORE: there a silently skipped build is a failure."""
+    if os.environ.get("LAKELABEL_REQUIRE_COMPILED_CORE") and not HAS_COMPILED_CORE:
+        pytest.fail(
+            "pipeline._fastscan is not built: install gcc, libjpeg-dev and libssl-dev, then reinstall"
+        )
+
+
+def _jpeg(seed: int, size: tuple[int, int] = (24, 16), **save) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, "JPEG", **save)
+    return out.getvalue()
+
+
+def _lake(tmp_path: Path) -> Path:
+    """The bad-case lake plus JPEGs the compiled core must keep or leave to Python."""
+    lake = tmp_path / "lake"
+    make_bad_lake(lake, tmp_path / "outside")
+    extra = lake / "core"
+    extra.mkdir()
+    # names that json.dumps escapes: quotes, backslash, control characters, non-BMP, non-ASCII
+    for i, name in enumerate(['quote"s.jpg', "back\\slash.jpg", "new\nline\t.jpg", "emoji 🚗.jpg", "ça.jpg"]):
+        (extra / name).write_bytes(_jpeg(100 + i))
+    (extra / "progressive.jpg").write_bytes(_jpeg(110, progressive=True))
+    (extra / "subsampled_420.jpg").write_bytes(_jpeg(111, (40, 30), subsampling=2))
+    (extra / "grey.jpg").write_bytes(_grey_jpeg())
+    (extra / "wide.jpg").write_bytes(_jpeg(113, (300, 20)))  # over max_side below
+    (extra / "bit_flipped.jpg").write_bytes(_damaged(_jpeg(114, (64, 64))))  # either verdict, same in both
+    return lake
+
+
+def _grey_jpeg() -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(np.full((16, 16), 90, dtype=np.uint8), mode="L").save(out, "JPEG")
+    return out.getvalue()
+
+
+def _damaged(jpeg: bytes) -> bytes:
+    raw = bytearray(jpeg)
+    raw[len(raw) // 2] ^= 0x10
+    return bytes(raw)
+
+
+def _items(lake: Path) -> list[tuple[str, str | None, bytes | None]]:
+    spec = resolve_source(str(lake))
+    return [(f.uri, f.path, f.data) for f in iter_lake(spec) if f.skip_reason is None]
+
+
+def _samples(result: BatchResult) -> list[bytes]:
+    blob = result.blob
+    if result.spool is not None:
+        blob = Path(result.spool).read_bytes()
+    return [blob[a:b] for a, b in zip(result.starts, result.ends, strict=True)]
+
+
+def _options(compiled: bool, spool_dir: str | None = None) -> WorkerOptions:
+    return WorkerOptions(
+        run_id="ingest-test-\u00e9",
+        max_pixels=40_000,
+        max_side=256,
+        jpeg_quality=90,
+        mtime=1_700_000_000,
+        spool_dir=spool_dir,
+        compiled=compiled,
+    )
+
+
+@needs_core
+def test_compiled_core_matches_python_path(tmp_path):
+    lake = _lake(tmp_path)
+    items = _items(lake)
+    spec = resolve_source(str(lake))
+    python = process_batch(spec, _options(compiled=False), items)
+    compiled = process_batch(spec, _options(compiled=True), items)
+    for column in COLUMNS:
+        assert getattr(compiled, column) == getattr(python, column), column
+    assert _samples(compiled) == _samples(python)
+    kept = [s for s in _samples(compiled) if s]
+    assert len(kept) == sum(r is None for r in python.reasons) > 20
+    # every sample is a valid tar pair whose JSON is the contract's
+    for sample in kept:
+        with tarfile.open(fileobj=io.BytesIO(sample + bytes(1024))) as tf:
+            names = tf.getnames()
+            meta = json.loads(tf.extractfile(names[1]).read())
+        assert names == [meta["key"] + ".jpg", meta["key"] + ".json"]
+        assert meta["run_id"] == "ingest-test-\u00e9"
+
+
+@needs_core
+def test_compiled_core_decides_only_plain_upright_jpegs(tmp_path):
+    from pipeline import _fastscan
+
+    lake = _lake(tmp_path)
+    items = _items(lake)
+    paths, uris = [p for _, p, _ in items], [u for u, _, _ in items]
+    _, shas, *_ = _fastscan.scan_plain_jpegs(paths, uris, 40_000, 256, 0, "r")
+    decided = {
+        Path(p).relative_to(lake).as_posix() for p, sha in zip(paths, shas, strict=True) if sha is not None
+    }
+    assert {"core/progressive.jpg", "core/subsampled_420.jpg", "core/emoji 🚗.jpg"} <= decided
+    left_to_python = {
+        "core/grey.jpg",  # not 3-channel
+        "core/wide.jpg",  # over max_side
+        "modes/cmyk.jpg",
+        "modes/exif_rotated.jpg",
+        "bad/truncated.jpg",
+        "bad/zero.jpg",
+        "bad/text.jpg",
+        "good/png_named.jpg",
+    }
+    assert not decided & left_to_python
+    assert all(
+        Path(p).read_bytes()[:3] == b"\xff\xd8\xff" for p, s in zip(paths, shas, strict=True) if s is not None
+    )
+
+
+@needs_core
+def test_spooled_samples_equal_inline_ones(tmp_path):
+    lake = _lake(tmp_path)
+    items = _items(lake)
+    spec = resolve_source(str(lake))
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    inline = process_batch(spec, _options(compiled=True), items)
+    spooled = process_batch(spec, _options(compiled=True, spool_dir=str(spool_dir)), items)
+    assert spooled.blob == b"" and Path(spooled.spool).parent == spool_dir
+    assert Path(spooled.spool).name.startswith(".spool-") and spooled.spool.endswith(".tmp")
+    assert _samples(spooled) == _samples(inline)
+
+
+def test_core_arguments_are_checked():
+    if not HAS_COMPILED_CORE:
+        pytest.skip("compiled core not built")
+    from pipeline import _fastscan
+
+    with pytest.raises(ValueError, match="differ in length"):
+        _fastscan.scan_plain_jpegs(["a"], [], 1, 0, 0, "r")
+    with pytest.raises(TypeError, match="must hold str"):
+        _fastscan.scan_plain_jpegs([b"a"], ["a"], 1, 0, 0, "r")
+    # a missing file is left to the Python path (which records read_error), never an exception
+    out = _fastscan.scan_plain_jpegs(["/no/such/file.jpg"], ["file:///no/such/file.jpg"], 1, 0, 0, "r")
+    assert out[0] == b"" and out[1] == [None]
