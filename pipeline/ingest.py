@@ -46,7 +46,7 @@ from pipeline.atomic import atomic_write, atomic_write_bytes, temp_path
 from pipeline.config import IngestConfig
 from pipeline.ingest_worker import BatchResult, WorkerOptions, process_batch
 from pipeline.lake import LakeFile, SourceSpec, iter_lake, resolve_source
-from pipeline.lake_index import INDEX_FILE, LakeIndex
+from pipeline.lake_index import INDEX_FILE, IndexedUnit, LakeIndex
 from pipeline.tario import END_OF_ARCHIVE
 
 MANIFEST_PART_RE = SHARD_NAME_RE.pattern.replace("shard-", "part-").replace(r"\.tar", r"\.parquet")
@@ -198,7 +198,7 @@ class _ClosedUnit:
     tar: object | None
     tmp_path: Path
     final_path: Path
-    rows: _UnitRows
+    rows: _UnitRows | None  # None once its manifest part is written
     keys: dict[str, int]
     indexed: threading.Event = field(default_factory=threading.Event)
 
@@ -244,16 +244,21 @@ class ShardCommitter:
 
     Committing a unit (fsync, rename, the manifest part, the index) runs on one background
     thread, in unit order, while the next unit fills: the disk waits leave the critical path. At
-    most ``_MAX_CLOSED_UNITS`` units wait for it; their keys still count for de-duplication.
+    most ``_MAX_CLOSED_UNITS`` units wait for it. Units go into the index several at a time once
+    it is large (see :meth:`_index_batch_rows`); until a unit is indexed its keys stay in
+    ``_pending_keys`` and still count for de-duplication.
     """
 
     _MAX_CLOSED_UNITS = 2
+    #: most index rows (kept keys + URIs) gathered into one index transaction
+    INDEX_BATCH_MAX_ROWS = 200_000
 
     def __init__(self, root: Path, run_id: str, state: LakeState, config: IngestConfig):
         self.root, self.run_id, self.state, self.config = root, run_id, state, config
         self.counts = IngestCounts()
         self.lake_index = state.index
         self._closed: deque[_ClosedUnit] = deque()  # handed to the commit thread, maybe not yet indexed
+        self._pending_keys: dict[str, int] = {}  # keys of the units in _closed (main thread only)
         self._queue: queue.Queue[_ClosedUnit | None] = queue.Queue(self._MAX_CLOSED_UNITS)
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -313,17 +318,15 @@ class ShardCommitter:
         n = len(batch)
         counts, config = self.counts, self.config
         starts, ends, keys = batch.starts, batch.ends, batch.keys
-        # Kept keys come from three places: the index (units committed before this batch: one
-        # lookup per batch), the unit open when the batch began (stays valid if it commits
+        # Kept keys come from four places: the index (one lookup per batch), the closed units it
+        # does not hold yet, the unit open when the batch began (stays valid if it commits
         # mid-batch), and this batch itself.
-        open_unit_keys = self.unit_keys
+        open_unit_keys, pending_keys = self.unit_keys, self._pending_keys
         self._raise_commit_error()
-        while self._closed and self._closed[0].indexed.is_set():
-            self._closed.popleft()
-        closed_keys = [unit.keys for unit in self._closed]  # taken before the index is asked
+        while self._closed and self._closed[0].indexed.is_set():  # now in the index: forget them
+            for key in self._closed.popleft().keys:
+                del pending_keys[key]
         indexed = self.lake_index.shards_of([k for k in keys if k is not None])
-        for unit_keys in closed_keys:
-            indexed.update(unit_keys)
         kept_here: dict[str, int] = {}
         status: list[str | None] = [None] * n
         shard: list[str | None] = [None] * n
@@ -337,7 +340,9 @@ class ShardCommitter:
             if kept_index is None:
                 kept_index = open_unit_keys.get(key)
                 if kept_index is None:
-                    kept_index = indexed.get(key)
+                    kept_index = pending_keys.get(key)
+                    if kept_index is None:
+                        kept_index = indexed.get(key)
             if kept_index is not None:
                 status[i], shard[i] = "duplicate", shard_name(kept_index)
                 continue
@@ -385,6 +390,7 @@ class ShardCommitter:
             self._thread = threading.Thread(target=self._commit_loop, name="ingest-commit", daemon=True)
             self._thread.start()
         self._closed.append(unit)
+        self._pending_keys.update(unit.keys)
         self.lake_index.key_filter.add(list(unit.keys))
         self.state.next_index = self.index + 1
         self._open_unit()
@@ -410,17 +416,48 @@ class ShardCommitter:
         if self._error is not None:
             raise IngestError(f"committing a unit failed: {self._error!r}") from self._error
 
+    def _index_batch_rows(self) -> int:
+        """Index rows to gather before one index transaction: an eighth of the index, capped.
+
+        Random keys dirty about one leaf page each, and a transaction writes each dirty page
+        once. Committing a unit at a time, a large index rewrote nearly every leaf per unit
+        (500k files: 12 µs a file, against 3.7 µs in batches of 10 units). The cap bounds the
+        keys held in memory until they are indexed.
+        """
+        return min(self.INDEX_BATCH_MAX_ROWS, max(1, self.lake_index.rows // 8))
+
     def _commit_loop(self) -> None:
-        while (unit := self._queue.get()) is not None:
-            if self._error is None:
-                try:
-                    self._commit_unit(unit)
-                except BaseException as exc:  # noqa: BLE001 - handed to the ingest thread
-                    self._error = exc
-            unit.indexed.set()
+        waiting: list[_ClosedUnit] = []  # on disk, not yet indexed
+        prepared: list[IndexedUnit] = []
+        rows = 0
+        while True:
+            unit = self._queue.get()
+            if unit is not None:
+                waiting.append(unit)
+                if self._error is None:
+                    try:
+                        self._commit_unit(unit)
+                        prepared.append(
+                            self.lake_index.prepare_unit(unit.index, unit.keys, unit.rows.source_uris())
+                        )
+                        rows += prepared[-1].n_keys + prepared[-1].n_uris
+                        unit.rows = None  # the manifest part holds them now
+                    except BaseException as exc:  # noqa: BLE001 - handed to the ingest thread
+                        self._error = exc
+            if unit is None or self._error is not None or rows >= self._index_batch_rows():
+                if prepared and self._error is None:
+                    try:
+                        self.lake_index.add_units(prepared)
+                    except BaseException as exc:  # noqa: BLE001 - handed to the ingest thread
+                        self._error = exc
+                for done in waiting:
+                    done.indexed.set()
+                waiting, prepared, rows = [], [], 0
+            if unit is None:
+                return
 
     def _commit_unit(self, unit: _ClosedUnit) -> None:
-        """Shard rename first, then its manifest part (the commit marker), then the index."""
+        """Shard rename first, then its manifest part (the commit marker); the index follows."""
         if unit.tar is not None:
             unit.tar.write(END_OF_ARCHIVE)
             os.fsync(unit.tar.fileno())
@@ -432,7 +469,6 @@ class ShardCommitter:
         atomic_write(part, lambda f: pq.write_table(table, f, compression="zstd"))
         _fsync_dir(self.root / "shards")
         _fsync_dir(self.root / "manifest")
-        self.lake_index.add_unit(unit.index, unit.keys, unit.rows.source_uris())
 
 
 def pending_batches(

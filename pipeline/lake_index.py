@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,19 @@ _SCHEMA_VERSION = "1"
 def uri_digest(uri: str) -> bytes:
     """16-byte BLAKE2b digest of a source URI (what the index stores instead of the URI)."""
     return hashlib.blake2b(uri.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+def _sorted_records(blob: bytes) -> tuple[bytes, np.ndarray]:
+    """16-byte records of ``blob`` in byte order (as SQLite compares BLOBs), and that order."""
+    words = np.frombuffer(blob, dtype=">u8").reshape(-1, 2)
+    order = np.lexsort((words[:, 1], words[:, 0]))
+    return words[order].tobytes(), order
+
+
+def _decimal_digits(values: np.ndarray) -> bytes:
+    """Each value as 10 ASCII digits, zero-padded (SQLite reads them back with CAST)."""
+    digits = values.astype(np.int64)[:, None] // 10 ** np.arange(9, -1, -1, dtype=np.int64) % 10
+    return (digits + 48).astype(np.uint8).tobytes()
 
 
 class KeyFilter:
@@ -90,6 +104,23 @@ class KeyFilter:
         return hits.all(axis=1)
 
 
+@dataclass(frozen=True)
+class IndexedUnit:
+    """One unit's index rows, ready to insert: sorted 16-byte keys and URI digests."""
+
+    part: int
+    keys: bytes
+    uris: bytes
+
+    @property
+    def n_keys(self) -> int:
+        return len(self.keys) // 16
+
+    @property
+    def n_uris(self) -> int:
+        return len(self.uris) // 16
+
+
 class LakeIndex:
     """SQLite index of a ROOT's committed units.
 
@@ -113,6 +144,8 @@ class LakeIndex:
         # thread writes the next one (ingest commits units in the background).
         self._reader = self._connect()
         self.key_filter = KeyFilter(enabled=False)  # every key is looked up until sync() loads it
+        #: rows (kept keys + resolved URIs) indexed so far; counted by sync() and add_units()
+        self.rows = 0
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -185,7 +218,10 @@ class LakeIndex:
     def _load_filter(self) -> None:
         """Fill :attr:`key_filter` with the kept keys (streamed), unless there are more than it holds."""
         self.key_filter = KeyFilter()
-        total = self._db.execute("SELECT coalesce(sum(kept), 0) FROM parts").fetchone()[0]
+        total, uris = self._db.execute(
+            "SELECT coalesce(sum(kept), 0), coalesce(sum(rows), 0) FROM parts"
+        ).fetchone()
+        self.rows = total + uris
         if total > self.key_filter.capacity:
             self.key_filter.disable()
             return
@@ -194,33 +230,59 @@ class LakeIndex:
             self.key_filter.add_raw(b"".join(row[0] for row in rows))
 
     # -- writes -----------------------------------------------------------------------------------
-    def add_unit(self, part: int, keys: Iterable[str], uris: Iterable[str]) -> None:
-        """Index one committed unit in one transaction: the keys (hex) kept in its shard, and
-        every URI it resolved.
+    @staticmethod
+    def prepare_unit(part: int, keys: Iterable[str], uris: Iterable[str]) -> IndexedUnit:
+        """What :meth:`add_units` stores for one committed unit: its kept keys (hex) and the
+        digests of every URI it resolved, each sorted into one blob (no database work)."""
+        return IndexedUnit(
+            part,
+            bytes.fromhex("".join(sorted(keys))),
+            b"".join(sorted(uri_digest(uri) for uri in uris)),
+        )
 
-        Rows go in sorted (B-tree order, so each leaf page is written once) and in one statement
-        per table: the blob of all 16-byte values is split inside SQLite, with no per-row Python.
+    def add_unit(self, part: int, keys: Iterable[str], uris: Iterable[str]) -> None:
+        """Index one committed unit (see :meth:`add_units`)."""
+        self.add_units([self.prepare_unit(part, keys, uris)])
+
+    def add_units(self, units: Sequence[IndexedUnit]) -> None:
+        """Index committed units in one transaction.
+
+        All their keys go in as one sorted run per table, in one statement each: SQLite splits
+        the blob of 16-byte values itself (no per-row Python), and sorted inserts walk the
+        B-tree once. Random keys dirty about one leaf page each and a transaction writes each
+        dirty page once, so several units per transaction write far fewer pages once the index
+        outgrows a unit (500k files: 12 µs a file one unit at a time, ~3.5 µs in runs of 12).
         """
-        key_blob = bytes.fromhex("".join(sorted(keys)))
-        uri_blob = b"".join(sorted(uri_digest(uri) for uri in uris))
+        if not units:
+            return
+        keys, order = _sorted_records(b"".join(unit.keys for unit in units))
+        shards = np.repeat([unit.part for unit in units], [unit.n_keys for unit in units])[order]
+        uris, _ = _sorted_records(b"".join(unit.uris for unit in units))
         db = self._db
         db.execute("BEGIN")
         try:
-            for table, blob, extra in (("kept", key_blob, ", ?3"), ("seen", uri_blob, "")):
-                if blob:
-                    db.execute(
-                        f"WITH RECURSIVE i(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM i WHERE n + 1 < ?1) "
-                        f"INSERT OR IGNORE INTO {table} SELECT substr(?2, n * 16 + 1, 16){extra} FROM i",
-                        (len(blob) // 16, blob, part) if extra else (len(blob) // 16, blob),
-                    )
-            db.execute(
+            if keys:
+                db.execute(
+                    "WITH RECURSIVE i(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM i WHERE n + 1 < ?1) "
+                    "INSERT OR IGNORE INTO kept SELECT substr(?2, n * 16 + 1, 16), "
+                    "CAST(CAST(substr(?3, n * 10 + 1, 10) AS TEXT) AS INTEGER) FROM i",
+                    (len(keys) // 16, keys, _decimal_digits(shards)),
+                )
+            if uris:
+                db.execute(
+                    "WITH RECURSIVE i(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM i WHERE n + 1 < ?1) "
+                    "INSERT OR IGNORE INTO seen SELECT substr(?2, n * 16 + 1, 16) FROM i",
+                    (len(uris) // 16, uris),
+                )
+            db.executemany(
                 "INSERT OR REPLACE INTO parts VALUES (?, ?, ?)",
-                (part, len(uri_blob) // 16, len(key_blob) // 16),
+                [(unit.part, unit.n_uris, unit.n_keys) for unit in units],
             )
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        self.rows += sum(unit.n_keys + unit.n_uris for unit in units)
 
     # -- reads ------------------------------------------------------------------------------------
     def has_uris(self) -> bool:

@@ -6,8 +6,10 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from pipeline.config import IngestConfig
-from pipeline.ingest import read_manifest, run_ingest
+from pipeline.ingest import ShardCommitter, read_manifest, run_ingest
 from pipeline.lake_index import INDEX_FILE, LakeIndex
 from tests.lakes import make_plain_lake
 from tests.pipeline.test_ingest import assert_accounted, lake_uris
@@ -15,11 +17,22 @@ from tests.pipeline.test_ingest import assert_accounted, lake_uris
 CONFIG = IngestConfig(workers=0, shard_max_count=7, batch_size=16)
 
 
+#: index rows per index transaction: the default rule, about 2 units, every unit at the end
+INDEX_BATCHES = [None, 25, 10**9]
+
+
+@pytest.fixture(params=INDEX_BATCHES, ids=["index-batch-default", "index-batch-25-rows", "index-at-close"])
+def index_batch(request, monkeypatch):
+    if request.param is not None:
+        monkeypatch.setattr(ShardCommitter, "_index_batch_rows", lambda self: request.param)
+    return request.param
+
+
 def _index_files(root: Path) -> list[Path]:
     return sorted((root / "manifest").glob(INDEX_FILE + "*"))
 
 
-def test_index_matches_the_manifest(tmp_path):
+def test_index_matches_the_manifest(tmp_path, index_batch):
     lake, root = tmp_path / "lake", tmp_path / "out"
     make_plain_lake(lake, 40)
     run_ingest(str(lake), root, CONFIG)
@@ -36,7 +49,7 @@ def test_index_matches_the_manifest(tmp_path):
         index.close()
 
 
-def test_duplicates_within_a_batch_that_commits_midway(tmp_path):
+def test_duplicates_within_a_batch_that_commits_midway(tmp_path, index_batch):
     """Each image twice, the copy a few files later: units close inside batches (7 per shard, 16 per batch)."""
     lake, root = tmp_path / "lake", tmp_path / "out"
     paths = make_plain_lake(lake, 30)
@@ -86,3 +99,20 @@ def test_lost_or_corrupt_index_is_rebuilt_from_the_manifest(tmp_path):
     assert (once_more["found"], once_more["already_ingested"]) == (0, 25)
     statuses = Counter(read_manifest(root).column("status").to_pylist())
     assert statuses == {"sharded": 25}
+
+
+def test_index_batch_grows_with_the_index_and_is_capped(tmp_path):
+    """Small index: every unit commits alone; large: an eighth of the index per transaction, capped."""
+    index = LakeIndex(tmp_path / INDEX_FILE)
+    try:
+        committer = ShardCommitter.__new__(ShardCommitter)
+        committer.lake_index = index
+        assert committer._index_batch_rows() == 1
+        index.add_units([LakeIndex.prepare_unit(0, ["ab" * 16], ["file:///a.jpg"])])
+        assert index.rows == 2
+        index.rows = 800_000
+        assert committer._index_batch_rows() == 100_000
+        index.rows = 10**10
+        assert committer._index_batch_rows() == ShardCommitter.INDEX_BATCH_MAX_ROWS
+    finally:
+        index.close()
