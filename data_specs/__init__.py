@@ -1,8 +1,13 @@
-"""Contracts between lakelabel stages: schemas, names and validators (see the ``*.md`` files here)."""
+"""Contracts between lakelabel stages: schemas, names and validators (see the ``*.md`` files here).
 
-from data_specs.manifest import MANIFEST_SCHEMA, STATUSES, validate_manifest
+The Arrow contracts (``MANIFEST_SCHEMA``, ``STATUSES``, ``validate_manifest``) load pyarrow on
+first use, so that shard names and keys cost no Arrow import.
+"""
+
+from data_specs.errors import ContractError
 from data_specs.shards import KEY_RE, SHARD_NAME_RE, key_for_sha256, shard_index, shard_name
-from data_specs.validation import ContractError
+
+_FROM_MANIFEST = ("MANIFEST_SCHEMA", "STATUSES", "validate_manifest")
 
 __all__ = [
     "MANIFEST_SCHEMA",
@@ -15,3 +20,11 @@ __all__ = [
     "shard_name",
     "ContractError",
 ]
+
+
+def __getattr__(name: str):
+    if name in _FROM_MANIFEST:
+        from data_specs import manifest
+
+        return getattr(manifest, name)
+    raise AttributeError(f"module 'data_specs' has no attribute {name!r}")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from data_specs.errors import ContractError
 
-class ContractError(ValueError):
-    """A table or sample does not match its data contract."""
+__all__ = ["ContractError", "check_table"]
 
 
 def check_table(table: pa.Table, schema: pa.Schema, contract: str) -> pa.Table:

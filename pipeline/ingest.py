@@ -35,12 +35,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from multiprocessing import get_context
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from data_specs.columns import arrow_array
-from data_specs.manifest import MANIFEST_SCHEMA, validate_manifest
 from data_specs.shards import SHARD_NAME_RE, shard_name
 from pipeline.atomic import atomic_write, atomic_write_bytes, temp_path
 from pipeline.config import IngestConfig
@@ -48,6 +44,9 @@ from pipeline.ingest_worker import BatchResult, WorkerOptions, process_batch
 from pipeline.lake import LakeFile, SourceSpec, iter_lake, resolve_source
 from pipeline.lake_index import INDEX_FILE, IndexedUnit, LakeIndex
 from pipeline.tario import END_OF_ARCHIVE
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 MANIFEST_PART_RE = SHARD_NAME_RE.pattern.replace("shard-", "part-").replace(r"\.tar", r"\.parquet")
 WorkItem = tuple[str, str | None, bytes | None]
@@ -142,7 +141,21 @@ class RootLock:
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 #: Manifest columns filled per row (``run_id`` and ``ingested_at`` are set per unit at commit).
-_ROW_COLUMNS = tuple(name for name in MANIFEST_SCHEMA.names if name not in ("run_id", "ingested_at"))
+#: (The manifest contract loads pyarrow; ingest imports it when it first writes or reads a part,
+#: after the workers have started: tests/pipeline/test_ingest.py checks these names against it.)
+_ROW_COLUMNS = (
+    "source_uri",
+    "status",
+    "reason",
+    "key",
+    "shard",
+    "width",
+    "height",
+    "bytes",
+    "sha256",
+    "format",
+    "reencoded",
+)
 
 
 class _UnitRows:
@@ -164,6 +177,11 @@ class _UnitRows:
             yield from chunk["source_uri"]
 
     def table(self, run_id: str, at: datetime) -> pa.Table:
+        import pyarrow as pa
+
+        from data_specs.columns import arrow_array
+        from data_specs.manifest import MANIFEST_SCHEMA, validate_manifest
+
         arrays = []
         for name in _ROW_COLUMNS:
             values: list = []
@@ -466,7 +484,7 @@ class ShardCommitter:
             self.counts.shards_written += 1
         table = unit.rows.table(self.run_id, datetime.now(timezone.utc))
         part = self.root / "manifest" / manifest_part_name(unit.index)
-        atomic_write(part, lambda f: pq.write_table(table, f, compression="zstd"))
+        atomic_write(part, lambda f: _write_part(table, f))
         _fsync_dir(self.root / "shards")
         _fsync_dir(self.root / "manifest")
 
@@ -681,6 +699,17 @@ def run_ingest(
         return session.finish()
 
 
+def _write_part(table: pa.Table, f) -> None:
+    """Write one manifest part (zstd)."""
+    import pyarrow.parquet as pq
+
+    pq.write_table(table, f, compression="zstd")
+
+
 def read_manifest(root: str | Path) -> pa.Table:
     """The whole manifest of ROOT (every committed unit), validated against the contract."""
+    import pyarrow.parquet as pq
+
+    from data_specs.manifest import MANIFEST_SCHEMA, validate_manifest
+
     return validate_manifest(pq.read_table(Path(root) / "manifest", schema=MANIFEST_SCHEMA))

@@ -8,8 +8,6 @@ import json
 import os
 from dataclasses import dataclass
 
-import fsspec
-
 from data_specs.shards import key_for_sha256
 from pipeline.lake import SourceSpec
 from pipeline.tario import SampleEncoder
@@ -71,6 +69,8 @@ def _filesystem(spec: SourceSpec):
     cache_key = (spec.protocol, json.dumps(spec.storage_options, sort_keys=True, default=str))
     fs = _FS_CACHE.get(cache_key)
     if fs is None:
+        import fsspec
+
         fs = fsspec.filesystem(spec.protocol, **spec.storage_options)
         _FS_CACHE[cache_key] = fs
     return fs

@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-import fsspec
-
 ARCHIVE_SUFFIXES: tuple[str, ...] = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".zip")
 
 
@@ -62,7 +60,12 @@ def resolve_source(src: str, storage_options: dict | None = None) -> SourceSpec:
     if not isinstance(src, str) or not src:
         raise SourceError(f"source must be a non-empty path or URL, got {src!r}")
     storage_options = dict(storage_options or {})
-    protocol, path = fsspec.core.split_protocol(src)
+    if "://" in src or src.startswith("data:"):  # a URL: fsspec loads only for one (~45 ms)
+        import fsspec
+
+        protocol, path = fsspec.core.split_protocol(src)
+    else:
+        protocol, path = None, src
     protocol = protocol or "file"
     if protocol in ("file", "local"):
         local = os.path.abspath(os.path.expanduser(path))
@@ -73,6 +76,8 @@ def resolve_source(src: str, storage_options: dict | None = None) -> SourceSpec:
         if is_archive(local):
             return SourceSpec(url=src, kind="archive", protocol="file", root=local)
         raise SourceError(f"source is a file but not an archive ({', '.join(ARCHIVE_SUFFIXES)}): {src!r}")
+    import fsspec
+
     try:
         fs = fsspec.filesystem(protocol, **storage_options)
     except (ImportError, ValueError) as exc:
@@ -179,6 +184,8 @@ def _iter_local(root: str) -> Iterator[LakeFile]:
 
 
 def _iter_fsspec(spec: SourceSpec) -> Iterator[LakeFile]:
+    import fsspec
+
     fs = fsspec.filesystem(spec.protocol, **spec.storage_options)
     prefix = spec.root.rstrip("/") + "/"
     for folder, dirs, files in fs.walk(spec.root, detail=True):
@@ -209,6 +216,8 @@ def _iter_fsspec(spec: SourceSpec) -> Iterator[LakeFile]:
 
 
 def _iter_archive(spec: SourceSpec) -> Iterator[LakeFile]:
+    import fsspec
+
     opener = fsspec.open(
         archive_base_uri(spec) if spec.protocol != "file" else spec.root, "rb", **spec.storage_options
     )

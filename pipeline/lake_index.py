@@ -20,11 +20,12 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
-import pyarrow.parquet as pq
+from typing import TYPE_CHECKING
 
 from data_specs.shards import key_for_sha256
+
+if TYPE_CHECKING:
+    import numpy as np
 
 #: Rows per SQL ``IN (...)`` lookup (well under SQLite's host-parameter limit).
 LOOKUP_CHUNK = 500
@@ -39,6 +40,8 @@ def uri_digest(uri: str) -> bytes:
 
 def _sorted_records(blob: bytes) -> tuple[bytes, np.ndarray]:
     """16-byte records of ``blob`` in byte order (as SQLite compares BLOBs), and that order."""
+    import numpy as np
+
     words = np.frombuffer(blob, dtype=">u8").reshape(-1, 2)
     order = np.lexsort((words[:, 1], words[:, 0]))
     return words[order].tobytes(), order
@@ -46,6 +49,8 @@ def _sorted_records(blob: bytes) -> tuple[bytes, np.ndarray]:
 
 def _decimal_digits(values: np.ndarray) -> bytes:
     """Each value as 10 ASCII digits, zero-padded (SQLite reads them back with CAST)."""
+    import numpy as np
+
     digits = values.astype(np.int64)[:, None] // 10 ** np.arange(9, -1, -1, dtype=np.int64) % 10
     return (digits + 48).astype(np.uint8).tobytes()
 
@@ -63,15 +68,18 @@ class KeyFilter:
     def __init__(self, bits: int = 27, capacity: int = 13_000_000, enabled: bool = True):
         if not 8 <= bits <= 32:
             raise ValueError(f"bits must be in 8..32, got {bits}")
-        self._shift = np.uint32(32 - bits)
-        self._bits = np.zeros(1 << (bits - 3) if enabled else 0, dtype=np.uint8)
+        self._shift = 32 - bits
+        self._bits: np.ndarray | None = None  # allocated (and NumPy loaded) by the first add
+        self._size = 1 << (bits - 3)
         self.capacity = capacity
         self.count = 0
         self.enabled = enabled
 
     def _positions(self, raw: bytes) -> np.ndarray:
+        import numpy as np
+
         words = np.frombuffer(raw, dtype="<u4").reshape(-1, 4)
-        return words >> self._shift
+        return words >> np.uint32(self._shift)
 
     def add(self, keys: Sequence[str]) -> None:
         """Add hex keys."""
@@ -82,26 +90,30 @@ class KeyFilter:
         """Add keys given as their concatenated 16-byte values."""
         if not self.enabled or not raw:
             return
+        import numpy as np
+
         self.count += len(raw) // 16
         if self.count > self.capacity:
             self.disable()
             return
+        if self._bits is None:
+            self._bits = np.zeros(self._size, dtype=np.uint8)
         pos = self._positions(raw).ravel()
         np.bitwise_or.at(self._bits, pos >> 3, (1 << (pos & 7)).astype(np.uint8))
 
     def disable(self) -> None:
         self.enabled = False
-        self._bits = np.zeros(0, dtype=np.uint8)
+        self._bits = None
 
-    def maybe_contains(self, keys: Sequence[str]) -> np.ndarray:
-        """Boolean per key: False means certainly not added; True means "ask the index"."""
+    def maybe_contains(self, keys: Sequence[str]) -> list[bool]:
+        """Per key: False means certainly not added; True means "ask the index"."""
         if not self.enabled:
-            return np.ones(len(keys), dtype=bool)
-        if not keys:
-            return np.zeros(0, dtype=bool)
+            return [True] * len(keys)
+        if not keys or self._bits is None:  # nothing added yet
+            return [False] * len(keys)
         pos = self._positions(bytes.fromhex("".join(keys)))
-        hits = (self._bits[pos >> 3] >> (pos & 7).astype(np.uint8)) & 1
-        return hits.all(axis=1)
+        hits = (self._bits[pos >> 3] >> (pos & 7).astype("u1")) & 1
+        return hits.all(axis=1).tolist()
 
 
 @dataclass(frozen=True)
@@ -205,6 +217,8 @@ class LakeIndex:
             indexed = set()
         missing = sorted(committed_set - indexed)
         for part in missing:
+            import pyarrow.parquet as pq
+
             table = pq.read_table(
                 manifest_dir / f"part-{part:06d}.parquet", columns=["source_uri", "status", "sha256"]
             )
@@ -255,6 +269,8 @@ class LakeIndex:
         """
         if not units:
             return
+        import numpy as np
+
         keys, order = _sorted_records(b"".join(unit.keys for unit in units))
         shards = np.repeat([unit.part for unit in units], [unit.n_keys for unit in units])[order]
         uris, _ = _sorted_records(b"".join(unit.uris for unit in units))
@@ -296,8 +312,8 @@ class LakeIndex:
         """
         found: dict[str, int] = {}
         maybe = self.key_filter.maybe_contains(keys)
-        if not maybe.all():
-            keys = [k for k, m in zip(keys, maybe.tolist(), strict=True) if m]
+        if not all(maybe):
+            keys = [k for k, m in zip(keys, maybe, strict=True) if m]
         for key, shard in self._select_in(
             "SELECT key, shard FROM kept WHERE key", [bytes.fromhex(k) for k in keys]
         ):
