@@ -217,7 +217,7 @@ class _ClosedUnit:
     tmp_path: Path
     final_path: Path
     rows: _UnitRows | None  # None once its manifest part is written
-    keys: dict[str, int]
+    keys: list[str]  # kept in its shard (a list: 8 bytes a key while it waits for the index)
     indexed: threading.Event = field(default_factory=threading.Event)
 
 
@@ -269,7 +269,7 @@ class ShardCommitter:
 
     _MAX_CLOSED_UNITS = 2
     #: most index rows (kept keys + URIs) gathered into one index transaction
-    INDEX_BATCH_MAX_ROWS = 200_000
+    INDEX_BATCH_MAX_ROWS = 100_000
 
     def __init__(self, root: Path, run_id: str, state: LakeState, config: IngestConfig):
         self.root, self.run_id, self.state, self.config = root, run_id, state, config
@@ -403,13 +403,14 @@ class ShardCommitter:
         if not len(self.rows):
             return
         self._raise_commit_error()
-        unit = _ClosedUnit(self.index, self.tar, self.tmp_path, self.final_path, self.rows, self.unit_keys)
+        keys = list(self.unit_keys)
+        unit = _ClosedUnit(self.index, self.tar, self.tmp_path, self.final_path, self.rows, keys)
         if self._thread is None:
             self._thread = threading.Thread(target=self._commit_loop, name="ingest-commit", daemon=True)
             self._thread.start()
         self._closed.append(unit)
-        self._pending_keys.update(unit.keys)
-        self.lake_index.key_filter.add(list(unit.keys))
+        self._pending_keys.update(self.unit_keys)
+        self.lake_index.key_filter.add(keys)
         self.state.next_index = self.index + 1
         self._open_unit()
         self._queue.put(unit)  # blocks while _MAX_CLOSED_UNITS units wait: bounded memory
