@@ -121,44 +121,56 @@ static int has_exif(const unsigned char *data, size_t n) {
     return memmem(data, limit, "Exif\0\0", 6) != NULL;
 }
 
-/* 1 when data is an upright 3-channel JPEG within the limits that decodes strictly at 1/8 scale. */
-static int plain_jpeg(struct jpeg_decompress_struct *cinfo, StrictErrors *errors, JSAMPARRAY *row,
-                      JDIMENSION *row_width, const unsigned char *data, size_t n, long long max_pixels,
-                      long max_side, int *width, int *height) {
+/* 1 when data is an upright 3-channel JPEG within the limits that decodes strictly at 1/8 scale.
+ *
+ * A fresh decompressor per file, as TurboJPEG's tjDecompress gives: a reused one keeps earlier
+ * files' quantisation and Huffman tables (libjpeg's "abbreviated datastream" support), so a file
+ * whose own tables are damaged would decode with another file's. (Fresh is also faster here.) */
+static int plain_jpeg(Buffer *rowbuf, const unsigned char *data, size_t n, long long max_pixels, long max_side,
+                      int *width, int *height) {
     if (n < 3 || data[0] != 0xFF || data[1] != 0xD8 || data[2] != 0xFF) return 0;
-    if (setjmp(errors->jump)) {
-        jpeg_abort_decompress(cinfo);
+    struct jpeg_decompress_struct cinfo;
+    StrictErrors errors;
+    cinfo.mem = NULL; /* jpeg_destroy_decompress is safe even if creating failed */
+    cinfo.err = jpeg_std_error(&errors.pub);
+    errors.pub.error_exit = strict_error_exit;
+    errors.pub.emit_message = strict_emit_message;
+    errors.pub.output_message = silent_output_message;
+    if (setjmp(errors.jump)) {
+        jpeg_destroy_decompress(&cinfo);
         return 0;
     }
-    jpeg_mem_src(cinfo, data, (unsigned long)n);
-    if (jpeg_read_header(cinfo, TRUE) != JPEG_HEADER_OK) {
-        jpeg_abort_decompress(cinfo);
+    jpeg_create_decompress(&cinfo);
+    jpeg_mem_src(&cinfo, data, (unsigned long)n);
+    if (jpeg_read_header(&cinfo, TRUE) != JPEG_HEADER_OK) {
+        jpeg_destroy_decompress(&cinfo);
         return 0;
     }
-    *width = (int)cinfo->image_width;
-    *height = (int)cinfo->image_height;
-    if (cinfo->num_components != 3 ||
-        (cinfo->jpeg_color_space != JCS_YCbCr && cinfo->jpeg_color_space != JCS_RGB) ||
-        (long long)cinfo->image_width * cinfo->image_height > max_pixels ||
-        (max_side > 0 && ((long)cinfo->image_width > max_side || (long)cinfo->image_height > max_side)) ||
+    *width = (int)cinfo.image_width;
+    *height = (int)cinfo.image_height;
+    if (cinfo.num_components != 3 || (cinfo.jpeg_color_space != JCS_YCbCr && cinfo.jpeg_color_space != JCS_RGB) ||
+        (long long)cinfo.image_width * cinfo.image_height > max_pixels ||
+        (max_side > 0 && ((long)cinfo.image_width > max_side || (long)cinfo.image_height > max_side)) ||
         has_exif(data, n)) {
-        jpeg_abort_decompress(cinfo);
+        jpeg_destroy_decompress(&cinfo);
         return 0;
     }
-    cinfo->scale_num = 1;
-    cinfo->scale_denom = 8;
-    cinfo->dct_method = JDCT_IFAST;
-    cinfo->do_fancy_upsampling = FALSE;
-    cinfo->out_color_space = JCS_RGB;
-    jpeg_start_decompress(cinfo);
-    JDIMENSION stride = cinfo->output_width * (JDIMENSION)cinfo->output_components;
-    if (*row == NULL || *row_width < stride) {
-        /* a permanent-pool row survives jpeg_abort; grows to the widest image of the batch */
-        *row = (*cinfo->mem->alloc_sarray)((j_common_ptr)cinfo, JPOOL_PERMANENT, stride, 1);
-        *row_width = stride;
+    cinfo.scale_num = 1;
+    cinfo.scale_denom = 8;
+    cinfo.dct_method = JDCT_IFAST;
+    cinfo.do_fancy_upsampling = FALSE;
+    cinfo.out_color_space = JCS_RGB;
+    jpeg_start_decompress(&cinfo);
+    size_t stride = (size_t)cinfo.output_width * (size_t)cinfo.output_components;
+    rowbuf->len = 0;
+    if (buffer_reserve(rowbuf, stride) < 0) { /* no memory for a row: leave the file to Python */
+        jpeg_destroy_decompress(&cinfo);
+        return 0;
     }
-    while (cinfo->output_scanline < cinfo->output_height) jpeg_read_scanlines(cinfo, *row, 1);
-    jpeg_finish_decompress(cinfo);
+    JSAMPROW row[1] = {(JSAMPROW)rowbuf->data};
+    while (cinfo.output_scanline < cinfo.output_height) jpeg_read_scanlines(&cinfo, row, 1);
+    jpeg_finish_decompress(&cinfo);
+    jpeg_destroy_decompress(&cinfo);
     return 1;
 }
 
@@ -298,15 +310,7 @@ static PyObject *scan_plain_jpegs(PyObject *self, PyObject *args, PyObject *kwar
     snprintf(mtime_field, sizeof mtime_field, "%011llo", mtime);
 
     Py_BEGIN_ALLOW_THREADS
-    struct jpeg_decompress_struct cinfo;
-    StrictErrors errors;
-    cinfo.err = jpeg_std_error(&errors.pub);
-    errors.pub.error_exit = strict_error_exit;
-    errors.pub.emit_message = strict_emit_message;
-    errors.pub.output_message = silent_output_message;
-    jpeg_create_decompress(&cinfo);
-    JSAMPARRAY row = NULL;
-    JDIMENSION row_width = 0;
+    Buffer rowbuf = {0};
     EVP_MD_CTX *hash = EVP_MD_CTX_new();
     const EVP_MD *sha256 = EVP_sha256();
     if (hash == NULL) failed = 1;
@@ -316,9 +320,7 @@ static PyObject *scan_plain_jpegs(PyObject *self, PyObject *args, PyObject *kwar
         ssize_t size = read_file(PyBytes_AS_STRING(PyList_GET_ITEM(encoded, i)), &file);
         if (size <= 0) continue;
         const unsigned char *data = (const unsigned char *)file.data;
-        if (!plain_jpeg(&cinfo, &errors, &row, &row_width, data, (size_t)size, max_pixels, max_side,
-                        &r->width, &r->height))
-            continue;
+        if (!plain_jpeg(&rowbuf, data, (size_t)size, max_pixels, max_side, &r->width, &r->height)) continue;
         unsigned int digest_len = 0;
         if (!EVP_DigestInit_ex(hash, sha256, NULL) || !EVP_DigestUpdate(hash, data, (size_t)size) ||
             !EVP_DigestFinal_ex(hash, r->sha, &digest_len)) {
@@ -359,7 +361,7 @@ static PyObject *scan_plain_jpegs(PyObject *self, PyObject *args, PyObject *kwar
         r->end = blob.len;
     }
     EVP_MD_CTX_free(hash);
-    jpeg_destroy_decompress(&cinfo);
+    free(rowbuf.data);
     if (!failed && spool_fd >= 0) {
         size_t written = 0;
         while (written < blob.len) {

@@ -163,3 +163,65 @@ def test_core_arguments_are_checked():
     # a missing file is left to the Python path (which records read_error), never an exception
     out = _fastscan.scan_plain_jpegs(["/no/such/file.jpg"], ["file:///no/such/file.jpg"], 1, 0, 0, "r")
     assert out[0] == b"" and out[1] == [None]
+
+
+@needs_core
+def test_damaged_jpegs_get_the_same_verdicts_and_bytes_on_both_paths(tmp_path):
+    """Truncated, bit-flipped, zeroed and randomised variants of baseline and progressive JPEGs."""
+    rng = np.random.default_rng(7)
+    lake = tmp_path / "damaged"
+    lake.mkdir()
+    originals = [_jpeg(200 + i, (40 + 8 * (i % 3), 32), progressive=bool(i % 2)) for i in range(6)]
+    for i in range(240):
+        raw = bytearray(originals[i % len(originals)])
+        kind, at = i % 4, int(rng.integers(2, len(raw) - 4))
+        if kind == 0:
+            raw = raw[:at]
+        elif kind == 1:
+            raw[at] ^= 1 << int(rng.integers(0, 8))
+        elif kind == 2:
+            raw[at : at + 16] = bytes(len(raw[at : at + 16]))
+        else:
+            raw[at : at + 3] = rng.integers(0, 256, 3, dtype=np.uint8).tobytes()
+        (lake / f"variant-{i:03d}.jpg").write_bytes(bytes(raw))
+    items = _items(lake)
+    spec = resolve_source(str(lake))
+    python = process_batch(spec, _options(compiled=False), items)
+    compiled = process_batch(spec, _options(compiled=True), items)
+    for column in COLUMNS:
+        assert getattr(compiled, column) == getattr(python, column), column
+    assert _samples(compiled) == _samples(python)
+    reasons = set(python.reasons)
+    assert None in reasons and len(reasons - {None}) >= 1  # some kept, some rejected
+
+
+def _without_quant_table_1(jpeg: bytes) -> bytes:
+    """``jpeg`` whose DQT defines table 3 where it defined table 1 (which its frame still uses)."""
+    raw, at = bytearray(jpeg), 2
+    while raw[at] == 0xFF and raw[at + 1] != 0xDA:  # marker segments up to the scan
+        length = int.from_bytes(raw[at + 2 : at + 4], "big")
+        if raw[at + 1] == 0xDB:
+            table = at + 4
+            while table < at + 2 + length:
+                if raw[table] & 0x0F == 1:
+                    raw[table] = (raw[table] & 0xF0) | 3
+                table += 1 + (128 if raw[table] >> 4 else 64)
+        at += 2 + length
+    return bytes(raw)
+
+
+@needs_core
+def test_a_file_never_borrows_tables_from_the_file_before_it(tmp_path):
+    """A reused libjpeg decompressor keeps the last file's tables: a file missing one decoded."""
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    good = _jpeg(300, (32, 32), quality=80)
+    broken = _without_quant_table_1(_jpeg(301, (32, 32), quality=80))
+    assert broken != _jpeg(301, (32, 32), quality=80)
+    (lake / "a-good.jpg").write_bytes(good)
+    (lake / "b-missing-table.jpg").write_bytes(broken)
+    items = _items(lake)
+    spec = resolve_source(str(lake))
+    compiled = process_batch(spec, _options(compiled=True), items)
+    python = process_batch(spec, _options(compiled=False), items)
+    assert compiled.reasons == python.reasons == [None, "decode_error"]
