@@ -221,6 +221,13 @@ class _ClosedUnit:
     indexed: threading.Event = field(default_factory=threading.Event)
 
 
+def _no_copy_file_range(*args, **kwargs) -> int:
+    raise OSError("copy_file_range is not available here")
+
+
+_copy_file_range = getattr(os, "copy_file_range", _no_copy_file_range)  # Linux only
+
+
 class _Samples:
     """A batch's samples, inline (``blob``) or spooled to a file: copies byte ranges into a shard.
 
@@ -249,8 +256,8 @@ class _Samples:
         fd_out = out.fileno()
         while start < end:
             try:
-                copied = os.copy_file_range(self.fd, fd_out, end - start, offset_src=start)
-            except OSError:  # a file system or kernel without it: plain reads and writes
+                copied = _copy_file_range(self.fd, fd_out, end - start, offset_src=start)
+            except OSError:  # a file system, kernel or OS without it: plain reads and writes
                 copied = os.write(fd_out, os.pread(self.fd, min(end - start, 1 << 22), start))
             if copied <= 0:
                 raise IngestError(f"spool file {self.spool} is shorter than its samples ({start} < {end})")

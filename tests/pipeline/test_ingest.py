@@ -339,3 +339,19 @@ def test_row_columns_are_the_manifest_schema_and_the_cli_path_loads_no_arrow():
     code = "import sys, flows.cli, pipeline.ingest; print(sorted({'pyarrow', 'numpy', 'PIL', 'fsspec'} & set(sys.modules)))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_spooled_samples_are_copied_without_copy_file_range(tmp_path, monkeypatch):
+    """Where the OS lacks copy_file_range (macOS) or refuses it, the writer reads and writes."""
+    import pipeline.ingest as ingest
+
+    def refuse(*args, **kwargs):
+        raise OSError("not here")
+
+    monkeypatch.setattr(ingest, "_copy_file_range", refuse)
+    lake, root = tmp_path / "lake", tmp_path / "out"
+    make_plain_lake(lake, 12)
+    summary = run_ingest(str(lake), root, IngestConfig(workers=1, shard_max_count=5, batch_size=4))
+    assert (summary["sharded"], summary["shards_written"]) == (12, 3)
+    assert assert_accounted(root, lake_uris(lake)) == {"sharded": 12}
+    assert not list(root.rglob(".*.tmp"))
