@@ -343,16 +343,15 @@ class ShardCommitter:
         n = len(batch)
         counts, config = self.counts, self.config
         starts, ends, keys = batch.starts, batch.ends, batch.keys
-        # Kept keys come from four places: the index (one lookup per batch), the closed units it
-        # does not hold yet, the unit open when the batch began (stays valid if it commits
-        # mid-batch), and this batch itself.
-        open_unit_keys, pending_keys = self.unit_keys, self._pending_keys
+        # Kept keys come from three places: the open unit (a new one after a mid-batch commit),
+        # the closed units the index does not hold yet (a committed unit's keys move there), and
+        # the index (one lookup per batch, asked after the indexed units left _pending_keys).
+        pending_keys = self._pending_keys
         self._raise_commit_error()
         while self._closed and self._closed[0].indexed.is_set():  # now in the index: forget them
             for key in self._closed.popleft().keys:
                 del pending_keys[key]
         indexed = self.lake_index.shards_of([k for k in keys if k is not None])
-        kept_here: dict[str, int] = {}
         status: list[str | None] = [None] * n
         shard: list[str | None] = [None] * n
         first_row = run_from = run_to = 0  # [run_from, run_to): kept samples not yet written
@@ -361,13 +360,11 @@ class ShardCommitter:
             if key is None:
                 status[i] = "rejected"
                 continue
-            kept_index = kept_here.get(key)
+            kept_index = self.unit_keys.get(key)
             if kept_index is None:
-                kept_index = open_unit_keys.get(key)
+                kept_index = pending_keys.get(key)
                 if kept_index is None:
-                    kept_index = pending_keys.get(key)
-                    if kept_index is None:
-                        kept_index = indexed.get(key)
+                    kept_index = indexed.get(key)
             if kept_index is not None:
                 status[i], shard[i] = "duplicate", shard_name(kept_index)
                 continue
@@ -388,7 +385,7 @@ class ShardCommitter:
                 run_from = start
             run_to = end
             status[i], shard[i] = "sharded", self.shard
-            self.unit_keys[key] = kept_here[key] = self.index
+            self.unit_keys[key] = self.index
             self.samples += 1
             self.nbytes += size
         if run_to > run_from:
