@@ -38,6 +38,10 @@ def uri_digest(uri: str) -> bytes:
     return hashlib.blake2b(uri.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
+#: Numbers 0 .. ?1 - 1: one row per 16-byte record of a blob, split inside SQLite.
+_EACH_RECORD = "WITH RECURSIVE i(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM i WHERE n + 1 < ?1) "
+
+
 def _sorted_records(blob: bytes) -> tuple[bytes, np.ndarray]:
     """16-byte records of ``blob`` in byte order (as SQLite compares BLOBs), and that order."""
     import numpy as np
@@ -247,12 +251,8 @@ class LakeIndex:
     @staticmethod
     def prepare_unit(part: int, keys: Iterable[str], uris: Iterable[str]) -> IndexedUnit:
         """What :meth:`add_units` stores for one committed unit: its kept keys (hex) and the
-        digests of every URI it resolved, each sorted into one blob (no database work)."""
-        return IndexedUnit(
-            part,
-            bytes.fromhex("".join(sorted(keys))),
-            b"".join(sorted(uri_digest(uri) for uri in uris)),
-        )
+        digests of every URI it resolved, each as one blob (no database work; add_units sorts)."""
+        return IndexedUnit(part, bytes.fromhex("".join(keys)), b"".join(uri_digest(uri) for uri in uris))
 
     def add_unit(self, part: int, keys: Iterable[str], uris: Iterable[str]) -> None:
         """Index one committed unit (see :meth:`add_units`)."""
@@ -279,15 +279,13 @@ class LakeIndex:
         try:
             if keys:
                 db.execute(
-                    "WITH RECURSIVE i(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM i WHERE n + 1 < ?1) "
-                    "INSERT OR IGNORE INTO kept SELECT substr(?2, n * 16 + 1, 16), "
+                    _EACH_RECORD + "INSERT OR IGNORE INTO kept SELECT substr(?2, n * 16 + 1, 16), "
                     "CAST(CAST(substr(?3, n * 10 + 1, 10) AS TEXT) AS INTEGER) FROM i",
                     (len(keys) // 16, keys, _decimal_digits(shards)),
                 )
             if uris:
                 db.execute(
-                    "WITH RECURSIVE i(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM i WHERE n + 1 < ?1) "
-                    "INSERT OR IGNORE INTO seen SELECT substr(?2, n * 16 + 1, 16) FROM i",
+                    _EACH_RECORD + "INSERT OR IGNORE INTO seen SELECT substr(?2, n * 16 + 1, 16) FROM i",
                     (len(uris) // 16, uris),
                 )
             db.executemany(
