@@ -249,7 +249,7 @@ typedef struct {
     int width, height;
     Py_ssize_t size;
     size_t start, end;
-    unsigned char sha[32];
+    char sha_hex[64];
 } FileResult;
 
 static void to_hex(const unsigned char *digest, char *out) {
@@ -321,14 +321,16 @@ static PyObject *scan_plain_jpegs(PyObject *self, PyObject *args, PyObject *kwar
         if (size <= 0) continue;
         const unsigned char *data = (const unsigned char *)file.data;
         if (!plain_jpeg(&rowbuf, data, (size_t)size, max_pixels, max_side, &r->width, &r->height)) continue;
+        unsigned char digest[32];
         unsigned int digest_len = 0;
         if (!EVP_DigestInit_ex(hash, sha256, NULL) || !EVP_DigestUpdate(hash, data, (size_t)size) ||
-            !EVP_DigestFinal_ex(hash, r->sha, &digest_len)) {
+            !EVP_DigestFinal_ex(hash, digest, &digest_len)) {
             failed = 1;
             break;
         }
-        char sha_hex[64], name[KEY_HEX_CHARS + 5];
-        to_hex(r->sha, sha_hex);
+        const char *sha_hex = r->sha_hex;
+        char name[KEY_HEX_CHARS + 5];
+        to_hex(digest, r->sha_hex);
         memcpy(name, sha_hex, KEY_HEX_CHARS);
         meta.len = 0;
         char numbers[160];
@@ -404,10 +406,8 @@ static PyObject *scan_plain_jpegs(PyObject *self, PyObject *args, PyObject *kwar
             for (int k = 0; k < 5; k++) PyList_SET_ITEM(items[k], i, Py_NewRef(Py_None));
             continue;
         }
-        char sha_hex[64];
-        to_hex(r->sha, sha_hex);
-        PyObject *sha = PyUnicode_FromStringAndSize(sha_hex, 64);
-        PyObject *key = PyUnicode_FromStringAndSize(sha_hex, KEY_HEX_CHARS);
+        PyObject *sha = PyUnicode_FromStringAndSize(r->sha_hex, 64);
+        PyObject *key = PyUnicode_FromStringAndSize(r->sha_hex, KEY_HEX_CHARS);
         PyObject *w = PyLong_FromLong(r->width), *h = PyLong_FromLong(r->height);
         PyObject *size = PyLong_FromSsize_t(r->size);
         PyList_SET_ITEM(shas, i, sha ? sha : Py_NewRef(Py_None));
