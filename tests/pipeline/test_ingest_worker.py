@@ -88,9 +88,8 @@ def _options(compiled: bool, spool_dir: str | None = None) -> WorkerOptions:
     )
 
 
-@needs_core
-def test_compiled_core_matches_python_path(tmp_path):
-    lake = _lake(tmp_path)
+def _both_paths_agree(lake: Path) -> tuple[BatchResult, BatchResult]:
+    """The lake's files through the Python path and the compiled core: same columns, same bytes."""
     items = _items(lake)
     spec = resolve_source(str(lake))
     python = process_batch(spec, _options(compiled=False), items)
@@ -98,6 +97,12 @@ def test_compiled_core_matches_python_path(tmp_path):
     for column in COLUMNS:
         assert getattr(compiled, column) == getattr(python, column), column
     assert _samples(compiled) == _samples(python)
+    return python, compiled
+
+
+@needs_core
+def test_compiled_core_matches_python_path(tmp_path):
+    python, compiled = _both_paths_agree(_lake(tmp_path))
     kept = [s for s in _samples(compiled) if s]
     assert len(kept) == sum(r is None for r in python.reasons) > 20
     # every sample is a valid tar pair whose JSON is the contract's
@@ -184,13 +189,7 @@ def test_damaged_jpegs_get_the_same_verdicts_and_bytes_on_both_paths(tmp_path):
         else:
             raw[at : at + 3] = rng.integers(0, 256, 3, dtype=np.uint8).tobytes()
         (lake / f"variant-{i:03d}.jpg").write_bytes(bytes(raw))
-    items = _items(lake)
-    spec = resolve_source(str(lake))
-    python = process_batch(spec, _options(compiled=False), items)
-    compiled = process_batch(spec, _options(compiled=True), items)
-    for column in COLUMNS:
-        assert getattr(compiled, column) == getattr(python, column), column
-    assert _samples(compiled) == _samples(python)
+    python, _ = _both_paths_agree(lake)
     reasons = set(python.reasons)
     assert None in reasons and len(reasons - {None}) >= 1  # some kept, some rejected
 
