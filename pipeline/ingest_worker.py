@@ -180,11 +180,11 @@ def process_batch(
             blob = b"".join((blob, *parts))
     except BaseException:
         if spool is not None:
-            os.close(spool_fd)
             os.unlink(spool)
         raise
-    if spool is not None:
-        os.close(spool_fd)
+    finally:
+        if spool is not None:
+            os.close(spool_fd)
     return BatchResult(
         uris, reasons, shas, keys, width, height, nbytes, formats, reencoded, starts, ends, blob, spool
     )
