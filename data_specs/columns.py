@@ -53,3 +53,47 @@ def arrow_array(values: Sequence, type: pa.DataType) -> pa.Array:
     else:
         raise TypeError(f"arrow_array builds string, signed integer and boolean arrays, not {type}")
     return pa.Array.from_buffers(type, n, buffers, null_count=nulls)
+
+
+def _bitmap(valid: np.ndarray) -> tuple[pa.Buffer | None, int]:
+    nulls = len(valid) - int(np.count_nonzero(valid))
+    if not nulls:
+        return None, 0
+    return pa.py_buffer(np.packbits(valid, bitorder="little")), nulls
+
+
+def fixed_width_strings(data: bytes, width: int, valid: np.ndarray) -> pa.Array:
+    """A string array of ``len(valid)`` values of ``width`` bytes each, packed in ``data``;
+    rows where ``valid`` is False are null (their bytes are ignored)."""
+    n = len(valid)
+    if len(data) != n * width:
+        raise ValueError(f"{len(data)} bytes of data for {n} strings of {width} bytes")
+    offsets = np.arange(0, (n + 1) * width, width, dtype=np.int32)
+    validity, nulls = _bitmap(valid)
+    return pa.Array.from_buffers(
+        pa.string(), n, [validity, pa.py_buffer(offsets), pa.py_buffer(data)], null_count=nulls
+    )
+
+
+def integers(values: np.ndarray, type: pa.DataType, null: int = -1) -> pa.Array:
+    """A signed integer array of ``type`` from ``values``; entries equal to ``null`` are null."""
+    if type not in _INTEGERS:
+        raise TypeError(f"integers builds signed integer arrays, not {type}")
+    validity, nulls = _bitmap(values != null)
+    data = np.ascontiguousarray(values, dtype=_INTEGERS[type])
+    return pa.Array.from_buffers(type, len(values), [validity, pa.py_buffer(data)], null_count=nulls)
+
+
+def strings_by_code(names: Sequence[str], codes: np.ndarray) -> pa.Array:
+    """``names[codes[i]]`` for each row, as a string array; a negative code is null."""
+    import pyarrow.compute as pc
+
+    valid = codes >= 0
+    validity, nulls = _bitmap(valid)
+    indices = pa.Array.from_buffers(
+        pa.int32(),
+        len(codes),
+        [validity, pa.py_buffer(np.where(valid, codes, 0).astype(np.int32))],
+        null_count=nulls,
+    )
+    return pc.take(arrow_array(list(names), pa.string()), indices)

@@ -16,7 +16,7 @@ from flows.runners import make_task_runner
 from pipeline.config import IngestConfig, RunnerConfig
 from pipeline.ingest import IngestSession, pending_batches
 from pipeline.ingest_worker import BatchResult, WorkerOptions, process_batch
-from pipeline.lake import SourceSpec, iter_lake
+from pipeline.lake import SourceSpec, iter_lake_chunks
 
 
 @task(
@@ -33,7 +33,9 @@ def _ingest_partitions(source: str, root: str, config: IngestConfig) -> dict:
     with IngestSession(source, root, config) as session:
         window = 4 * max(1, config.resolve_flow_window())
         in_flight: deque = deque()
-        partitions = pending_batches(iter_lake(session.spec), session.committer, config.flow_partition_size)
+        partitions = pending_batches(
+            iter_lake_chunks(session.spec), session.committer, config.flow_partition_size
+        )
         for items in partitions:
             in_flight.append(validate_partition.submit(session.spec, session.options, items))
             if len(in_flight) >= window:

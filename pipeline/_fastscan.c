@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <setjmp.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -387,46 +388,34 @@ static PyObject *scan_plain_jpegs(PyObject *self, PyObject *args, PyObject *kwar
         PyErr_SetFromErrno(PyExc_OSError);
         goto done;
     }
-    PyObject *shas = PyList_New(n), *keys = PyList_New(n), *widths = PyList_New(n), *heights = PyList_New(n),
-             *sizes = PyList_New(n), *starts = PyList_New(n), *ends = PyList_New(n);
+    /* packed columns: 64 hex digits of sha256 per file (zeros: not decided here), and five
+     * int64 per file: width, height, bytes (-1: not decided here), sample start, sample end */
     PyObject *body = spool_fd >= 0 ? PyLong_FromSize_t(blob.len) : PyBytes_FromStringAndSize(blob.data, blob.len);
-    if (!shas || !keys || !widths || !heights || !sizes || !starts || !ends || !body) goto build_failed;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        FileResult *r = &results[i];
-        PyObject *start = PyLong_FromSize_t(r->start), *end = PyLong_FromSize_t(r->end);
-        if (!start || !end) {
-            Py_XDECREF(start);
-            Py_XDECREF(end);
-            goto build_failed;
+    PyObject *hexes = PyBytes_FromStringAndSize(NULL, n * 64);
+    PyObject *numbers = PyBytes_FromStringAndSize(NULL, n * 5 * (Py_ssize_t)sizeof(int64_t));
+    if (body && hexes && numbers) {
+        char *hex_out = PyBytes_AS_STRING(hexes);
+        int64_t *num_out = (int64_t *)PyBytes_AS_STRING(numbers);
+        for (Py_ssize_t i = 0; i < n; i++) {
+            FileResult *r = &results[i];
+            int64_t *row = num_out + 5 * i;
+            if (r->ok) {
+                memcpy(hex_out + 64 * i, r->sha_hex, 64);
+                row[0] = r->width;
+                row[1] = r->height;
+                row[2] = r->size;
+            } else {
+                memset(hex_out + 64 * i, 0, 64);
+                row[0] = row[1] = row[2] = -1;
+            }
+            row[3] = (int64_t)r->start;
+            row[4] = (int64_t)r->end;
         }
-        PyList_SET_ITEM(starts, i, start);
-        PyList_SET_ITEM(ends, i, end);
-        if (!r->ok) {
-            PyObject *items[5] = {shas, keys, widths, heights, sizes};
-            for (int k = 0; k < 5; k++) PyList_SET_ITEM(items[k], i, Py_NewRef(Py_None));
-            continue;
-        }
-        PyObject *sha = PyUnicode_FromStringAndSize(r->sha_hex, 64);
-        PyObject *key = PyUnicode_FromStringAndSize(r->sha_hex, KEY_HEX_CHARS);
-        PyObject *w = PyLong_FromLong(r->width), *h = PyLong_FromLong(r->height);
-        PyObject *size = PyLong_FromSsize_t(r->size);
-        PyList_SET_ITEM(shas, i, sha ? sha : Py_NewRef(Py_None));
-        PyList_SET_ITEM(keys, i, key ? key : Py_NewRef(Py_None));
-        PyList_SET_ITEM(widths, i, w ? w : Py_NewRef(Py_None));
-        PyList_SET_ITEM(heights, i, h ? h : Py_NewRef(Py_None));
-        PyList_SET_ITEM(sizes, i, size ? size : Py_NewRef(Py_None));
-        if (!sha || !key || !w || !h || !size) goto build_failed;
+        out = PyTuple_Pack(3, body, hexes, numbers);
     }
-    out = PyTuple_Pack(8, body, shas, keys, widths, heights, sizes, starts, ends);
-build_failed:
-    Py_XDECREF(shas);
-    Py_XDECREF(keys);
-    Py_XDECREF(widths);
-    Py_XDECREF(heights);
-    Py_XDECREF(sizes);
-    Py_XDECREF(starts);
-    Py_XDECREF(ends);
     Py_XDECREF(body);
+    Py_XDECREF(hexes);
+    Py_XDECREF(numbers);
 done:
     Py_XDECREF(encoded);
     free(results);
@@ -443,10 +432,11 @@ static PyMethodDef methods[] = {
     {"scan_plain_jpegs", (PyCFunction)(void (*)(void))scan_plain_jpegs, METH_VARARGS | METH_KEYWORDS,
      "scan_plain_jpegs(paths, uris, max_pixels, max_side, mtime, run_id, spool_fd=-1)\n--\n\n"
      "Read, hash, strictly validate and tar-encode the upright RGB JPEGs among local files.\n\n"
-     "Returns (blob, sha256, keys, widths, heights, sizes, starts, ends): ``blob`` is the samples' tar\n"
-     "members (bytes), or their length when written to ``spool_fd``; file i's sample is\n"
-     "blob[starts[i]:ends[i]]. A file it did not decide has None in sha256/keys/widths/heights/sizes\n"
-     "and an empty range: the Python path handles it. ``max_side`` <= 0 means no limit."},
+     "Returns (blob, hexes, numbers): ``blob`` is the samples' tar members (bytes), or their length\n"
+     "when written to ``spool_fd``; ``hexes`` holds 64 hex digits of each file's sha256 (64 zero bytes\n"
+     "for a file it did not decide: the Python path handles it); ``numbers`` holds five native int64\n"
+     "per file: width, height, bytes (-1 when not decided), and the start and end of its sample in\n"
+     "blob (an empty range when not decided). ``max_side`` <= 0 means no limit."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -18,7 +18,6 @@ re-run over a grown lake ingests only the new files, into new shards.
 from __future__ import annotations
 
 import fcntl
-import itertools
 import json
 import os
 import queue
@@ -28,6 +27,7 @@ import signal
 import sys
 import threading
 import time
+from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -37,11 +37,22 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from data_specs.shards import SHARD_NAME_RE, shard_name
+from data_specs.shards import KEY_HEX_CHARS, SHARD_NAME_RE, shard_name
 from pipeline.atomic import atomic_write, atomic_write_bytes, temp_path
 from pipeline.config import IngestConfig
-from pipeline.ingest_worker import BatchResult, WorkerOptions, process_batch
-from pipeline.lake import LakeFile, SourceSpec, iter_lake, resolve_source
+from pipeline.ingest_worker import (
+    END,
+    HEIGHT,
+    NBYTES,
+    NO_SHA256,
+    NUMBERS_PER_FILE,
+    START,
+    WIDTH,
+    BatchResult,
+    WorkerOptions,
+    process_batch,
+)
+from pipeline.lake import LakeFile, SourceSpec, file_uri, iter_lake_chunks, resolve_source
 from pipeline.lake_index import INDEX_FILE, IndexedUnit, LakeIndex
 from pipeline.tario import END_OF_ARCHIVE
 
@@ -50,6 +61,7 @@ if TYPE_CHECKING:
 
 MANIFEST_PART_RE = SHARD_NAME_RE.pattern.replace("shard-", "part-").replace(r"\.tar", r"\.parquet")
 WorkItem = tuple[str, str | None, bytes | None]
+_FILE_PREFIX = file_uri("")
 
 
 class IngestError(RuntimeError):
@@ -157,42 +169,115 @@ _ROW_COLUMNS = (
     "reencoded",
 )
 
+#: Row status codes, in the order of the manifest contract's ``STATUSES`` (the writer keeps a
+#: status per row as one byte; tests/pipeline/test_ingest.py checks the order against it).
+STATUS_CODES = ("sharded", "duplicate", "rejected", "skipped")
+SHARDED, DUPLICATE, REJECTED, SKIPPED = range(4)
+_NUMBERS_ROW_BYTES = NUMBERS_PER_FILE * 8
+_SKIPPED_NUMBERS = array("q", [-1, -1, -1, 0, 0]).tobytes()
+
 
 class _UnitRows:
-    """Manifest rows of the open unit, as column-wise chunks (slices of worker batches)."""
+    """Manifest rows of the open unit, column-wise: row ranges of worker batches, and skips.
+
+    A batch chunk is ``(batch, a, b, status, shard)``: rows ``a:b`` of ``batch`` with their
+    status codes (int8 bytes) and shard numbers (int32 bytes, -1 for none). Consecutive skipped
+    files gather in one chunk ``(uris, reasons)``. The Arrow table is built from these buffers
+    at commit, with no per-row Python for the packed columns.
+    """
 
     def __init__(self) -> None:
-        self.chunks: list[dict[str, list]] = []
+        self.chunks: list[tuple] = []
         self.n = 0
 
-    def add_chunk(self, chunk: dict[str, list]) -> None:
-        self.chunks.append(chunk)
-        self.n += len(chunk["source_uri"])
+    def add_rows(self, batch: BatchResult, a: int, b: int, status: bytes, shard: bytes) -> None:
+        if a < b:
+            self.chunks.append((batch, a, b, status, shard))
+            self.n += b - a
+
+    def add_skip(self, uri: str, reason: str) -> None:
+        if not self.chunks or len(self.chunks[-1]) != 2:
+            self.chunks.append(([], []))
+        uris, reasons = self.chunks[-1]
+        uris.append(uri)
+        reasons.append(reason)
+        self.n += 1
 
     def __len__(self) -> int:
         return self.n
 
     def source_uris(self) -> Iterator[str]:
         for chunk in self.chunks:
-            yield from chunk["source_uri"]
+            if len(chunk) == 2:
+                yield from chunk[0]
+            else:
+                batch, a, b = chunk[:3]
+                yield from batch.uris[a:b]
 
     def table(self, run_id: str, at: datetime) -> pa.Table:
+        import numpy as np
         import pyarrow as pa
 
-        from data_specs.columns import arrow_array
+        from data_specs.columns import arrow_array, fixed_width_strings, integers, strings_by_code
         from data_specs.manifest import MANIFEST_SCHEMA, validate_manifest
 
-        arrays = []
-        for name in _ROW_COLUMNS:
-            values: list = []
-            for chunk in self.chunks:
-                values.extend(chunk[name])
-            arrays.append(arrow_array(values, MANIFEST_SCHEMA.field(name).type))
-        arrays.append(arrow_array([run_id] * self.n, pa.string()))
+        n = self.n
+        uris: list[str] = []
+        reasons: list[str | None] = []
+        formats: list[str | None] = []
+        reencoded: list[bool | None] = []
+        hexes, numbers, status, shard = [], [], [], []
+        for chunk in self.chunks:
+            if len(chunk) == 2:
+                k = len(chunk[0])
+                uris += chunk[0]
+                reasons += chunk[1]
+                formats += [None] * k
+                reencoded += [None] * k
+                hexes.append(NO_SHA256 * k)
+                numbers.append(_SKIPPED_NUMBERS * k)
+                status.append(bytes([SKIPPED]) * k)
+                shard.append(b"\xff\xff\xff\xff" * k)
+                continue
+            batch, a, b, chunk_status, chunk_shard = chunk
+            uris += batch.uris[a:b]
+            reasons += batch.reasons[a:b]
+            formats += batch.formats[a:b]
+            reencoded += batch.reencoded[a:b]
+            hexes.append(batch.hexes[a * 64 : b * 64])
+            numbers.append(batch.numbers[a * _NUMBERS_ROW_BYTES : b * _NUMBERS_ROW_BYTES])
+            status.append(chunk_status)
+            shard.append(chunk_shard)
+        hex_data = b"".join(hexes)
+        nums = np.frombuffer(b"".join(numbers), dtype=np.int64).reshape(n, NUMBERS_PER_FILE)
+        codes = np.frombuffer(b"".join(status), dtype=np.int8)
+        shards = np.frombuffer(b"".join(shard), dtype=np.int32)
+        has_sha = np.frombuffer(hex_data, dtype=np.uint8)[::64] != 0
+        has_key = codes <= DUPLICATE
+        used = np.unique(shards[shards >= 0])
+        columns = {
+            "source_uri": arrow_array(uris, pa.string()),
+            "status": strings_by_code(STATUS_CODES, codes.astype(np.int32)),
+            "reason": arrow_array(reasons, pa.string()),
+            "key": fixed_width_strings(
+                np.frombuffer(hex_data, dtype=np.uint8).reshape(n, 64)[:, :KEY_HEX_CHARS].tobytes(),
+                KEY_HEX_CHARS,
+                has_key,
+            ),
+            "shard": strings_by_code(
+                [shard_name(int(i)) for i in used], np.where(shards >= 0, np.searchsorted(used, shards), -1)
+            ),
+            "width": integers(nums[:, WIDTH], pa.int32()),
+            "height": integers(nums[:, HEIGHT], pa.int32()),
+            "bytes": integers(nums[:, NBYTES], pa.int64()),
+            "sha256": fixed_width_strings(hex_data, 64, has_sha),
+            "format": arrow_array(formats, pa.string()),
+            "reencoded": arrow_array(reencoded, pa.bool_()),
+        }
+        arrays = [columns[name] for name in _ROW_COLUMNS]
+        arrays.append(arrow_array([run_id] * n, pa.string()))
         at_ms = (at - _EPOCH) // timedelta(milliseconds=1)
-        arrays.append(
-            arrow_array([at_ms] * self.n, pa.int64()).view(MANIFEST_SCHEMA.field("ingested_at").type)
-        )
+        arrays.append(arrow_array([at_ms] * n, pa.int64()).view(MANIFEST_SCHEMA.field("ingested_at").type))
         return validate_manifest(pa.Table.from_arrays(arrays, schema=MANIFEST_SCHEMA))
 
 
@@ -301,9 +386,7 @@ class ShardCommitter:
         self.unit_keys: dict[str, int] = {}  # keys kept in the open unit (not yet in the index)
 
     def skip(self, uri: str, reason: str) -> None:
-        row = dict.fromkeys(_ROW_COLUMNS, [None])
-        row.update(source_uri=[uri], status=["skipped"], reason=[reason])
-        self.rows.add_chunk(row)
+        self.rows.add_skip(uri, reason)
         self.counts.skipped += 1
         self.counts.found += 1
         self.counts.reasons[reason] = self.counts.reasons.get(reason, 0) + 1
@@ -312,23 +395,6 @@ class ShardCommitter:
         if self.tar is None:
             self.tar = open(self.tmp_path, "wb", buffering=0)  # noqa: SIM115 - closed in commit()
         samples.copy_to(self.tar, start, end)
-
-    def _take_rows(self, batch: BatchResult, status: list, shard: list, a: int, b: int) -> None:
-        if a < b:
-            chunk = {
-                "source_uri": batch.uris[a:b],
-                "status": status[a:b],
-                "reason": batch.reasons[a:b],
-                "key": batch.keys[a:b],
-                "shard": shard[a:b],
-                "width": batch.width[a:b],
-                "height": batch.height[a:b],
-                "bytes": batch.nbytes[a:b],
-                "sha256": batch.sha256[a:b],
-                "format": batch.formats[a:b],
-                "reencoded": batch.reencoded[a:b],
-            }
-            self.rows.add_chunk(chunk)
 
     def add_batch(self, batch: BatchResult) -> None:
         """Record a worker's batch: rejections, duplicates (of earlier runs or this one), new samples.
@@ -340,9 +406,10 @@ class ShardCommitter:
             self._add_batch(batch, samples)
 
     def _add_batch(self, batch: BatchResult, samples: _Samples) -> None:
+        import numpy as np
+
         n = len(batch)
         counts, config = self.counts, self.config
-        starts, ends, keys = batch.starts, batch.ends, batch.keys
         # Kept keys come from three places: the open unit (a new one after a mid-batch commit),
         # the closed units the index does not hold yet (a committed unit's keys move there), and
         # the index (one lookup per batch, asked after the indexed units left _pending_keys).
@@ -351,24 +418,73 @@ class ShardCommitter:
         while self._closed and self._closed[0].indexed.is_set():  # now in the index: forget them
             for key in self._closed.popleft().keys:
                 del pending_keys[key]
-        indexed = self.lake_index.shards_of([k for k in keys if k is not None])
-        status: list[str | None] = [None] * n
-        shard: list[str | None] = [None] * n
+        valid = [i for i, reason in enumerate(batch.reasons) if reason is None]
+        text = batch.hexes.decode("ascii")
+        keys = [text[i * 64 : i * 64 + KEY_HEX_CHARS] for i in valid]
+        indexed = self.lake_index.shards_of(keys)
+        numbers = np.frombuffer(batch.numbers, dtype=np.int64).reshape(n, NUMBERS_PER_FILE)
+        rows = np.array(valid, dtype=np.intp)
+        starts, ends = numbers[rows, START], numbers[rows, END]
+        total = int((ends - starts).sum())
+        status = np.full(n, REJECTED, dtype=np.int8)
+        shard = np.full(n, -1, dtype=np.int32)
+        k = len(keys)
+        unique = set(keys)
+        if (
+            not indexed
+            and len(unique) == k
+            and self.unit_keys.keys().isdisjoint(unique)
+            and pending_keys.keys().isdisjoint(unique)
+            and self.samples + k <= config.shard_max_count
+            and self.nbytes + total <= config.shard_max_bytes
+        ):  # the common case: every valid file is new, and the open unit takes them all
+            breaks = (np.flatnonzero(starts[1:] != ends[:-1]) + 1).tolist() if k else [k]
+            for a, b in zip([0, *breaks], [*breaks, k], strict=True):  # contiguous runs of samples
+                if a < b:
+                    self._write(samples, int(starts[a]), int(ends[b - 1]))
+            status[rows] = SHARDED
+            shard[rows] = self.index
+            self.unit_keys.update(dict.fromkeys(keys, self.index))
+            self.samples += k
+            self.nbytes += total
+            self.rows.add_rows(batch, 0, n, status.tobytes(), shard.tobytes())
+        else:
+            self._add_rows_one_by_one(batch, samples, valid, keys, indexed, status, shard)
+        counts.found += n
+        n_dup = int(np.count_nonzero(status == DUPLICATE))
+        n_rej = n - k
+        counts.duplicate += n_dup
+        counts.rejected += n_rej
+        counts.sharded += k - n_dup
+        if n_rej:
+            for reason in batch.reasons:
+                if reason is not None:
+                    counts.reasons[reason] = counts.reasons.get(reason, 0) + 1
+
+    def _add_rows_one_by_one(
+        self,
+        batch: BatchResult,
+        samples: _Samples,
+        valid: list[int],
+        keys: list[str],
+        indexed: dict[str, int],
+        status,
+        shard,
+    ) -> None:
+        """The general case of :meth:`_add_batch`: duplicates, or a unit boundary in the batch."""
+        config, pending_keys = self.config, self._pending_keys
+        numbers = memoryview(batch.numbers).cast("q")
         first_row = run_from = run_to = 0  # [run_from, run_to): kept samples not yet written
-        for i in range(n):
-            key = keys[i]
-            if key is None:
-                status[i] = "rejected"
-                continue
+        for i, key in zip(valid, keys, strict=True):
             kept_index = self.unit_keys.get(key)
             if kept_index is None:
                 kept_index = pending_keys.get(key)
                 if kept_index is None:
                     kept_index = indexed.get(key)
             if kept_index is not None:
-                status[i], shard[i] = "duplicate", shard_name(kept_index)
+                status[i], shard[i] = DUPLICATE, kept_index
                 continue
-            start, end = starts[i], ends[i]
+            start, end = numbers[i * NUMBERS_PER_FILE + START], numbers[i * NUMBERS_PER_FILE + END]
             size = end - start
             if self.samples and (
                 self.samples >= config.shard_max_count or self.nbytes + size > config.shard_max_bytes
@@ -376,7 +492,9 @@ class ShardCommitter:
                 if run_to > run_from:
                     self._write(samples, run_from, run_to)
                 run_from = run_to = start
-                self._take_rows(batch, status, shard, first_row, i)
+                self.rows.add_rows(
+                    batch, first_row, i, status[first_row:i].tobytes(), shard[first_row:i].tobytes()
+                )
                 first_row = i
                 self.commit()
             if start != run_to:
@@ -384,23 +502,14 @@ class ShardCommitter:
                     self._write(samples, run_from, run_to)
                 run_from = start
             run_to = end
-            status[i], shard[i] = "sharded", self.shard
+            status[i], shard[i] = SHARDED, self.index
             self.unit_keys[key] = self.index
             self.samples += 1
             self.nbytes += size
         if run_to > run_from:
             self._write(samples, run_from, run_to)
-        self._take_rows(batch, status, shard, first_row, n)
-        counts.found += n
-        n_dup = status.count("duplicate")
-        n_rej = status.count("rejected")
-        counts.duplicate += n_dup
-        counts.rejected += n_rej
-        counts.sharded += n - n_dup - n_rej
-        if n_rej:
-            for reason in batch.reasons:
-                if reason is not None:
-                    counts.reasons[reason] = counts.reasons.get(reason, 0) + 1
+        n = len(batch)
+        self.rows.add_rows(batch, first_row, n, status[first_row:n].tobytes(), shard[first_row:n].tobytes())
 
     def commit(self) -> None:
         """Close the open unit and hand it to the commit thread; open the next unit."""
@@ -495,20 +604,35 @@ class ShardCommitter:
 
 
 def pending_batches(
-    files: Iterable[LakeFile], committer: ShardCommitter, batch_size: int
+    chunks: Iterable[tuple[list[str], list[LakeFile]]], committer: ShardCommitter, batch_size: int
 ) -> Iterator[list[WorkItem]]:
     """Group the lake files still to do into work batches; record skips on the way.
 
-    Files that earlier runs resolved are dropped, a listing chunk at a time against the index
-    (a fresh ROOT skips the lookup). Files committed during this run are never listed twice.
+    ``chunks`` come from :func:`~pipeline.lake.iter_lake_chunks`. Files that earlier runs
+    resolved are dropped, a chunk at a time against the index (a fresh ROOT skips the lookup).
+    Files committed during this run are never listed twice.
     """
     lake_index, counts = committer.lake_index, committer.counts
     check_done = lake_index.has_uris()
     batch: list[WorkItem] = []
-    files = iter(files)
-    while chunk := list(itertools.islice(files, batch_size)):
-        done = lake_index.resolved([f.uri for f in chunk]) if check_done else None
-        for j, lake_file in enumerate(chunk):
+    for plain, others in chunks:
+        if plain:
+            items = [(_FILE_PREFIX + path, path, None) for path in plain]
+            if check_done:
+                done = lake_index.resolved([item[0] for item in items])
+                items = [item for item, d in zip(items, done, strict=True) if not d]
+                counts.already_ingested += len(done) - len(items)
+            while items:
+                room = batch_size - len(batch)
+                batch += items[:room]
+                items = items[room:]
+                if len(batch) >= batch_size:
+                    yield batch
+                    batch = []
+        if not others:
+            continue
+        done = lake_index.resolved([f.uri for f in others]) if check_done else None
+        for j, lake_file in enumerate(others):
             if done is not None and done[j]:
                 counts.already_ingested += 1
             elif lake_file.skip_reason is not None:
@@ -594,7 +718,9 @@ def _init_worker(spec: SourceSpec, options: WorkerOptions) -> None:
 
 
 def _work(batch: list[WorkItem]) -> BatchResult:
-    return process_batch(_WORKER["spec"], _WORKER["options"], batch)
+    result = process_batch(_WORKER["spec"], _WORKER["options"], batch)
+    result.uris = None  # the writer has them (run_ingest puts them back): not pickled twice
+    return result
 
 
 def peak_rss_mb() -> dict[str, float]:
@@ -651,7 +777,7 @@ class IngestSession:
             self._lock.__exit__(*exc)
 
     def batches(self) -> Iterator[list[WorkItem]]:
-        return pending_batches(iter_lake(self.spec), self.committer, self.config.batch_size)
+        return pending_batches(iter_lake_chunks(self.spec), self.committer, self.config.batch_size)
 
     def add(self, results: BatchResult) -> None:
         self.committer.add_batch(results)
@@ -695,9 +821,15 @@ def run_ingest(
         workers = session.config.resolved_workers()
         if workers > 0:  # workers spool their samples next to the shards (recovery removes strays)
             session.options = replace(session.options, spool_dir=str(session.root / "shards"))
-        for results in map_ordered(
-            _work, session.batches(), workers, _init_worker, (session.spec, session.options)
-        ):
+        sent: deque[list[str]] = deque()  # URIs of the batches in flight, in order
+
+        def batches() -> Iterator[list[WorkItem]]:
+            for batch in session.batches():
+                sent.append([item[0] for item in batch])
+                yield batch
+
+        for results in map_ordered(_work, batches(), workers, _init_worker, (session.spec, session.options)):
+            results.uris = sent.popleft()
             session.add(results)
             if progress:
                 progress(len(results))

@@ -6,9 +6,10 @@ import hashlib
 import itertools
 import json
 import os
+from array import array
 from dataclasses import dataclass
 
-from data_specs.shards import key_for_sha256
+from data_specs.shards import KEY_HEX_CHARS, key_for_sha256
 from pipeline.lake import SourceSpec
 from pipeline.tario import SampleEncoder
 
@@ -21,32 +22,81 @@ except ImportError:  # pragma: no cover - installed without a C compiler or libj
 HAS_COMPILED_CORE = _fastscan is not None
 
 
+#: int64 numbers per file in :attr:`BatchResult.numbers`, and their columns
+NUMBERS_PER_FILE = 5
+WIDTH, HEIGHT, NBYTES, START, END = range(NUMBERS_PER_FILE)
+#: ``BatchResult.hexes`` of a file that has no sha256 (it could not be read)
+NO_SHA256 = bytes(64)
+
+
 @dataclass
 class BatchResult:
-    """Column-wise outcome of one batch (cheap to pickle; the writer appends sample byte ranges).
+    """Packed outcome of one batch: cheap to pickle, and read column-wise by the writer.
 
-    ``reasons[i]`` is None for a valid image, whose ``.jpg`` + ``.json`` tar members are bytes
-    ``starts[i]:ends[i]`` of the batch's samples (an empty range for a rejected file). The samples
-    are ``blob``, or, when the worker spooled them, the file ``spool`` (which the writer deletes):
-    a local worker hands over megabytes per batch through the page cache, not a pipe.
+    - ``hexes``: 64 ASCII hex digits of each file's sha256 (:data:`NO_SHA256` when unread);
+      a valid file's key is its first 32.
+    - ``numbers``: :data:`NUMBERS_PER_FILE` native int64 per file: width, height, bytes (-1 for
+      null), and the byte range ``start:end`` of its ``.jpg`` + ``.json`` tar members in the
+      batch's samples (an empty range for a rejected file).
+    - ``reasons[i]`` is None for a valid image, else why it was rejected.
+    - The samples are ``blob``, or, when the worker spooled them, the file ``spool`` (which the
+      writer deletes): a local worker hands over megabytes per batch through the page cache.
+    - ``uris`` are the batch's source URIs; the local process pool leaves them out in transit
+      (the writer knows them) and puts them back.
     """
 
-    uris: list[str]
+    hexes: bytes
+    numbers: bytes
     reasons: list[str | None]
-    sha256: list[str | None]
-    keys: list[str | None]
-    width: list[int | None]
-    height: list[int | None]
-    nbytes: list[int | None]
     formats: list[str | None]
     reencoded: list[bool | None]
-    starts: list[int]
-    ends: list[int]
     blob: bytes
     spool: str | None = None
+    uris: list[str] | None = None
 
     def __len__(self) -> int:
-        return len(self.uris)
+        return len(self.reasons)
+
+    def _column(self, column: int) -> list[int]:
+        from array import array
+
+        return array("q", self.numbers)[column::NUMBERS_PER_FILE].tolist()
+
+    def _nullable(self, column: int) -> list[int | None]:
+        return [None if v == -1 else v for v in self._column(column)]
+
+    # column views as lists (for tests and callers off the hot path)
+    @property
+    def sha256(self) -> list[str | None]:
+        h = self.hexes
+        return [None if h[i : i + 64] == NO_SHA256 else h[i : i + 64].decode() for i in range(0, len(h), 64)]
+
+    @property
+    def keys(self) -> list[str | None]:
+        return [
+            sha[:KEY_HEX_CHARS] if reason is None else None
+            for sha, reason in zip(self.sha256, self.reasons, strict=True)
+        ]
+
+    @property
+    def width(self) -> list[int | None]:
+        return self._nullable(WIDTH)
+
+    @property
+    def height(self) -> list[int | None]:
+        return self._nullable(HEIGHT)
+
+    @property
+    def nbytes(self) -> list[int | None]:
+        return self._nullable(NBYTES)
+
+    @property
+    def starts(self) -> list[int]:
+        return self._column(START)
+
+    @property
+    def ends(self) -> list[int]:
+        return self._column(END)
 
 
 @dataclass(frozen=True)
@@ -147,7 +197,7 @@ def process_batch(
         spool_fd = os.open(spool, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         if _fastscan is not None and options.compiled and spec.kind == "local":
-            compiled = _fastscan.scan_plain_jpegs(
+            blob, hexes, numbers = _fastscan.scan_plain_jpegs(
                 [item[1] for item in items],
                 uris,
                 options.max_pixels,
@@ -156,22 +206,23 @@ def process_batch(
                 options.run_id,
                 spool_fd,
             )
-            blob, shas, keys, width, height, nbytes, starts, ends = compiled
             offset = blob if spool is not None else len(blob)
-            todo = [i for i in range(n) if shas[i] is None]
+            todo = [i for i in range(n) if not hexes[i * 64]]
             formats: list[str | None] = ["JPEG"] * n
             reencoded: list[bool | None] = [False] * n
             for i in todo:
                 formats[i] = reencoded[i] = None
         else:
             blob, offset, todo = b"", 0, list(range(n))
-            shas, keys, width, height, nbytes, formats, reencoded = ([None] * n for _ in range(7))
-            starts, ends = [0] * n, [0] * n
+            hexes, numbers = NO_SHA256 * n, array("q", [-1, -1, -1, 0, 0] * n).tobytes()
+            formats, reencoded = [None] * n, [None] * n
         reasons: list[str | None] = [None] * n
         parts: list[bytes] = []
         if todo:
-            columns = (reasons, shas, keys, width, height, nbytes, formats, reencoded, starts, ends)
+            hexes, numbers = bytearray(hexes), array("q", numbers)
+            columns = (reasons, hexes, numbers, formats, reencoded)
             parts = _python_samples(spec, options, items, todo, uris, columns, offset)
+            hexes, numbers = bytes(hexes), numbers.tobytes()
         if spool is not None:
             for part in parts:
                 _write_all(spool_fd, part)
@@ -185,9 +236,7 @@ def process_batch(
     finally:
         if spool is not None:
             os.close(spool_fd)
-    return BatchResult(
-        uris, reasons, shas, keys, width, height, nbytes, formats, reencoded, starts, ends, blob, spool
-    )
+    return BatchResult(hexes, numbers, reasons, formats, reencoded, blob, spool, uris)
 
 
 def _python_samples(
@@ -206,20 +255,21 @@ def _python_samples(
     """
     from pipeline.images import check_image, check_plain_jpeg  # PIL loads only when a file needs it
 
-    reasons, shas, keys, width, height, nbytes, formats, reencoded, starts, ends = columns
+    reasons, hexes, numbers, formats, reencoded = columns
     parts: list[bytes] = []
     run_id_json = json.dumps(options.run_id)
     max_pixels, max_side, quality = options.max_pixels, options.max_side, options.jpeg_quality
     encode = SampleEncoder(options.mtime).encode
     dumps, sha256 = json.dumps, hashlib.sha256
     for i, raw in zip(todo, read_batch(spec, [items[i] for i in todo]), strict=True):
-        starts[i] = ends[i] = offset
+        row = i * NUMBERS_PER_FILE
+        numbers[row + START] = numbers[row + END] = offset
         if isinstance(raw, Exception):
             reasons[i] = "read_error"
             continue
         sha = sha256(raw).hexdigest()
-        shas[i] = sha
-        size = nbytes[i] = len(raw)
+        hexes[i * 64 : i * 64 + 64] = sha.encode()
+        size = numbers[row + NBYTES] = len(raw)
         plain = check_plain_jpeg(raw, max_pixels, max_side)
         if type(plain) is tuple:
             w, h = plain
@@ -233,13 +283,13 @@ def _python_samples(
             fmt = check.format
             if check.reason is not None:
                 reasons[i], formats[i] = check.reason, fmt
-                width[i] = check.original_width or None
-                height[i] = check.original_height or None
+                numbers[row + WIDTH] = check.original_width or -1
+                numbers[row + HEIGHT] = check.original_height or -1
                 continue
             data, mode, w, h = check.data, check.mode, check.width, check.height
             ow, oh, again = check.original_width, check.original_height, check.reencoded
         key = key_for_sha256(sha)
-        keys[i], width[i], height[i], formats[i], reencoded[i] = key, w, h, fmt, again
+        numbers[row + WIDTH], numbers[row + HEIGHT], formats[i], reencoded[i] = w, h, fmt, again
         meta = (
             f'{{"key":"{key}","source_uri":{dumps(uris[i])},"sha256":"{sha}","format":"{fmt}",'
             f'"mode":"{mode}","width":{w},"height":{h},"original_width":{ow},"original_height":{oh},'
@@ -248,5 +298,5 @@ def _python_samples(
         member = encode(key, data, meta.encode())
         parts.append(member)
         offset += len(member)
-        ends[i] = offset
+        numbers[row + END] = offset
     return parts

@@ -7,6 +7,8 @@ Listing order is deterministic (names sorted within each directory).
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import operator
 import os
 import posixpath
@@ -122,17 +124,40 @@ def _hidden(name: str) -> bool:
 def iter_lake(spec: SourceSpec) -> Iterator[LakeFile]:
     """Every file under the source, in a deterministic order."""
     if spec.kind == "local":
-        yield from _iter_local(spec.root)
+        for plain, others in _iter_local_chunks(spec.root):
+            files = (LakeFile(_FILE_PREFIX + path, path) for path in plain)
+            yield from heapq.merge(files, others, key=_BY_URI)  # both sorted by name
     elif spec.kind == "fsspec":
         yield from _iter_fsspec(spec)
     else:
         yield from _iter_archive(spec)
 
 
+#: Files per chunk of :func:`iter_lake_chunks` for sources listed file by file.
+CHUNK_FILES = 1024
+
+
+def iter_lake_chunks(spec: SourceSpec) -> Iterator[tuple[list[str], list[LakeFile]]]:
+    """The files of :func:`iter_lake`, a chunk at a time, as ``(plain_paths, others)``.
+
+    ``plain_paths`` are local regular files reached without a symlink (URI ``file://`` + path,
+    no skip reason): the bulk of a local lake, listed with no per-file object. ``others`` holds
+    every other file. A local chunk is one folder (each list sorted by name).
+    """
+    if spec.kind == "local":
+        yield from _iter_local_chunks(spec.root)
+        return
+    files = iter_lake(spec)
+    while chunk := list(itertools.islice(files, CHUNK_FILES)):
+        yield [], chunk
+
+
 _BY_NAME = operator.attrgetter("name")
+_BY_URI = operator.attrgetter("uri")
+_FILE_PREFIX = file_uri("")
 
 
-def _iter_local(root: str) -> Iterator[LakeFile]:
+def _iter_local_chunks(root: str) -> Iterator[tuple[list[str], list[LakeFile]]]:
     real_root = os.path.realpath(root)
     visited = {real_root}
     stack = [root]
@@ -143,43 +168,49 @@ def _iter_local(root: str) -> Iterator[LakeFile]:
                 entries = sorted(scan, key=_BY_NAME)
         except OSError:
             continue
+        plain = [
+            entry.path
+            for entry in entries
+            if entry.is_file(follow_symlinks=False) and not _hidden(entry.name)
+        ]
+        others: list[LakeFile] = []
         subdirs = []
-        for entry in entries:
-            uri = file_uri(entry.path)
-            if _hidden(entry.name):
-                reason = "hidden_directory" if entry.is_dir(follow_symlinks=False) else "hidden"
-                yield LakeFile(uri, skip_reason=reason)
-                continue
-            if entry.is_symlink():
-                target = os.path.realpath(entry.path)
-                inside = target == real_root or target.startswith(real_root + os.sep)
-                if not inside:
-                    yield LakeFile(uri, skip_reason="symlink_outside_source")
-                    continue
-                try:
-                    st = os.stat(target)
-                except OSError:
-                    yield LakeFile(uri, skip_reason="broken_symlink")
-                    continue
-                if stat.S_ISDIR(st.st_mode):
-                    if target in visited:
-                        yield LakeFile(uri, skip_reason="symlink_loop")
+        if len(plain) < len(entries):
+            for entry in entries:
+                if entry.is_file(follow_symlinks=False) and not _hidden(entry.name):
+                    continue  # in plain
+                uri = file_uri(entry.path)
+                if _hidden(entry.name):
+                    reason = "hidden_directory" if entry.is_dir(follow_symlinks=False) else "hidden"
+                    others.append(LakeFile(uri, skip_reason=reason))
+                elif entry.is_symlink():
+                    target = os.path.realpath(entry.path)
+                    inside = target == real_root or target.startswith(real_root + os.sep)
+                    if not inside:
+                        others.append(LakeFile(uri, skip_reason="symlink_outside_source"))
+                        continue
+                    try:
+                        st = os.stat(target)
+                    except OSError:
+                        others.append(LakeFile(uri, skip_reason="broken_symlink"))
+                        continue
+                    if stat.S_ISDIR(st.st_mode):
+                        if target in visited:
+                            others.append(LakeFile(uri, skip_reason="symlink_loop"))
+                        else:
+                            visited.add(target)
+                            subdirs.append(entry.path)
+                    elif stat.S_ISREG(st.st_mode):
+                        others.append(LakeFile(uri, path=entry.path, size=st.st_size))
                     else:
-                        visited.add(target)
-                        subdirs.append(entry.path)
-                    continue
-                if stat.S_ISREG(st.st_mode):
-                    yield LakeFile(uri, path=entry.path, size=st.st_size)
+                        others.append(LakeFile(uri, skip_reason="not_a_regular_file"))
+                elif entry.is_dir(follow_symlinks=False):
+                    visited.add(os.path.realpath(entry.path))
+                    subdirs.append(entry.path)
                 else:
-                    yield LakeFile(uri, skip_reason="not_a_regular_file")
-                continue
-            if entry.is_dir(follow_symlinks=False):
-                visited.add(os.path.realpath(entry.path))
-                subdirs.append(entry.path)
-            elif entry.is_file(follow_symlinks=False):
-                yield LakeFile(uri, entry.path)
-            else:
-                yield LakeFile(uri, skip_reason="not_a_regular_file")
+                    others.append(LakeFile(uri, skip_reason="not_a_regular_file"))
+        if plain or others:
+            yield plain, others
         stack.extend(reversed(subdirs))
 
 

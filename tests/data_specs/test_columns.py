@@ -5,11 +5,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from data_specs.columns import arrow_array
+from data_specs.columns import arrow_array, fixed_width_strings, integers, strings_by_code
 
 
 @pytest.mark.parametrize(
@@ -40,20 +41,34 @@ def test_bad_values_and_types_fail_clearly():
         arrow_array(["bad \udcff surrogate"], pa.string())
 
 
+def test_packed_column_builders_equal_pa_array():
+    valid = np.array([True, False, True])
+    assert fixed_width_strings(b"ab\0\0cd", 2, valid).equals(pa.array(["ab", None, "cd"]))
+    assert integers(np.array([3, -1, 5]), pa.int32()).equals(pa.array([3, None, 5], pa.int32()))
+    assert integers(np.array([7, 8]), pa.int64()).equals(pa.array([7, 8], pa.int64()))
+    assert strings_by_code(["x", "y"], np.array([1, -1, 0])).equals(pa.array(["y", None, "x"]))
+    with pytest.raises(ValueError, match="5 bytes of data for 3 strings of 2 bytes"):
+        fixed_width_strings(b"abcde", 2, valid)
+    with pytest.raises(TypeError, match="not double"):
+        integers(np.array([1.0]), pa.float64())
+
+
 def test_a_manifest_part_is_written_without_importing_pandas(tmp_path):
     """pa.array would import pandas (~0.3 s of CPU per ingest run); the manifest path must not."""
     code = f"""
 import sys
+from array import array
 from datetime import datetime, timezone
 import pyarrow.parquet as pq
-from pipeline.ingest import _UnitRows, _ROW_COLUMNS
+from pipeline.ingest import _UnitRows, SHARDED, REJECTED
+from pipeline.ingest_worker import BatchResult
+batch = BatchResult(
+    hexes=b"ab" * 32 + b"cd" * 32, numbers=array("q", [4, 3, 10, 0, 9, -1, -1, 5, 9, 9]).tobytes(),
+    reasons=[None, "truncated"], formats=["JPEG", "PNG"], reencoded=[False, None], blob=b"",
+    uris=["file:///a.jpg", "file:///b.png"])
 rows = _UnitRows()
-chunk = {{name: [None, None] for name in _ROW_COLUMNS}}
-chunk.update(source_uri=["file:///a.jpg", "file:///b.png"], status=["sharded", "rejected"],
-             reason=[None, "truncated"], key=["ab" * 16, None], shard=["shard-000000.tar", None],
-             sha256=["ab" * 32, "cd" * 32], width=[4, None], height=[3, None], bytes=[10, 5],
-             format=["JPEG", "PNG"], reencoded=[False, None])
-rows.add_chunk(chunk)
+rows.add_rows(batch, 0, 2, bytes([SHARDED, REJECTED]), array("i", [0, -1]).tobytes())
+rows.add_skip("file:///.hidden", "hidden")
 table = rows.table("ingest-x", datetime(2026, 11, 24, tzinfo=timezone.utc))
 pq.write_table(table, {str(tmp_path / "part.parquet")!r})
 print("pandas" in sys.modules)
@@ -61,5 +76,13 @@ print("pandas" in sys.modules)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
     table = pq.read_table(tmp_path / "part.parquet")
-    assert table.column("status").to_pylist() == ["sharded", "rejected"]
+    assert table.column("status").to_pylist() == ["sharded", "rejected", "skipped"]
+    assert table.column("key").to_pylist() == ["ab" * 16, None, None]
+    assert table.column("sha256").to_pylist() == ["ab" * 32, "cd" * 32, None]
+    assert table.column("shard").to_pylist() == ["shard-000000.tar", None, None]
+    assert table.column("width").to_pylist() == [4, None, None]
+    assert table.column("bytes").to_pylist() == [10, 5, None]
+    assert table.column("reason").to_pylist() == [None, "truncated", "hidden"]
+    assert table.column("format").to_pylist() == ["JPEG", "PNG", None]
+    assert table.column("source_uri").to_pylist() == ["file:///a.jpg", "file:///b.png", "file:///.hidden"]
     assert table.column("ingested_at")[0].as_py().isoformat() == "2026-11-24T00:00:00+00:00"

@@ -6,6 +6,7 @@ import io
 import json
 import os
 import tarfile
+from array import array
 from pathlib import Path
 
 import numpy as np
@@ -121,7 +122,9 @@ def test_compiled_core_decides_only_plain_upright_jpegs(tmp_path):
     lake = _lake(tmp_path)
     items = _items(lake)
     paths, uris = [p for _, p, _ in items], [u for u, _, _ in items]
-    _, shas, *_ = _fastscan.scan_plain_jpegs(paths, uris, 40_000, 256, 0, "r")
+    _, hexes, numbers = _fastscan.scan_plain_jpegs(paths, uris, 40_000, 256, 0, "r")
+    assert len(hexes) == 64 * len(paths) and len(numbers) == 5 * 8 * len(paths)
+    shas = [None if hexes[i] == 0 else hexes[i : i + 64].decode() for i in range(0, len(hexes), 64)]
     decided = {
         Path(p).relative_to(lake).as_posix() for p, sha in zip(paths, shas, strict=True) if sha is not None
     }
@@ -167,7 +170,8 @@ def test_core_arguments_are_checked():
         _fastscan.scan_plain_jpegs([b"a"], ["a"], 1, 0, 0, "r")
     # a missing file is left to the Python path (which records read_error), never an exception
     out = _fastscan.scan_plain_jpegs(["/no/such/file.jpg"], ["file:///no/such/file.jpg"], 1, 0, 0, "r")
-    assert out[0] == b"" and out[1] == [None]
+    assert out[0] == b"" and out[1] == bytes(64)
+    assert array("q", out[2]).tolist() == [-1, -1, -1, 0, 0]  # width, height, bytes: null; empty sample
 
 
 @needs_core
