@@ -36,16 +36,24 @@ def arrow_array(values: Sequence, type: pa.DataType) -> pa.Array:
     that does not fit (a lone surrogate in a string, an integer out of range).
     """
     n = len(values)
-    validity, nulls = _validity(values, n)
+    validity, nulls = _validity(values, n) if None in values else (None, 0)
     if pa.types.is_string(type):
-        encoded = [b"" if v is None else v.encode() for v in values]
+        text = "".join(values) if not nulls else ""
+        if not nulls and text.isascii():  # one encode; a character is a byte
+            data = text.encode("ascii")
+            lengths = np.fromiter(map(len, values), dtype=np.int64, count=n)
+        else:
+            encoded = [b"" if v is None else v.encode() for v in values]
+            data = b"".join(encoded)
+            lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=n)
         offsets = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(np.fromiter(map(len, encoded), dtype=np.int64, count=n), out=offsets[1:])
+        np.cumsum(lengths, out=offsets[1:])
         if offsets[-1] >= 2**31:
             raise ValueError(f"{offsets[-1]} bytes of strings do not fit one Arrow string array")
-        buffers = [validity, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(b"".join(encoded))]
+        buffers = [validity, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(data)]
     elif type in _INTEGERS:
-        data = np.fromiter((0 if v is None else v for v in values), dtype=_INTEGERS[type], count=n)
+        values = values if not nulls else [0 if v is None else v for v in values]
+        data = np.fromiter(values, dtype=_INTEGERS[type], count=n)
         buffers = [validity, pa.py_buffer(data)]
     elif pa.types.is_boolean(type):
         bits = np.fromiter((v is True for v in values), dtype=bool, count=n)
@@ -53,6 +61,12 @@ def arrow_array(values: Sequence, type: pa.DataType) -> pa.Array:
     else:
         raise TypeError(f"arrow_array builds string, signed integer and boolean arrays, not {type}")
     return pa.Array.from_buffers(type, n, buffers, null_count=nulls)
+
+
+def repeated_string(value: str, n: int) -> pa.Array:
+    """A string array of ``n`` copies of ``value`` (no per-row work)."""
+    data = value.encode()
+    return fixed_width_strings(data * n, len(data), np.ones(n, dtype=bool))
 
 
 def _bitmap(valid: np.ndarray) -> tuple[pa.Buffer | None, int]:
@@ -75,11 +89,12 @@ def fixed_width_strings(data: bytes, width: int, valid: np.ndarray) -> pa.Array:
     )
 
 
-def integers(values: np.ndarray, type: pa.DataType, null: int = -1) -> pa.Array:
-    """A signed integer array of ``type`` from ``values``; entries equal to ``null`` are null."""
+def integers(values: np.ndarray, type: pa.DataType, null: int | None = -1) -> pa.Array:
+    """A signed integer array of ``type`` from ``values``; entries equal to ``null`` are null
+    (``null=None``: none is)."""
     if type not in _INTEGERS:
         raise TypeError(f"integers builds signed integer arrays, not {type}")
-    validity, nulls = _bitmap(values != null)
+    validity, nulls = (None, 0) if null is None else _bitmap(values != null)
     data = np.ascontiguousarray(values, dtype=_INTEGERS[type])
     return pa.Array.from_buffers(type, len(values), [validity, pa.py_buffer(data)], null_count=nulls)
 

@@ -12,7 +12,8 @@ from pipeline.config import ConfigError, IngestConfig, load_yaml, validate_confi
 
 
 def _add_ingest_options(p: argparse.ArgumentParser) -> None:
-    defaults = IngestConfig()
+    # defaults read off the fields: building the model's validator here would cost every command
+    defaults = argparse.Namespace(**{name: f.default for name, f in IngestConfig.model_fields.items()})
     p.add_argument("--config", help="YAML file with an `ingest:` section (flags override it)")
     p.add_argument("--max-side", type=int, help="resize so the longer side is at most N pixels")
     p.add_argument(

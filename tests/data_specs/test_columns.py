@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from data_specs.columns import arrow_array, fixed_width_strings, integers, strings_by_code
+from data_specs.columns import arrow_array, fixed_width_strings, integers, repeated_string, strings_by_code
 
 
 @pytest.mark.parametrize(
@@ -18,6 +18,8 @@ from data_specs.columns import arrow_array, fixed_width_strings, integers, strin
     [
         (["a", None, "ünïcødé 图像", "", "emoji 🚗"], pa.string()),
         (["x"] * 3, pa.string()),
+        (["ünïcødé 图像", "plain", "emoji 🚗"], pa.string()),  # no null, not ASCII
+        ([7, 8, 9], pa.int64()),
         ([], pa.string()),
         ([1, None, -(2**31), 2**31 - 1], pa.int32()),
         ([2**40, 0, None], pa.int64()),
@@ -51,6 +53,8 @@ def test_packed_column_builders_equal_pa_array():
         fixed_width_strings(b"abcde", 2, valid)
     with pytest.raises(TypeError, match="not double"):
         integers(np.array([1.0]), pa.float64())
+    assert integers(np.array([-1, 2]), pa.int64(), null=None).equals(pa.array([-1, 2], pa.int64()))
+    assert repeated_string("ingest-ü", 3).equals(pa.array(["ingest-ü"] * 3))
 
 
 def test_a_manifest_part_is_written_without_importing_pandas(tmp_path):

@@ -102,14 +102,16 @@ def test_lost_or_corrupt_index_is_rebuilt_from_the_manifest(tmp_path):
 
 
 def test_index_batch_grows_with_the_index_and_is_capped(tmp_path):
-    """Small index: every unit commits alone; large: an eighth of the index per transaction, capped."""
+    """Small index: at least INDEX_BATCH_MIN_ROWS per transaction; large: an eighth of the index, capped."""
     index = LakeIndex(tmp_path / INDEX_FILE)
     try:
         committer = ShardCommitter.__new__(ShardCommitter)
         committer.lake_index = index
-        assert committer._index_batch_rows() == 1
+        assert committer._index_batch_rows() == ShardCommitter.INDEX_BATCH_MIN_ROWS == 50_000
         index.add_units([LakeIndex.prepare_unit(0, ["ab" * 16], ["file:///a.jpg"])])
         assert index.rows == 2
+        index.rows = 600_000
+        assert committer._index_batch_rows() == 75_000
         index.rows = 800_000
         assert committer._index_batch_rows() == 100_000
         index.rows = 10**10
