@@ -866,10 +866,15 @@ def run_ingest(
 
 
 def _write_part(table: pa.Table, f) -> None:
-    """Write one manifest part (zstd)."""
+    """Write one manifest part (zstd; dictionary pages only for the few-valued columns: on the
+    unique ones a dictionary is tried and dropped, costing time and bytes)."""
     import pyarrow.parquet as pq
 
-    pq.write_table(table, f, compression="zstd")
+    pq.write_table(table, f, compression="zstd", use_dictionary=_DICTIONARY_COLUMNS)
+
+
+#: manifest columns with few distinct values per part
+_DICTIONARY_COLUMNS = ["status", "reason", "shard", "format", "reencoded", "run_id"]
 
 
 def read_manifest(root: str | Path) -> pa.Table:
