@@ -22,11 +22,7 @@ _INTEGERS = {
 
 
 def _validity(values: Sequence, n: int) -> tuple[pa.Buffer | None, int]:
-    present = np.fromiter((v is not None for v in values), dtype=bool, count=n)
-    nulls = n - int(np.count_nonzero(present))
-    if not nulls:
-        return None, 0
-    return pa.py_buffer(np.packbits(present, bitorder="little")), nulls
+    return _bitmap(np.fromiter((v is not None for v in values), dtype=bool, count=n))
 
 
 def arrow_array(values: Sequence, type: pa.DataType) -> pa.Array:
@@ -103,12 +99,5 @@ def strings_by_code(names: Sequence[str], codes: np.ndarray) -> pa.Array:
     """``names[codes[i]]`` for each row, as a string array; a negative code is null."""
     import pyarrow.compute as pc
 
-    valid = codes >= 0
-    validity, nulls = _bitmap(valid)
-    indices = pa.Array.from_buffers(
-        pa.int32(),
-        len(codes),
-        [validity, pa.py_buffer(np.where(valid, codes, 0).astype(np.int32))],
-        null_count=nulls,
-    )
+    indices = integers(np.where(codes >= 0, codes, -1), pa.int32())
     return pc.take(arrow_array(list(names), pa.string()), indices)

@@ -49,6 +49,7 @@ from pipeline.ingest_worker import (
     NO_SHA256,
     NUMBERS_PER_FILE,
     START,
+    UNDECIDED_NUMBERS,
     WIDTH,
     BatchResult,
     WorkerOptions,
@@ -176,7 +177,7 @@ _ROW_COLUMNS = (
 STATUS_CODES = ("sharded", "duplicate", "rejected", "skipped")
 SHARDED, DUPLICATE, REJECTED, SKIPPED = range(4)
 _NUMBERS_ROW_BYTES = NUMBERS_PER_FILE * 8
-_SKIPPED_NUMBERS = array("q", [-1, -1, -1, 0, 0]).tobytes()
+_NO_SHARD = array("i", [-1]).tobytes()  # a row's shard number when it has none
 
 
 class _UnitRows:
@@ -243,9 +244,9 @@ class _UnitRows:
                 formats += [None] * k
                 reencoded += [None] * k
                 hexes.append(NO_SHA256 * k)
-                numbers.append(_SKIPPED_NUMBERS * k)
+                numbers.append(UNDECIDED_NUMBERS * k)
                 status.append(bytes([SKIPPED]) * k)
-                shard.append(b"\xff\xff\xff\xff" * k)
+                shard.append(_NO_SHARD * k)
                 continue
             batch, a, b, chunk_status, chunk_shard = chunk
             uris += batch.uris[a:b]
@@ -460,7 +461,8 @@ class ShardCommitter:
             self.nbytes += total
             self.rows.add_rows(batch, 0, n, status.tobytes(), shard.tobytes())
         else:
-            self._add_rows_one_by_one(batch, samples, valid, keys, indexed, status, shard)
+            spans = zip(valid, keys, starts.tolist(), ends.tolist(), strict=True)
+            self._add_rows_one_by_one(batch, samples, spans, indexed, status, shard)
         counts.found += n
         n_dup = int(np.count_nonzero(status == DUPLICATE))
         n_rej = n - k
@@ -476,17 +478,18 @@ class ShardCommitter:
         self,
         batch: BatchResult,
         samples: _Samples,
-        valid: list[int],
-        keys: list[str],
+        spans: Iterable[tuple[int, str, int, int]],
         indexed: dict[str, int],
         status,
         shard,
     ) -> None:
-        """The general case of :meth:`_add_batch`: duplicates, or a unit boundary in the batch."""
+        """The general case of :meth:`_add_batch`: duplicates, or a unit boundary in the batch.
+
+        ``spans`` are (row, key, sample start, sample end) of the batch's valid files, in order.
+        """
         config, pending_keys = self.config, self._pending_keys
-        numbers = memoryview(batch.numbers).cast("q")
         first_row = run_from = run_to = 0  # [run_from, run_to): kept samples not yet written
-        for i, key in zip(valid, keys, strict=True):
+        for i, key, start, end in spans:
             kept_index = self.unit_keys.get(key)
             if kept_index is None:
                 kept_index = pending_keys.get(key)
@@ -495,7 +498,6 @@ class ShardCommitter:
             if kept_index is not None:
                 status[i], shard[i] = DUPLICATE, kept_index
                 continue
-            start, end = numbers[i * NUMBERS_PER_FILE + START], numbers[i * NUMBERS_PER_FILE + END]
             size = end - start
             if self.samples and (
                 self.samples >= config.shard_max_count or self.nbytes + size > config.shard_max_bytes
@@ -633,10 +635,11 @@ def pending_batches(
                 done = lake_index.resolved([item[0] for item in items])
                 items = [item for item, d in zip(items, done, strict=True) if not d]
                 counts.already_ingested += len(done) - len(items)
-            while items:
+            at = 0  # by offset: a folder of millions of files must not be re-sliced per batch
+            while at < len(items):
                 room = batch_size - len(batch)
-                batch += items[:room]
-                items = items[room:]
+                batch += items[at : at + room]
+                at += room
                 if len(batch) >= batch_size:
                     yield batch
                     batch = []

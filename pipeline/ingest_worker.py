@@ -9,7 +9,7 @@ import os
 from array import array
 from dataclasses import dataclass
 
-from data_specs.shards import KEY_HEX_CHARS, key_for_sha256
+from data_specs.shards import key_for_sha256
 from pipeline.lake import SourceSpec
 from pipeline.tario import SampleEncoder
 
@@ -27,6 +27,8 @@ NUMBERS_PER_FILE = 5
 WIDTH, HEIGHT, NBYTES, START, END = range(NUMBERS_PER_FILE)
 #: ``BatchResult.hexes`` of a file that has no sha256 (it could not be read)
 NO_SHA256 = bytes(64)
+#: ``BatchResult.numbers`` of a file nothing is known of yet: null width, height and bytes, no sample
+UNDECIDED_NUMBERS = array("q", [-1, -1, -1, 0, 0]).tobytes()
 
 
 @dataclass
@@ -58,8 +60,6 @@ class BatchResult:
         return len(self.reasons)
 
     def _column(self, column: int) -> list[int]:
-        from array import array
-
         return array("q", self.numbers)[column::NUMBERS_PER_FILE].tolist()
 
     def _nullable(self, column: int) -> list[int | None]:
@@ -74,7 +74,7 @@ class BatchResult:
     @property
     def keys(self) -> list[str | None]:
         return [
-            sha[:KEY_HEX_CHARS] if reason is None else None
+            key_for_sha256(sha) if reason is None else None
             for sha, reason in zip(self.sha256, self.reasons, strict=True)
         ]
 
@@ -214,7 +214,7 @@ def process_batch(
                 formats[i] = reencoded[i] = None
         else:
             blob, offset, todo = b"", 0, list(range(n))
-            hexes, numbers = NO_SHA256 * n, array("q", [-1, -1, -1, 0, 0] * n).tobytes()
+            hexes, numbers = NO_SHA256 * n, UNDECIDED_NUMBERS * n
             formats, reencoded = [None] * n, [None] * n
         reasons: list[str | None] = [None] * n
         parts: list[bytes] = []

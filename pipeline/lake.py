@@ -168,17 +168,12 @@ def _iter_local_chunks(root: str) -> Iterator[tuple[list[str], list[LakeFile]]]:
                 entries = sorted(scan, key=_BY_NAME)
         except OSError:
             continue
-        plain = [
-            entry.path
-            for entry in entries
-            if entry.is_file(follow_symlinks=False) and not _hidden(entry.name)
-        ]
+        is_plain = [entry.is_file(follow_symlinks=False) and not _hidden(entry.name) for entry in entries]
+        plain = [entry.path for entry, p in zip(entries, is_plain, strict=True) if p]
         others: list[LakeFile] = []
         subdirs = []
         if len(plain) < len(entries):
-            for entry in entries:
-                if entry.is_file(follow_symlinks=False) and not _hidden(entry.name):
-                    continue  # in plain
+            for entry in itertools.compress(entries, [not p for p in is_plain]):
                 uri = file_uri(entry.path)
                 if _hidden(entry.name):
                     reason = "hidden_directory" if entry.is_dir(follow_symlinks=False) else "hidden"

@@ -332,10 +332,11 @@ def test_workers_fork_only_in_a_single_threaded_process_without_faiss_or_torch()
 
 def test_row_columns_are_the_manifest_schema_and_the_cli_path_loads_no_arrow():
     """ingest names the manifest columns itself so that pyarrow loads after the workers start."""
-    from data_specs.manifest import MANIFEST_SCHEMA
-    from pipeline.ingest import _ROW_COLUMNS
+    from data_specs.manifest import MANIFEST_SCHEMA, STATUSES
+    from pipeline.ingest import _ROW_COLUMNS, STATUS_CODES
 
     assert [*_ROW_COLUMNS, "run_id", "ingested_at"] == MANIFEST_SCHEMA.names
+    assert STATUS_CODES == STATUSES
     code = "import sys, flows.cli, pipeline.ingest; print(sorted({'pyarrow', 'numpy', 'PIL', 'fsspec'} & set(sys.modules)))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
