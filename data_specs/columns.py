@@ -97,7 +97,54 @@ def integers(values: np.ndarray, type: pa.DataType, null: int | None = -1) -> pa
 
 def strings_by_code(names: Sequence[str], codes: np.ndarray) -> pa.Array:
     """``names[codes[i]]`` for each row, as a string array; a negative code is null."""
-    import pyarrow.compute as pc
+    encoded = [name.encode() for name in names]
+    name_bytes = np.frombuffer(b"".join(encoded) or b"\0", dtype=np.uint8)
+    name_lengths = np.array([len(e) for e in encoded] or [0], dtype=np.int64)
+    name_starts = np.concatenate([[0], np.cumsum(name_lengths)[:-1]])
+    valid = codes >= 0
+    safe = np.where(valid, codes, 0)
+    lengths = np.where(valid, name_lengths[safe], 0)
+    offsets = np.zeros(len(codes) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    # byte j of row i is name byte name_starts[code] + (j - offsets[i])
+    at = np.arange(offsets[-1], dtype=np.int64) + np.repeat(name_starts[safe] - offsets[:-1], lengths)
+    validity, nulls = _bitmap(valid)
+    buffers = [validity, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(name_bytes[at].tobytes())]
+    return pa.Array.from_buffers(pa.string(), len(codes), buffers, null_count=nulls)
 
-    indices = integers(np.where(codes >= 0, codes, -1), pa.int32())
-    return pc.take(arrow_array(list(names), pa.string()), indices)
+
+def _chunks(column: pa.Array | pa.ChunkedArray) -> list[pa.Array]:
+    return column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+
+
+def valid_rows(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Per row, True where ``column`` is not null (read off the validity bitmaps)."""
+    masks = []
+    for chunk in _chunks(column):
+        bitmap = chunk.buffers()[0]
+        if chunk.null_count == 0 or bitmap is None:
+            masks.append(np.full(len(chunk), chunk.null_count == 0))
+        else:
+            bits = np.unpackbits(np.frombuffer(bitmap, dtype=np.uint8), bitorder="little")
+            masks.append(bits[chunk.offset : chunk.offset + len(chunk)].astype(bool))
+    return np.concatenate(masks) if masks else np.zeros(0, dtype=bool)
+
+
+def string_in(column: pa.Array | pa.ChunkedArray, values: Sequence[str]) -> np.ndarray:
+    """Per row of a string column, True where it equals one of ``values`` (null: False)."""
+    if not pa.types.is_string(column.type):
+        raise TypeError(f"string_in reads string columns, not {column.type}")
+    found = []
+    for chunk in _chunks(column):
+        _, offsets, data = chunk.buffers()
+        offsets = np.frombuffer(offsets, dtype=np.int32)[chunk.offset : chunk.offset + len(chunk) + 1]
+        text = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, dtype=np.uint8)
+        starts, lengths = offsets[:-1], np.diff(offsets)
+        hit = np.zeros(len(chunk), dtype=bool)
+        for value in values:
+            wanted = np.frombuffer(value.encode(), dtype=np.uint8)
+            rows = np.flatnonzero(lengths == len(wanted))
+            same = (text[starts[rows, None] + np.arange(len(wanted))] == wanted).all(axis=1)
+            hit[rows[same]] = True
+        found.append(hit & valid_rows(chunk))
+    return np.concatenate(found) if found else np.zeros(0, dtype=bool)

@@ -5,10 +5,10 @@ See ``data_specs/manifest.md`` for the human-readable version of this contract.
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from data_specs.columns import arrow_array
+from data_specs.columns import string_in, valid_rows
 from data_specs.validation import ContractError, check_table
 
 MANIFEST_SCHEMA_VERSION = "1"
@@ -64,20 +64,23 @@ def validate_manifest(table: pa.Table) -> pa.Table:
     """
     table = check_table(table, MANIFEST_SCHEMA, "manifest")
     status = table.column("status")
-    bad = pc.unique(pc.filter(status, pc.invert(pc.is_in(status, arrow_array(STATUSES, pa.string())))))
+    bad = np.flatnonzero(~string_in(status, STATUSES))
     if len(bad):
-        raise ContractError(f"manifest: unknown status {bad[0].as_py()!r}; valid: {', '.join(STATUSES)}")
-    kept = pc.is_in(status, arrow_array(["sharded", "duplicate"], pa.string()))
-    missing_ids = pc.or_(
-        pc.or_(pc.is_null(table.column("key")), pc.is_null(table.column("shard"))),
-        pc.is_null(table.column("sha256")),
+        raise ContractError(
+            f"manifest: unknown status {status[int(bad[0])].as_py()!r}; valid: {', '.join(STATUSES)}"
+        )
+    kept = string_in(status, ["sharded", "duplicate"])
+    has_ids = (
+        valid_rows(table.column("key"))
+        & valid_rows(table.column("shard"))
+        & valid_rows(table.column("sha256"))
     )
-    bad_rows = pc.indices_nonzero(pc.and_(kept, missing_ids))
-    if len(bad_rows):
-        i = bad_rows[0].as_py()
+    bad = np.flatnonzero(kept & ~has_ids)
+    if len(bad):
+        i = int(bad[0])
         raise ContractError(f"manifest row {i}: status {status[i].as_py()!r} needs key, shard and sha256")
-    bad_rows = pc.indices_nonzero(pc.and_(pc.invert(kept), pc.is_null(table.column("reason"))))
-    if len(bad_rows):
-        i = bad_rows[0].as_py()
+    bad = np.flatnonzero(~kept & ~valid_rows(table.column("reason")))
+    if len(bad):
+        i = int(bad[0])
         raise ContractError(f"manifest row {i}: status {status[i].as_py()!r} needs a reason")
     return table

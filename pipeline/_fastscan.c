@@ -19,6 +19,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#ifdef __linux__
+#include <sys/prctl.h>
+#endif
 
 #include <jpeglib.h>
 #include <openssl/evp.h>
@@ -428,7 +431,23 @@ done:
     return out;
 }
 
+/* prctl(PR_SET_PDEATHSIG, sig): the kernel sends sig to this process when its parent dies. */
+static PyObject *set_parent_death_signal(PyObject *self, PyObject *arg) {
+    (void)self;
+    long sig = PyLong_AsLong(arg);
+    if (sig == -1 && PyErr_Occurred()) return NULL;
+#ifdef __linux__
+    if (prctl(PR_SET_PDEATHSIG, (unsigned long)sig) != 0) return PyErr_SetFromErrno(PyExc_OSError);
+    Py_RETURN_TRUE;
+#else
+    Py_RETURN_FALSE;
+#endif
+}
+
 static PyMethodDef methods[] = {
+    {"set_parent_death_signal", set_parent_death_signal, METH_O,
+     "set_parent_death_signal(sig)\n--\n\n"
+     "Have the kernel send ``sig`` to this process when its parent dies (Linux); False elsewhere."},
     {"scan_plain_jpegs", (PyCFunction)(void (*)(void))scan_plain_jpegs, METH_VARARGS | METH_KEYWORDS,
      "scan_plain_jpegs(paths, uris, max_pixels, max_side, mtime, run_id, spool_fd=-1)\n--\n\n"
      "Read, hash, strictly validate and tar-encode the upright RGB JPEGs among local files.\n\n"

@@ -54,6 +54,7 @@ from pipeline.ingest_worker import (
     BatchResult,
     WorkerOptions,
     process_batch,
+    set_parent_death_signal,
 )
 from pipeline.lake import LakeFile, SourceSpec, file_uri, iter_lake_chunks, resolve_source
 from pipeline.lake_index import INDEX_DIR, IndexedUnit, LakeIndex
@@ -706,13 +707,7 @@ _WORKER: dict = {}
 def exit_with_parent() -> None:
     """Make this worker process exit when its parent dies (even by SIGKILL), leaving no orphans."""
     parent = os.getppid()
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+    set_parent_death_signal(signal.SIGTERM)
 
     def watch() -> None:
         while os.getppid() == parent:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
+import sys
 import tarfile
+import time
 from array import array
 from pathlib import Path
 
@@ -228,3 +231,41 @@ def test_a_file_never_borrows_tables_from_the_file_before_it(tmp_path):
     compiled = process_batch(spec, _options(compiled=True), items)
     python = process_batch(spec, _options(compiled=False), items)
     assert compiled.reasons == python.reasons == [None, "decode_error"]
+
+
+_DIES_WITH_PARENT = """
+import os, signal, sys, time
+import pipeline.ingest_worker as worker
+if sys.argv[1] == "python":
+    worker._fastscan = None  # the ctypes fallback
+pid = os.fork()
+if pid == 0:
+    print(worker.set_parent_death_signal(signal.SIGTERM), os.getpid(), flush=True)
+    time.sleep(60)
+    os._exit(0)
+time.sleep(60)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize("core", [pytest.param("compiled", marks=needs_core), "python"])
+def test_a_worker_is_signalled_when_its_parent_dies(core):
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _DIES_WITH_PARENT, core], stdout=subprocess.PIPE, text=True
+    )
+    ok, child = parent.stdout.readline().split()
+    assert ok == "True" and _alive(int(child))
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while _alive(int(child)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(int(child))
