@@ -269,3 +269,53 @@ def test_a_worker_is_signalled_when_its_parent_dies(core):
     while _alive(int(child)) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(int(child))
+
+
+def _jpeg_kinds() -> list[bytes]:
+    """Baseline JPEGs of each layout the entropy check takes (4:4:4, 4:2:2, 4:2:0; restart
+    intervals; optimised tables; tiny and odd sizes) and progressive ones it leaves to libjpeg."""
+    kinds = []
+    for i in range(24):
+        size = ((8, 8), (32, 32), (37, 21), (90, 64))[i % 4]
+        save = {"quality": (30, 75, 95)[i % 3], "subsampling": (0, 1, 2)[(i // 3) % 3]}
+        if i % 4 == 1:
+            save["restart_marker_blocks"] = 1 + i % 3
+        if i % 5 == 0:
+            save["optimize"] = True
+        if i % 7 == 0:
+            save["progressive"] = True
+        kinds.append(_jpeg(300 + i, size, **save))
+    return kinds
+
+
+@needs_core
+def test_the_entropy_check_never_accepts_what_libjpeg_rejects():
+    """The compiled core checks baseline scans with its own Huffman decoder and leaves anything it
+    is unsure of to libjpeg: on intact files both accept; on damaged ones it must never say yes
+    where libjpeg's strict decode says no (a looser check would keep a file Python rejects)."""
+    from pipeline import _fastscan
+
+    kinds = _jpeg_kinds()
+    for raw in kinds:
+        progressive = b"\xff\xc2" in raw[: raw.index(b"\xff\xda")]
+        assert _fastscan.jpeg_verdicts(raw) == (not progressive, True)
+    rng = np.random.default_rng(11)
+    verdicts: dict[tuple[bool, bool], int] = {}
+    for i in range(6000):
+        raw = bytearray(kinds[i % len(kinds)])
+        at = int(rng.integers(2, len(raw)))
+        kind = i % 5
+        if kind == 0:
+            raw = raw[:at]
+        elif kind == 1:
+            raw[at] ^= 1 << int(rng.integers(0, 8))
+        elif kind == 2:
+            raw[at : at + 4] = bytes(len(raw[at : at + 4]))
+        elif kind == 3:
+            raw[at : at + 2] = rng.integers(0, 256, 2, dtype=np.uint8).tobytes()
+        else:
+            raw[at:at] = bytes([int(rng.choice([0xFF, 0x00, int(rng.integers(0, 256))]))])
+        fast, full = _fastscan.jpeg_verdicts(bytes(raw))
+        assert full or not fast, f"variant {i}: the entropy check accepted what libjpeg rejects"
+        verdicts[fast, full] = verdicts.get((fast, full), 0) + 1
+    assert verdicts[True, True] > 500 and verdicts[False, False] > 500  # both outcomes were exercised
