@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import glob
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -16,9 +17,10 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
+import pipeline.ingest as ingest
 from data_specs.shards import KEY_RE, validate_sample_json
 from pipeline.config import IngestConfig
-from pipeline.ingest import IngestError, read_manifest, recover, run_ingest
+from pipeline.ingest import IngestError, map_ordered, read_manifest, recover, run_ingest
 from tests.lakes import make_bad_lake, make_plain_lake
 
 
@@ -356,3 +358,69 @@ def test_spooled_samples_are_copied_without_copy_file_range(tmp_path, monkeypatc
     assert (summary["sharded"], summary["shards_written"]) == (12, 3)
     assert assert_accounted(root, lake_uris(lake)) == {"sharded": 12}
     assert not list(root.rglob(".*.tmp"))
+
+
+def _uneven(batch: list[int]) -> list[int]:
+    time.sleep(0.02 if batch[0] % 3 == 0 else 0.0)  # some batches finish after later ones
+    return [x * 2 for x in batch]
+
+
+def _fails_on_seven(batch: list[int]) -> int:
+    if 7 in batch:
+        raise ValueError("seven is not allowed")
+    return sum(batch)
+
+
+def _dies_on_seven(batch: list[int]) -> int:
+    if 7 in batch:
+        os._exit(3)
+    return sum(batch)
+
+
+class _Unpicklable(Exception):
+    def __reduce__(self):
+        raise TypeError("not picklable")
+
+
+def _unpicklable_error(batch: list[int]) -> int:
+    raise _Unpicklable("odd")
+
+
+def _worker_pids() -> set[int]:
+    return {child.pid for child in multiprocessing.active_children()}
+
+
+def test_map_ordered_keeps_order_and_bounds_the_window():
+    batches = [[i, i + 100] for i in range(40)]
+    pulled = []
+
+    def source():
+        for i, batch in enumerate(batches):
+            pulled.append(i)
+            yield batch
+
+    results = []
+    for i, result in enumerate(map_ordered(_uneven, source(), 2)):
+        results.append(result)
+        assert len(pulled) <= i + 1 + 4 * 2  # at most 4 batches per worker ahead of the consumer
+    assert results == [[2 * i, 2 * i + 200] for i in range(40)]
+    assert not _worker_pids()
+
+
+def test_map_ordered_reraises_a_worker_exception_and_stops_the_workers():
+    with pytest.raises(ValueError, match="seven is not allowed"):
+        list(map_ordered(_fails_on_seven, [[i] for i in range(20)], 2))
+    assert not _worker_pids()
+    with pytest.raises(IngestError, match="in an ingest worker: _Unpicklable"):
+        list(map_ordered(_unpicklable_error, [[1]], 1))
+
+
+def test_map_ordered_reports_a_worker_that_dies():
+    with pytest.raises(IngestError, match=r"ingest worker \d+ died \(exit code 3\)"):
+        list(map_ordered(_dies_on_seven, [[i] for i in range(20)], 2))
+    assert not _worker_pids()
+
+
+def test_map_ordered_spawns_workers_when_fork_is_unsafe(monkeypatch):
+    monkeypatch.setattr(ingest, "fork_is_safe", lambda: False)
+    assert list(map_ordered(len, [[1, 2], [3], [], [4, 5, 6]], 2)) == [2, 1, 0, 3]
