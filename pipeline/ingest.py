@@ -673,13 +673,18 @@ def fork_is_safe() -> bool:
 
 
 def map_ordered(
-    fn: Callable, batches: Iterable, workers: int, initializer: Callable | None = None, initargs: tuple = ()
+    fn: Callable,
+    batches: Iterable,
+    workers: int,
+    initializer: Callable | None = None,
+    initargs: tuple = (),
+    window: int | None = None,
 ) -> Iterator:
     """``map(fn, batches)`` over ``workers`` processes, in order, with a bounded window.
 
     Workers are forked when :func:`fork_is_safe` (a fresh CLI process: no start-up imports to
-    repeat), else spawned. At most ``4 × workers`` batches are in flight, so memory does not grow
-    with the lake. Each worker has one pipe; the calling thread sends pickled batches (to the
+    repeat), else spawned. At most ``window`` (default ``4 × workers``) batches are in flight, so
+    memory does not grow with the lake. Each worker has one pipe; the calling thread sends pickled batches (to the
     worker with the fewest in flight) and reads pickled results itself: no feeder or result
     threads, no futures (``ProcessPoolExecutor`` spent ~1 µs a file on them here). A worker's
     exception is re-raised here; a worker that dies raises :class:`IngestError`.
@@ -690,7 +695,7 @@ def map_ordered(
         yield from map(fn, batches)
         return
     context = get_context("fork" if fork_is_safe() else "spawn")
-    window = 4 * workers
+    window = window or 4 * workers
     conns: list = []
     procs: list = []
     try:
@@ -783,6 +788,12 @@ def _pool_worker(conn, fn: Callable, initializer: Callable | None, initargs: tup
             except Exception:  # noqa: BLE001 - an exception that does not pickle
                 reply = pickle.dumps((False, IngestError(f"in an ingest worker: {exc!r}")))
         conn.send_bytes(reply)
+
+
+#: Files the local pool keeps in flight (in batches, at least 4 per worker). The writer stalls
+#: at start-up (it loads NumPy, then pyarrow on its first commit: ~0.1 s holding the GIL); a deep
+#: queue keeps the workers busy meanwhile. Bounded: ~40 MiB of spooled samples, ~3 MiB of URIs.
+IN_FLIGHT_FILES = 16_384
 
 
 _WORKER: dict = {}
@@ -935,7 +946,10 @@ def run_ingest(
                 sent.append([item[0] for item in batch])
                 yield batch
 
-        for results in map_ordered(_work, batches(), workers, _init_worker, (session.spec, session.options)):
+        window = max(4 * workers, IN_FLIGHT_FILES // session.config.batch_size)
+        for results in map_ordered(
+            _work, batches(), workers, _init_worker, (session.spec, session.options), window=window
+        ):
             results.uris = sent.popleft()
             session.add(results)
             if progress:
