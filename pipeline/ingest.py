@@ -329,11 +329,11 @@ class _Samples:
     """A batch's samples, inline (``blob``) or spooled to a file: copies byte ranges into a shard.
 
     A spooled range goes file to file inside the kernel (``copy_file_range``); the spool file is
-    deleted on exit.
+    deleted on exit, unless its worker reuses it.
     """
 
     def __init__(self, batch: BatchResult):
-        self.spool = batch.spool
+        self.spool, self.keep_spool = batch.spool, batch.spool_kept
         self.blob = memoryview(batch.blob)
         self.fd = -1 if self.spool is None else os.open(self.spool, os.O_RDONLY | os.O_CLOEXEC)
 
@@ -343,7 +343,8 @@ class _Samples:
     def __exit__(self, *exc) -> None:
         if self.fd >= 0:
             os.close(self.fd)
-            os.unlink(self.spool)
+            if not self.keep_spool:  # a worker's reused spool file is removed after the run
+                os.unlink(self.spool)
             self.fd = -1
 
     def copy_to(self, out, start: int, end: int) -> None:
@@ -937,8 +938,12 @@ def run_ingest(
     """Ingest ``src`` into ``root`` with a local process pool; return the run summary."""
     with _few_gc_passes(), IngestSession(src, root, config) as session:
         workers = session.config.resolved_workers()
-        if workers > 0:  # workers spool their samples next to the shards (recovery removes strays)
-            session.options = replace(session.options, spool_dir=str(session.root / "shards"))
+        window = max(4 * workers, IN_FLIGHT_FILES // session.config.batch_size)
+        if workers > 0:  # workers spool their samples next to the shards (recovery removes strays),
+            # each reusing a ring of files longer than the window: a file is rewritten only after
+            # the writer copied its samples (it copies a result before asking for the next)
+            spool_dir = str(session.root / "shards")
+            session.options = replace(session.options, spool_dir=spool_dir, spool_slots=window + 1)
         sent: deque[list[str]] = deque()  # URIs of the batches in flight, in order
 
         def batches() -> Iterator[list[WorkItem]]:
@@ -946,7 +951,6 @@ def run_ingest(
                 sent.append([item[0] for item in batch])
                 yield batch
 
-        window = max(4 * workers, IN_FLIGHT_FILES // session.config.batch_size)
         for results in map_ordered(
             _work, batches(), workers, _init_worker, (session.spec, session.options), window=window
         ):
@@ -954,6 +958,9 @@ def run_ingest(
             session.add(results)
             if progress:
                 progress(len(results))
+        if workers > 0:  # the workers have exited: their spool rings go (a crash leaves them to recover())
+            for spool in (session.root / "shards").glob(".spool-*.tmp"):
+                spool.unlink(missing_ok=True)
         return session.finish()
 
 

@@ -70,6 +70,8 @@ class BatchResult:
     blob: bytes
     spool: str | None = None
     uris: list[str] | None = None
+    #: the worker reuses the spool file (a ring of ``spool_slots``): the writer must not delete it
+    spool_kept: bool = False
 
     def __len__(self) -> int:
         return len(self.reasons)
@@ -123,6 +125,10 @@ class WorkerOptions:
     mtime: int
     #: folder (on ROOT's file system) where workers spool their samples; None: send them inline
     spool_dir: str | None = None
+    #: spool files each worker reuses in turn (0: a new file per batch, deleted by the writer).
+    #: Rewriting a file in place skips allocating and freeing its pages; the caller must size the
+    #: ring beyond the batches in flight, so a file is rewritten only after the writer copied it.
+    spool_slots: int = 0
     #: use the compiled core (:mod:`pipeline._fastscan`) for local upright RGB JPEGs when built
     compiled: bool = True
 
@@ -186,6 +192,8 @@ def read_batch(
 
 
 _SPOOL_IDS = itertools.count()
+#: this worker's reused spool files: path -> open descriptor
+_SPOOL_RING: dict[str, int] = {}
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -206,8 +214,16 @@ def process_batch(
     """
     n = len(items)
     uris = [item[0] for item in items]
-    spool, spool_fd = None, -1
-    if options.spool_dir is not None:
+    spool, spool_fd, ring = None, -1, options.spool_slots > 0
+    if options.spool_dir is not None and ring:
+        spool = os.path.join(
+            options.spool_dir, f".spool-{os.getpid()}-r{next(_SPOOL_IDS) % options.spool_slots}.tmp"
+        )
+        spool_fd = _SPOOL_RING.get(spool, -1)
+        if spool_fd < 0:
+            spool_fd = _SPOOL_RING[spool] = os.open(spool, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        os.lseek(spool_fd, 0, os.SEEK_SET)  # stale bytes past this batch's samples are never read
+    elif options.spool_dir is not None:
         spool = os.path.join(options.spool_dir, f".spool-{os.getpid()}-{next(_SPOOL_IDS)}.tmp")
         spool_fd = os.open(spool, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
@@ -245,13 +261,13 @@ def process_batch(
         elif parts:
             blob = b"".join((blob, *parts))
     except BaseException:
-        if spool is not None:
+        if spool is not None and not ring:
             os.unlink(spool)
         raise
     finally:
-        if spool is not None:
+        if spool is not None and not ring:
             os.close(spool_fd)
-    return BatchResult(hexes, numbers, reasons, formats, reencoded, blob, spool, uris)
+    return BatchResult(hexes, numbers, reasons, formats, reencoded, blob, spool, uris, spool_kept=ring)
 
 
 def _python_samples(

@@ -424,3 +424,29 @@ def test_map_ordered_reports_a_worker_that_dies():
 def test_map_ordered_spawns_workers_when_fork_is_unsafe(monkeypatch):
     monkeypatch.setattr(ingest, "fork_is_safe", lambda: False)
     assert list(map_ordered(len, [[1, 2], [3], [], [4, 5, 6]], 2)) == [2, 1, 0, 3]
+
+
+def test_workers_reuse_spool_files_in_a_ring_without_mixing_batches(tmp_path, monkeypatch):
+    """A window of 8 batches of 3 files: each worker's ring of 9 spool files wraps many times;
+    every kept sample must hold its own file's bytes, and no spool file outlives the run."""
+    import hashlib
+
+    monkeypatch.setattr(ingest, "IN_FLIGHT_FILES", 8)
+    lake, root = tmp_path / "lake", tmp_path / "out"
+    paths = make_plain_lake(lake, 150, size=(24, 16))
+    summary = run_ingest(str(lake), root, IngestConfig(workers=2, batch_size=3, shard_max_count=40))
+    assert (summary["sharded"], summary["rejected"]) == (150, 0)
+    assert assert_accounted(root, lake_uris(lake)) == {"sharded": 150}
+    by_uri = {f"file://{p}": p.read_bytes() for p in paths}
+    seen = 0
+    for shard in sorted((root / "shards").glob("shard-*.tar")):
+        with tarfile.open(shard) as tar:
+            members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+        for name, data in members.items():
+            if name.endswith(".jpg"):
+                meta = json.loads(members[name[:-4] + ".json"])
+                assert data == by_uri[meta["source_uri"]]
+                assert hashlib.sha256(data).hexdigest()[:32] == name[:-4]
+                seen += 1
+    assert seen == 150
+    assert not list((root / "shards").glob(".spool-*"))
