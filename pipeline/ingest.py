@@ -434,20 +434,26 @@ class ShardCommitter:
         valid = [i for i, reason in enumerate(batch.reasons) if reason is None]
         text = batch.hexes.decode("ascii")
         keys = [text[i * 64 : i * 64 + KEY_HEX_CHARS] for i in valid]
-        indexed = self.lake_index.shards_of(keys)
-        numbers = np.frombuffer(batch.numbers, dtype=np.int64).reshape(n, NUMBERS_PER_FILE)
         rows = np.array(valid, dtype=np.intp)
+        # The key filter holds every key kept so far (the index's, and this run's as each batch
+        # is taken): only the keys it may hold need the exact checks below.
+        raw_keys = _key_bytes(batch.hexes, rows)
+        key_filter = self.lake_index.key_filter
+        maybe = key_filter.maybe_contains_raw(raw_keys)
+        candidates = [key for key, m in zip(keys, maybe.tolist(), strict=True) if m] if maybe.any() else []
+        indexed = self.lake_index.shards_of(candidates) if candidates else {}
+        numbers = np.frombuffer(batch.numbers, dtype=np.int64).reshape(n, NUMBERS_PER_FILE)
         starts, ends = numbers[rows, START], numbers[rows, END]
         total = int((ends - starts).sum())
         status = np.full(n, REJECTED, dtype=np.int8)
         shard = np.full(n, -1, dtype=np.int32)
         k = len(keys)
-        unique = set(keys)
+        key_filter.add_raw(raw_keys)
         if (
             not indexed
-            and len(unique) == k
-            and self.unit_keys.keys().isdisjoint(unique)
-            and pending_keys.keys().isdisjoint(unique)
+            and len(set(keys)) == k
+            and self.unit_keys.keys().isdisjoint(candidates)
+            and pending_keys.keys().isdisjoint(candidates)
             and self.samples + k <= config.shard_max_count
             and self.nbytes + total <= config.shard_max_bytes
         ):  # the common case: every valid file is new, and the open unit takes them all
@@ -536,8 +542,7 @@ class ShardCommitter:
             self._thread = threading.Thread(target=self._commit_loop, name="ingest-commit", daemon=True)
             self._thread.start()
         self._closed.append(unit)
-        self._pending_keys.update(self.unit_keys)
-        self.lake_index.key_filter.add(keys)
+        self._pending_keys.update(self.unit_keys)  # (the key filter took them batch by batch)
         self.state.next_index = self.index + 1
         self._open_unit()
         self._queue.put(unit)  # blocks while _MAX_CLOSED_UNITS units wait: bounded memory
@@ -613,6 +618,22 @@ class ShardCommitter:
         atomic_write(part, lambda f: _write_part(table, f))
         _fsync_dir(self.root / "shards")
         _fsync_dir(self.root / "manifest")
+
+
+_HEX_DIGITS: list = []  # ASCII code -> value of that hex digit (a NumPy table, built on first use)
+
+
+def _key_bytes(hexes: bytes, rows) -> bytes:
+    """The 16 bytes of the key of each of ``rows`` (``hexes`` holds 64 hex digits per file)."""
+    import numpy as np
+
+    if not _HEX_DIGITS:
+        table = np.zeros(256, dtype=np.uint8)
+        for value, digit in enumerate(b"0123456789abcdef"):
+            table[digit] = value
+        _HEX_DIGITS.append(table)
+    digits = _HEX_DIGITS[0][np.frombuffer(hexes, dtype=np.uint8).reshape(-1, 64)[rows, :KEY_HEX_CHARS]]
+    return ((digits[:, 0::2] << 4) | digits[:, 1::2]).tobytes()
 
 
 def pending_batches(

@@ -168,12 +168,18 @@ def _iter_local_chunks(root: str) -> Iterator[tuple[list[str], list[LakeFile]]]:
                 entries = sorted(scan, key=_BY_NAME)
         except OSError:
             continue
-        is_plain = [entry.is_file(follow_symlinks=False) and not _hidden(entry.name) for entry in entries]
-        plain = [entry.path for entry, p in zip(entries, is_plain, strict=True) if p]
+        plain: list[str] = []
+        rest = []
+        for entry in entries:  # one pass, no call per name: this loop sees every file of the lake
+            name = entry.name
+            if entry.is_file(follow_symlinks=False) and name[0] != "." and name != "__MACOSX":
+                plain.append(entry.path)
+            else:
+                rest.append(entry)
         others: list[LakeFile] = []
         subdirs = []
-        if len(plain) < len(entries):
-            for entry in itertools.compress(entries, [not p for p in is_plain]):
+        if rest:
+            for entry in rest:
                 uri = file_uri(entry.path)
                 if _hidden(entry.name):
                     reason = "hidden_directory" if entry.is_dir(follow_symlinks=False) else "hidden"

@@ -251,13 +251,22 @@ class KeyFilter:
 
     def maybe_contains(self, keys: Sequence[str]) -> list[bool]:
         """Per key: False means certainly not added; True means "ask the index"."""
+        if not keys:
+            return []
+        return self.maybe_contains_raw(bytes.fromhex("".join(keys))).tolist()
+
+    def maybe_contains_raw(self, raw: bytes) -> np.ndarray:
+        """:meth:`maybe_contains` for keys given as their concatenated 16-byte values: (k,) bool."""
+        import numpy as np
+
+        n = len(raw) // 16
         if not self.enabled:
-            return [True] * len(keys)
-        if not keys or self._bits is None:  # nothing added yet
-            return [False] * len(keys)
-        pos = self._positions(bytes.fromhex("".join(keys)))
+            return np.ones(n, dtype=bool)
+        if not n or self._bits is None:  # nothing added yet
+            return np.zeros(n, dtype=bool)
+        pos = self._positions(raw)
         hits = (self._bits[pos >> 3] >> (pos & 7).astype("u1")) & 1
-        return hits.all(axis=1).tolist()
+        return hits.all(axis=1)
 
 
 @dataclass(frozen=True)
@@ -471,7 +480,7 @@ class LakeIndex:
         """``{key: shard index}`` for the keys (hex) that are already kept; the others are absent.
 
         Only keys that :attr:`key_filter` may hold are looked up; the caller adds the keys it
-        keeps to the filter (``key_filter.add``) when it hands them to :meth:`add_units`.
+        keeps to the filter as it takes them (``key_filter.add_raw``).
         """
         maybe = self.key_filter.maybe_contains(keys)
         if not any(maybe):

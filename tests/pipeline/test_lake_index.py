@@ -188,3 +188,37 @@ def test_merge_sorted_blocks_equals_a_full_sort():
     )
     assert sorted(zip(merged_hi.tolist(), merged_lo.tolist(), strict=True)) == pairs
     assert max(len(block[0]) for _, block in out) <= 4 * len(runs) + 40  # bounded by the block (plus ties)
+
+
+def test_duplicates_of_earlier_batches_and_units_are_found(tmp_path, index_batch):
+    """Copies far behind their originals: the original sits in the open unit, in a committed unit
+    the index does not hold yet, or in the index (the key filter sends each to an exact check)."""
+    lake, root = tmp_path / "lake", tmp_path / "out"
+    paths = make_plain_lake(lake, 60)
+    late = lake / "zz-late"
+    late.mkdir()
+    for i in (0, 20, 45, 58, 59):
+        (late / f"copy-{i:02d}.jpg").write_bytes(paths[i].read_bytes())
+    summary = run_ingest(str(lake), root, CONFIG)
+    assert (summary["sharded"], summary["duplicate"]) == (60, 5)
+    table = read_manifest(root)
+    rows = {
+        uri: (status, key)
+        for uri, status, key in zip(
+            *(table.column(c).to_pylist() for c in ("source_uri", "status", "key")), strict=True
+        )
+    }
+    for i in (0, 20, 45, 58, 59):
+        status, key = rows[f"file://{late}/copy-{i:02d}.jpg"]
+        assert status == "duplicate" and key == rows[f"file://{paths[i]}"][1]
+    assert assert_accounted(root, lake_uris(lake)) == {"sharded": 60, "duplicate": 5}
+
+
+def test_key_bytes_decode_the_key_digits_of_the_valid_rows():
+    from pipeline.ingest import _key_bytes
+
+    hexes = bytes.fromhex("00" * 64) + b"0123456789abcdef" * 4 + b"fedcba9876543210" * 4
+    assert _key_bytes(hexes, np.array([1, 2])) == bytes.fromhex(
+        "0123456789abcdef" * 2 + "fedcba9876543210" * 2
+    )
+    assert _key_bytes(hexes, np.array([], dtype=np.intp)) == b""
