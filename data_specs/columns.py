@@ -32,6 +32,8 @@ def arrow_array(values: Sequence, type: pa.DataType) -> pa.Array:
     that does not fit (a lone surrogate in a string, an integer out of range).
     """
     n = len(values)
+    if n and values.count(values[0]) == n:  # one value throughout (all None, all "JPEG"): no per-row work
+        return _uniform_array(values[0], n, type)
     validity, nulls = _validity(values, n) if None in values else (None, 0)
     if pa.types.is_string(type):
         text = "".join(values) if not nulls else ""
@@ -57,6 +59,20 @@ def arrow_array(values: Sequence, type: pa.DataType) -> pa.Array:
     else:
         raise TypeError(f"arrow_array builds string, signed integer and boolean arrays, not {type}")
     return pa.Array.from_buffers(type, n, buffers, null_count=nulls)
+
+
+def _uniform_array(value, n: int, type: pa.DataType) -> pa.Array:
+    """:func:`arrow_array` of ``n`` copies of ``value``."""
+    if not (pa.types.is_string(type) or type in _INTEGERS or pa.types.is_boolean(type)):
+        raise TypeError(f"arrow_array builds string, signed integer and boolean arrays, not {type}")
+    if value is None:
+        return pa.nulls(n, type)
+    if pa.types.is_string(type):
+        return repeated_string(value, n)
+    if type in _INTEGERS:
+        return pa.Array.from_buffers(type, n, [None, pa.py_buffer(np.full(n, value, dtype=_INTEGERS[type]))])
+    bits = np.packbits(np.full(n, value is True, dtype=bool), bitorder="little")  # boolean
+    return pa.Array.from_buffers(type, n, [None, pa.py_buffer(bits)])
 
 
 def repeated_string(value: str, n: int) -> pa.Array:

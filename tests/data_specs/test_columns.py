@@ -33,6 +33,12 @@ from data_specs.columns import (
         ([2**40, 0, None], pa.int64()),
         ([True, False, None, True], pa.bool_()),
         ([None, None], pa.int16()),
+        ([None] * 3, pa.string()),  # one value throughout: built without per-row work
+        (["é"] * 2, pa.string()),
+        ([False] * 4, pa.bool_()),
+        ([True] * 9, pa.bool_()),
+        ([None] * 2, pa.bool_()),
+        ([5] * 3, pa.int32()),
     ],
 )
 def test_equals_pa_array(values, type):
