@@ -569,13 +569,14 @@ static PyObject *scan_plain_jpegs(PyObject *self, PyObject *args, PyObject *kwar
     }
 
     PyObject *encoded = PyList_New(n); /* paths as file-system bytes, alive while the GIL is released */
+    PyObject *uri_digests = PyBytes_FromStringAndSize(NULL, n * 16); /* SHA-256[:16] of each URI */
     FileResult *results = calloc((size_t)(n ? n : 1), sizeof(FileResult));
     size_t *uri_at = calloc((size_t)n + 1, sizeof(size_t));
     Buffer uri_json = {0}, run_json = {0}, meta = {0};
     Buffer blob = take_buffer(&kept_blob), file = take_buffer(&kept_file);
     PyObject *out = NULL;
     int failed = 0, io_error = 0;
-    if (encoded == NULL || results == NULL || uri_at == NULL) {
+    if (encoded == NULL || uri_digests == NULL || results == NULL || uri_at == NULL) {
         PyErr_NoMemory();
         goto done;
     }
@@ -588,6 +589,18 @@ static PyObject *scan_plain_jpegs(PyObject *self, PyObject *args, PyObject *kwar
         PyObject *raw = PyUnicode_EncodeFSDefault(path);
         if (raw == NULL) goto done;
         PyList_SET_ITEM(encoded, i, raw);
+        PyObject *uri_utf8 = PyUnicode_AsEncodedString(uri, "utf-8", "surrogatepass");
+        if (uri_utf8 == NULL) goto done;
+        unsigned char uri_sha[32];
+        unsigned int uri_sha_len = 0;
+        int hashed = EVP_Digest(PyBytes_AS_STRING(uri_utf8), (size_t)PyBytes_GET_SIZE(uri_utf8), uri_sha, &uri_sha_len,
+                                EVP_sha256(), NULL);
+        Py_DECREF(uri_utf8);
+        if (!hashed) {
+            PyErr_SetString(PyExc_RuntimeError, "SHA-256 of a URI failed");
+            goto done;
+        }
+        memcpy(PyBytes_AS_STRING(uri_digests) + 16 * i, uri_sha, 16);
         uri_at[i] = uri_json.len;
         if (json_string(&uri_json, uri) < 0) {
             PyErr_NoMemory();
@@ -717,13 +730,14 @@ static PyObject *scan_plain_jpegs(PyObject *self, PyObject *args, PyObject *kwar
             row[3] = (int64_t)r->start;
             row[4] = (int64_t)r->end;
         }
-        out = PyTuple_Pack(3, body, hexes, numbers);
+        out = PyTuple_Pack(4, body, hexes, numbers, uri_digests);
     }
     Py_XDECREF(body);
     Py_XDECREF(hexes);
     Py_XDECREF(numbers);
 done:
     Py_XDECREF(encoded);
+    Py_XDECREF(uri_digests);
     free(results);
     free(uri_at);
     free(uri_json.data);
@@ -773,11 +787,12 @@ static PyMethodDef methods[] = {
     {"scan_plain_jpegs", (PyCFunction)(void (*)(void))scan_plain_jpegs, METH_VARARGS | METH_KEYWORDS,
      "scan_plain_jpegs(paths, uris, max_pixels, max_side, mtime, run_id, spool_fd=-1)\n--\n\n"
      "Read, hash, strictly validate and tar-encode the upright RGB JPEGs among local files.\n\n"
-     "Returns (blob, hexes, numbers): ``blob`` is the samples' tar members (bytes), or their length\n"
+     "Returns (blob, hexes, numbers, uri_digests): ``blob`` is the samples' tar members (bytes), or their length\n"
      "when written to ``spool_fd``; ``hexes`` holds 64 hex digits of each file's sha256 (64 zero bytes\n"
      "for a file it did not decide: the Python path handles it); ``numbers`` holds five native int64\n"
      "per file: width, height, bytes (-1 when not decided), and the start and end of its sample in\n"
-     "blob (an empty range when not decided). ``max_side`` <= 0 means no limit."},
+     "blob (an empty range when not decided); ``uri_digests`` holds the first 16 bytes of the SHA-256\n"
+     "of each URI's UTF-8 (what the ingest index stores). ``max_side`` <= 0 means no limit."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -58,7 +58,7 @@ from pipeline.ingest_worker import (
     set_parent_death_signal,
 )
 from pipeline.lake import LakeFile, SourceSpec, file_uri, iter_lake_chunks, resolve_source
-from pipeline.lake_index import INDEX_DIR, IndexedUnit, LakeIndex
+from pipeline.lake_index import INDEX_DIR, IndexedUnit, LakeIndex, uri_digests
 from pipeline.tario import END_OF_ARCHIVE
 
 if TYPE_CHECKING:
@@ -211,13 +211,19 @@ class _UnitRows:
     def __len__(self) -> int:
         return self.n
 
-    def source_uris(self) -> Iterator[str]:
+    def uri_digests(self) -> bytes:
+        """The index's digest of each row's source URI, in row order (the workers computed most)."""
+        parts = []
         for chunk in self.chunks:
             if len(chunk) == 2:
-                yield from chunk[0]
+                parts.append(uri_digests(chunk[0]))
             else:
                 batch, a, b = chunk[:3]
-                yield from batch.uris[a:b]
+                digests = batch.uri_digests
+                parts.append(
+                    digests[a * 16 : b * 16] if digests is not None else uri_digests(batch.uris[a:b])
+                )
+        return b"".join(parts)
 
     def table(self, run_id: str, at: datetime) -> pa.Table:
         import numpy as np
@@ -587,7 +593,9 @@ class ShardCommitter:
                     try:
                         self._commit_unit(unit)
                         prepared.append(
-                            self.lake_index.prepare_unit(unit.index, unit.keys, unit.rows.source_uris())
+                            IndexedUnit(
+                                unit.index, bytes.fromhex("".join(unit.keys)), unit.rows.uri_digests()
+                            )
                         )
                         rows += prepared[-1].n_keys + prepared[-1].n_uris
                         unit.rows = None  # the manifest part holds them now

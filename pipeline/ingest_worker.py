@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from data_specs.shards import key_for_sha256
 from pipeline.lake import SourceSpec
+from pipeline.lake_index import uri_digests
 from pipeline.tario import SampleEncoder
 
 try:  # the compiled core of the common case (pipeline/_fastscan.c): read, hash, validate, encode
@@ -72,6 +73,8 @@ class BatchResult:
     uris: list[str] | None = None
     #: the worker reuses the spool file (a ring of ``spool_slots``): the writer must not delete it
     spool_kept: bool = False
+    #: :func:`~pipeline.lake_index.uri_digest` of each URI, concatenated (what the index stores)
+    uri_digests: bytes | None = None
 
     def __len__(self) -> int:
         return len(self.reasons)
@@ -228,7 +231,7 @@ def process_batch(
         spool_fd = os.open(spool, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         if _fastscan is not None and options.compiled and spec.kind == "local":
-            blob, hexes, numbers = _fastscan.scan_plain_jpegs(
+            blob, hexes, numbers, digests = _fastscan.scan_plain_jpegs(
                 [item[1] for item in items],
                 uris,
                 options.max_pixels,
@@ -246,6 +249,7 @@ def process_batch(
         else:
             blob, offset, todo = b"", 0, list(range(n))
             hexes, numbers = NO_SHA256 * n, UNDECIDED_NUMBERS * n
+            digests = uri_digests(uris)
             formats, reencoded = [None] * n, [None] * n
         reasons: list[str | None] = [None] * n
         parts: list[bytes] = []
@@ -267,7 +271,9 @@ def process_batch(
     finally:
         if spool is not None and not ring:
             os.close(spool_fd)
-    return BatchResult(hexes, numbers, reasons, formats, reencoded, blob, spool, uris, spool_kept=ring)
+    return BatchResult(
+        hexes, numbers, reasons, formats, reencoded, blob, spool, uris, spool_kept=ring, uri_digests=digests
+    )
 
 
 def _python_samples(

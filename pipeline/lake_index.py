@@ -20,7 +20,8 @@ The index is a cache of the manifest, which stays the source of truth. At start-
 its index run), drops a run that a merged run already covers (a crash during a merge), and
 rebuilds the index from the manifest when it holds a part the manifest does not (a part removed
 by crash recovery or by hand) or a run cannot be read. Keys are stored as their 16 bytes, URIs
-as a 16-byte BLAKE2b digest, each split into two 64-bit words; runs are sorted by the first.
+as the first 16 bytes of their SHA-256, each split into two 64-bit words; runs are sorted by the
+first.
 
 Run file layout (little-endian int64/uint64 words): a 64-byte header (magic, tier, number of
 parts, keys, URIs), then per part (part, URIs, kept keys), then the columns key_hi, key_lo,
@@ -51,14 +52,21 @@ FANOUT = 8
 MERGE_BLOCK = 1 << 18
 #: index rows gathered per run while :meth:`LakeIndex.sync` re-indexes parts
 SYNC_BATCH_ROWS = 1_000_000
-_MAGIC = b"LLINDEX1"
+_MAGIC = b"LLINDEX2"  # 2: URI digests are SHA-256 (1 was BLAKE2b)
 _HEADER = struct.Struct("<8s4q24x")  # magic, tier, parts, keys, URIs; 64 bytes
 _LEGACY_FILES = ("_index.sqlite", "_index.sqlite-wal", "_index.sqlite-shm")
 
 
 def uri_digest(uri: str) -> bytes:
-    """16-byte BLAKE2b digest of a source URI (what the index stores instead of the URI)."""
-    return hashlib.blake2b(uri.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+    """First 16 bytes of the SHA-256 of a source URI's UTF-8 (what the index stores instead of the
+    URI). The compiled core computes the same in the workers (``scan_plain_jpegs``)."""
+    return hashlib.sha256(uri.encode("utf-8", "surrogatepass")).digest()[:16]
+
+
+def uri_digests(uris: Iterable[str]) -> bytes:
+    """:func:`uri_digest` of each URI, concatenated."""
+    sha256 = hashlib.sha256
+    return b"".join([sha256(uri.encode("utf-8", "surrogatepass")).digest()[:16] for uri in uris])
 
 
 def _words(raw: bytes) -> tuple[np.ndarray, np.ndarray]:
@@ -400,7 +408,7 @@ class LakeIndex:
     def prepare_unit(part: int, keys: Iterable[str], uris: Iterable[str]) -> IndexedUnit:
         """What :meth:`add_units` stores for one committed unit: its kept keys (hex) and the
         digests of every URI it resolved, each as one blob (no sorting or writing yet)."""
-        return IndexedUnit(part, bytes.fromhex("".join(keys)), b"".join(uri_digest(uri) for uri in uris))
+        return IndexedUnit(part, bytes.fromhex("".join(keys)), uri_digests(uris))
 
     def add_unit(self, part: int, keys: Iterable[str], uris: Iterable[str]) -> None:
         """Index one committed unit (see :meth:`add_units`)."""
@@ -503,7 +511,7 @@ class LakeIndex:
             return [False] * len(uris)
         import numpy as np
 
-        query_hi, query_lo = _words(b"".join(uri_digest(u) for u in uris))
+        query_hi, query_lo = _words(uri_digests(uris))
         done = np.zeros(len(uris), dtype=bool)
         for run in self._runs:
             uri_hi, uri_lo = run.columns()[3:]

@@ -18,6 +18,7 @@ from PIL import Image
 
 from pipeline.ingest_worker import HAS_COMPILED_CORE, BatchResult, WorkerOptions, process_batch
 from pipeline.lake import iter_lake, resolve_source
+from pipeline.lake_index import uri_digest, uri_digests
 from tests.lakes import make_bad_lake
 
 needs_core = pytest.mark.skipif(not HAS_COMPILED_CORE, reason="compiled core not built")
@@ -125,8 +126,9 @@ def test_compiled_core_decides_only_plain_upright_jpegs(tmp_path):
     lake = _lake(tmp_path)
     items = _items(lake)
     paths, uris = [p for _, p, _ in items], [u for u, _, _ in items]
-    _, hexes, numbers = _fastscan.scan_plain_jpegs(paths, uris, 40_000, 256, 0, "r")
+    _, hexes, numbers, digests = _fastscan.scan_plain_jpegs(paths, uris, 40_000, 256, 0, "r")
     assert len(hexes) == 64 * len(paths) and len(numbers) == 5 * 8 * len(paths)
+    assert digests == uri_digests(uris)  # every URI, decided or not (unicode and spaces included)
     shas = [None if hexes[i] == 0 else hexes[i : i + 64].decode() for i in range(0, len(hexes), 64)]
     decided = {
         Path(p).relative_to(lake).as_posix() for p, sha in zip(paths, shas, strict=True) if sha is not None
@@ -175,6 +177,11 @@ def test_core_arguments_are_checked():
     out = _fastscan.scan_plain_jpegs(["/no/such/file.jpg"], ["file:///no/such/file.jpg"], 1, 0, 0, "r")
     assert out[0] == b"" and out[1] == bytes(64)
     assert array("q", out[2]).tolist() == [-1, -1, -1, 0, 0]  # width, height, bytes: null; empty sample
+    assert out[3] == uri_digest("file:///no/such/file.jpg")
+    lone_surrogate = "file:///lake/bad-\udcff.jpg"  # an undecodable file name, as os.fsdecode gives it
+    assert _fastscan.scan_plain_jpegs(["/no/such"], [lone_surrogate], 1, 0, 0, "r")[3] == uri_digest(
+        lone_surrogate
+    )
 
 
 @needs_core
