@@ -153,7 +153,8 @@ static int has_exif(const unsigned char *data, size_t n) {
  * libjpeg-turbo re-derives the decoding tables of every Huffman table in every scan
  * (jpeg_make_d_derived_tbl: a third of a worker's CPU on CIFAR-sized files). This check decodes
  * the entropy-coded segment of a single interleaved baseline scan itself, with tables derived
- * once and cached by their contents, after libjpeg has parsed and checked the headers.
+ * once per call (a batch of files) and cached by their contents, after libjpeg has parsed and
+ * checked the headers.
  *
  * It is stricter than libjpeg's strict mode, never looser: it answers 1 only when every
  * coefficient decodes with a valid code inside the segment, each restart marker comes in
@@ -176,25 +177,29 @@ typedef struct {
     uint16_t ac_fast[1 << LOOKAHEAD];
 } HuffTable;
 
+/* Derived tables of one call (a batch): per call, not static, since calls run with the GIL
+ * released and may overlap (a Prefect thread runner maps batches over threads). */
 #define TABLE_CACHE 8
-static HuffTable table_cache[TABLE_CACHE];
-static int table_cache_next;
+typedef struct {
+    HuffTable tables[TABLE_CACHE];
+    int next;
+} TableCache;
 
 /* Figures C.1, C.2 and F.15, with libjpeg's checks (jpeg_make_d_derived_tbl); NULL if invalid. */
-static const HuffTable *derived_table(const JHUFF_TBL *htbl, int is_dc) {
+static const HuffTable *derived_table(TableCache *cache, const JHUFF_TBL *htbl, int is_dc) {
     if (htbl == NULL) return NULL; /* libjpeg would substitute the standard tables: leave it to it */
     int count = 0;
     for (int l = 1; l <= 16; l++) count += htbl->bits[l];
     if (count > 256) return NULL;
     for (int i = 0; i < TABLE_CACHE; i++) {
-        HuffTable *t = &table_cache[i];
+        HuffTable *t = &cache->tables[i];
         if (t->used == 1 + is_dc && !memcmp(t->bits, htbl->bits, 17) && !memcmp(t->huffval, htbl->huffval, count))
             return t;
     }
     if (is_dc)
         for (int i = 0; i < count; i++)
             if (htbl->huffval[i] > 15) return NULL;
-    HuffTable *t = &table_cache[table_cache_next];
+    HuffTable *t = &cache->tables[cache->next];
     t->used = 0;
     uint32_t huffcode[257];
     int32_t code = 0;
@@ -231,7 +236,7 @@ static const HuffTable *derived_table(const JHUFF_TBL *htbl, int is_dc) {
     memcpy(t->bits, htbl->bits, 17);
     memcpy(t->huffval, htbl->huffval, 256);
     t->used = 1 + is_dc;
-    table_cache_next = (table_cache_next + 1) % TABLE_CACHE;
+    cache->next = (cache->next + 1) % TABLE_CACHE;
     return t;
 }
 
@@ -307,7 +312,7 @@ static int at_marker(BitReader *b, int want) {
     return 1;
 }
 
-static int baseline_entropy_ok(j_decompress_ptr cinfo, const unsigned char *data, size_t n) {
+static int baseline_entropy_ok(TableCache *cache, j_decompress_ptr cinfo, const unsigned char *data, size_t n) {
     if (cinfo->progressive_mode || cinfo->arith_code || cinfo->data_precision != 8 || cinfo->comps_in_scan != 3 ||
         cinfo->comps_in_scan != cinfo->num_components || cinfo->Ss != 0 || cinfo->Se != 63 || cinfo->Ah != 0 ||
         cinfo->Al != 0)
@@ -320,8 +325,8 @@ static int baseline_entropy_ok(j_decompress_ptr cinfo, const unsigned char *data
             cinfo->quant_tbl_ptrs[comp->quant_tbl_no] == NULL || comp->dc_tbl_no < 0 ||
             comp->dc_tbl_no >= NUM_HUFF_TBLS || comp->ac_tbl_no < 0 || comp->ac_tbl_no >= NUM_HUFF_TBLS)
             return 0;
-        dc[ci] = derived_table(cinfo->dc_huff_tbl_ptrs[comp->dc_tbl_no], 1);
-        ac[ci] = derived_table(cinfo->ac_huff_tbl_ptrs[comp->ac_tbl_no], 0);
+        dc[ci] = derived_table(cache, cinfo->dc_huff_tbl_ptrs[comp->dc_tbl_no], 1);
+        ac[ci] = derived_table(cache, cinfo->ac_huff_tbl_ptrs[comp->ac_tbl_no], 0);
         hs[ci] = comp->h_samp_factor;
         vs[ci] = comp->v_samp_factor;
         if (dc[ci] == NULL || ac[ci] == NULL) return 0;
@@ -393,8 +398,8 @@ static int baseline_entropy_ok(j_decompress_ptr cinfo, const unsigned char *data
  * whose own tables are damaged would decode with another file's. (Fresh is also faster here.) */
 enum { CHECK_FAST_THEN_LIBJPEG, CHECK_FAST_ONLY, CHECK_LIBJPEG_ONLY };
 
-static int plain_jpeg(Buffer *rowbuf, const unsigned char *data, size_t n, long long max_pixels, long max_side,
-                      int *width, int *height, int mode) {
+static int plain_jpeg(Buffer *rowbuf, TableCache *tables, const unsigned char *data, size_t n, long long max_pixels,
+                      long max_side, int *width, int *height, int mode) {
     if (n < 3 || data[0] != 0xFF || data[1] != 0xD8 || data[2] != 0xFF) return 0;
     struct jpeg_decompress_struct cinfo;
     StrictErrors errors;
@@ -422,7 +427,7 @@ static int plain_jpeg(Buffer *rowbuf, const unsigned char *data, size_t n, long 
         jpeg_destroy_decompress(&cinfo);
         return 0;
     }
-    if (mode != CHECK_LIBJPEG_ONLY && baseline_entropy_ok(&cinfo, data, n)) {
+    if (mode != CHECK_LIBJPEG_ONLY && tables != NULL && baseline_entropy_ok(tables, &cinfo, data, n)) {
         jpeg_destroy_decompress(&cinfo);
         return 1;
     }
@@ -618,6 +623,7 @@ static PyObject *scan_plain_jpegs(PyObject *self, PyObject *args, PyObject *kwar
 
     Py_BEGIN_ALLOW_THREADS
     Buffer rowbuf = {0};
+    TableCache *tables = calloc(1, sizeof(TableCache)); /* NULL: every file goes to libjpeg */
     DirCache dirs;
     dirs.fd = -1;
     dirs.len = 0;
@@ -630,7 +636,7 @@ static PyObject *scan_plain_jpegs(PyObject *self, PyObject *args, PyObject *kwar
         ssize_t size = read_file(PyBytes_AS_STRING(PyList_GET_ITEM(encoded, i)), &file, &dirs);
         if (size <= 0) continue;
         const unsigned char *data = (const unsigned char *)file.data;
-        if (!plain_jpeg(&rowbuf, data, (size_t)size, max_pixels, max_side, &r->width, &r->height,
+        if (!plain_jpeg(&rowbuf, tables, data, (size_t)size, max_pixels, max_side, &r->width, &r->height,
                         CHECK_FAST_THEN_LIBJPEG))
             continue;
         unsigned char digest[32];
@@ -682,6 +688,7 @@ static PyObject *scan_plain_jpegs(PyObject *self, PyObject *args, PyObject *kwar
         r->end = blob.len;
     }
     EVP_MD_CTX_free(hash);
+    free(tables);
     if (dirs.fd >= 0) close(dirs.fd);
     free(rowbuf.data);
     if (!failed && spool_fd >= 0) {
@@ -756,8 +763,14 @@ static PyObject *jpeg_verdicts(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "y*|L", &view, &max_pixels)) return NULL;
     Buffer rowbuf = {0};
     int width, height;
-    int fast = plain_jpeg(&rowbuf, view.buf, (size_t)view.len, max_pixels, 0, &width, &height, CHECK_FAST_ONLY);
-    int full = plain_jpeg(&rowbuf, view.buf, (size_t)view.len, max_pixels, 0, &width, &height, CHECK_LIBJPEG_ONLY);
+    TableCache *tables = calloc(1, sizeof(TableCache));
+    if (tables == NULL) {
+        PyBuffer_Release(&view);
+        return PyErr_NoMemory();
+    }
+    int fast = plain_jpeg(&rowbuf, tables, view.buf, (size_t)view.len, max_pixels, 0, &width, &height, CHECK_FAST_ONLY);
+    int full = plain_jpeg(&rowbuf, NULL, view.buf, (size_t)view.len, max_pixels, 0, &width, &height, CHECK_LIBJPEG_ONLY);
+    free(tables);
     free(rowbuf.data);
     PyBuffer_Release(&view);
     return Py_BuildValue("(OO)", fast ? Py_True : Py_False, full ? Py_True : Py_False);

@@ -450,3 +450,17 @@ def test_workers_reuse_spool_files_in_a_ring_without_mixing_batches(tmp_path, mo
                 seen += 1
     assert seen == 150
     assert not list((root / "shards").glob(".spool-*"))
+
+
+def _slow_after_first(batch: list[int]) -> int:
+    if batch[0]:
+        time.sleep(30)  # a batch in hand the caller will never ask for
+    return batch[0]
+
+
+def test_map_ordered_stops_its_workers_at_once_when_the_caller_stops():
+    started = time.monotonic()
+    results = map_ordered(_slow_after_first, [[i] for i in range(8)], 2)
+    assert next(results) == 0
+    results.close()  # the caller gave up (as on an error in the writer)
+    assert time.monotonic() - started < 10 and not _worker_pids()

@@ -326,3 +326,30 @@ def test_the_entropy_check_never_accepts_what_libjpeg_rejects():
         assert full or not fast, f"variant {i}: the entropy check accepted what libjpeg rejects"
         verdicts[fast, full] = verdicts.get((fast, full), 0) + 1
     assert verdicts[True, True] > 500 and verdicts[False, False] > 500  # both outcomes were exercised
+
+
+@needs_core
+def test_the_compiled_core_gives_the_same_answers_from_concurrent_threads(tmp_path):
+    """It runs with the GIL released (a Prefect thread runner maps batches over threads): calls that
+    overlap must not share state. JPEGs with optimised (per-image) Huffman tables, some damaged."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline import _fastscan
+
+    paths = []
+    for i in range(48):
+        raw = bytearray(_jpeg(900 + i, (40, 24), optimize=True, quality=(40, 90)[i % 2]))
+        if i % 3 == 0:
+            raw[len(raw) // 2] ^= 0x10
+        path = tmp_path / f"img-{i:02d}.jpg"
+        path.write_bytes(bytes(raw))
+        paths.append(str(path))
+    batches = [paths[i : i + 6] for i in range(0, len(paths), 6)] * 4
+
+    def scan(batch: list[str]) -> tuple:
+        return _fastscan.scan_plain_jpegs(batch, [f"file://{p}" for p in batch], 1 << 30, 0, 0, "r")
+
+    alone = [scan(batch) for batch in batches]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(scan, batches))
+    assert together == alone
