@@ -8,12 +8,18 @@ import os
 import sys
 from collections.abc import Sequence
 
-from pipeline.config import ConfigError, IngestConfig, load_yaml, validate_config
+import pipeline.ingest_defaults as ingest_defaults
 
 
 def _add_ingest_options(p: argparse.ArgumentParser) -> None:
-    # defaults read off the fields: building the model's validator here would cost every command
-    defaults = argparse.Namespace(**{name: f.default for name, f in IngestConfig.model_fields.items()})
+    # defaults from the plain constants IngestConfig takes them from: no pydantic to build a parser
+    defaults = argparse.Namespace(
+        max_pixels=ingest_defaults.MAX_PIXELS,
+        jpeg_quality=ingest_defaults.JPEG_QUALITY,
+        shard_max_count=ingest_defaults.SHARD_MAX_COUNT,
+        shard_max_bytes=ingest_defaults.SHARD_MAX_BYTES,
+        batch_size=ingest_defaults.BATCH_SIZE,
+    )
     p.add_argument("--config", help="YAML file with an `ingest:` section (flags override it)")
     p.add_argument("--max-side", type=int, help="resize so the longer side is at most N pixels")
     p.add_argument(
@@ -48,7 +54,9 @@ def _add_ingest_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
 
 
-def _ingest_config(args: argparse.Namespace) -> IngestConfig:
+def _ingest_config(args: argparse.Namespace):
+    from pipeline.config import ConfigError, IngestConfig, load_yaml, validate_config
+
     data = {}
     if args.config:
         data = dict(load_yaml(args.config).get("ingest") or {})
@@ -64,20 +72,50 @@ def _ingest_config(args: argparse.Namespace) -> IngestConfig:
     return validate_config(IngestConfig, data, "ingest")
 
 
+def _start_ingest_early(args: argparse.Namespace):
+    """:func:`pipeline.ingest.start_early` on the flags (defaults from ``pipeline.ingest_defaults``),
+    or None: with ``--config`` or ``--storage-option`` the options are not known before the
+    config is read, so the run starts normally."""
+    if args.config or args.storage_option:
+        return None
+    from pipeline.ingest import start_early
+
+    def flag(name: str, default):
+        value = getattr(args, name)
+        return default if value is None else value
+
+    return start_early(
+        args.src,
+        args.out,
+        workers=flag("workers", os.cpu_count() or 1),
+        batch_size=flag("batch_size", ingest_defaults.BATCH_SIZE),
+        max_pixels=flag("max_pixels", ingest_defaults.MAX_PIXELS),
+        max_side=args.max_side,
+        jpeg_quality=flag("jpeg_quality", ingest_defaults.JPEG_QUALITY),
+        compiled_core=flag("compiled_core", True),
+    )
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
     # Ingest does no linear algebra, but NumPy's OpenBLAS starts a spinning thread per core when
     # it loads: ~0.1 s of CPU taken from the workers. One thread, unless the user chose.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from pipeline.ingest import run_ingest
 
-    config = _ingest_config(args)
+    early = _start_ingest_early(args)
+    try:
+        config = _ingest_config(args)  # loads pydantic (~0.1 s) while the early workers run
+    except BaseException:
+        if early is not None:
+            early.abandon()
+        raise
     bar = None
     if sys.stderr.isatty() and not args.no_progress:
         from tqdm import tqdm
 
         bar = tqdm(unit="file", desc="ingest", smoothing=0.1)
     try:
-        summary = run_ingest(args.src, args.out, config, progress=bar.update if bar else None)
+        summary = run_ingest(args.src, args.out, config, progress=bar.update if bar else None, early=early)
     finally:
         if bar:
             bar.close()
@@ -86,7 +124,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def _pretrain_config(args: argparse.Namespace):
-    from pipeline.config import PretrainConfig
+    from pipeline.config import PretrainConfig, load_yaml, validate_config
 
     data = dict(load_yaml(args.config).get("pretrain") or {}) if args.config else {}
     data.update(_flags_for(PretrainConfig, args))
@@ -109,6 +147,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 def _section_config(model, section: str, args: argparse.Namespace):
     """``model`` from the YAML file's ``section`` (if ``--config``) overridden by the flags given."""
+    from pipeline.config import load_yaml, validate_config
+
     data = dict(load_yaml(args.config).get(section) or {}) if args.config else {}
     data.update(_flags_for(model, args))
     return validate_config(model, data, section)
@@ -168,6 +208,8 @@ def _add_storage_option(p: argparse.ArgumentParser) -> None:
 
 
 def _storage_options(items: list[str]) -> dict:
+    from pipeline.config import ConfigError
+
     options = {}
     for item in items:
         if "=" not in item:
@@ -511,7 +553,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         code = args.func(args)
-    except (ConfigError, ValueError, RuntimeError, FileNotFoundError) as exc:
+    except (ValueError, RuntimeError, FileNotFoundError) as exc:  # ConfigError is a ValueError
         print(f"lakelabel {args.command}: error: {exc}", file=sys.stderr)
         return 2
     if argv is None and args.command == "ingest" and code == 0:

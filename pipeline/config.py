@@ -13,6 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+import pipeline.ingest_defaults as defaults
+
 
 class StrictModel(BaseModel):
     """Base for all config sections: unknown keys are errors, assignments are validated."""
@@ -24,16 +26,16 @@ class IngestConfig(StrictModel):
     """Lake → WebDataset shards."""
 
     max_pixels: int = Field(
-        89_478_485, gt=0, description="Reject images with more pixels (decompression bombs)."
+        defaults.MAX_PIXELS, gt=0, description="Reject images with more pixels (decompression bombs)."
     )
     max_side: int | None = Field(
         None, gt=0, description="Resize so the longer side is at most this many pixels."
     )
-    jpeg_quality: int = Field(95, ge=1, le=100, description="Quality of re-encoded JPEGs.")
-    shard_max_count: int = Field(5000, gt=0, description="Samples per shard at most.")
-    shard_max_bytes: int = Field(512 * 2**20, gt=0, description="Bytes per shard at most.")
+    jpeg_quality: int = Field(defaults.JPEG_QUALITY, ge=1, le=100, description="Quality of re-encoded JPEGs.")
+    shard_max_count: int = Field(defaults.SHARD_MAX_COUNT, gt=0, description="Samples per shard at most.")
+    shard_max_bytes: int = Field(defaults.SHARD_MAX_BYTES, gt=0, description="Bytes per shard at most.")
     workers: int | None = Field(None, ge=0, description="Decode processes; None = all cores, 0 = in-process.")
-    batch_size: int = Field(256, gt=0, description="Files per unit of work sent to a worker.")
+    batch_size: int = Field(defaults.BATCH_SIZE, gt=0, description="Files per unit of work sent to a worker.")
     compiled_core: bool = Field(
         True,
         description="Run local upright RGB JPEGs through the compiled core when it is built "
@@ -42,7 +44,9 @@ class IngestConfig(StrictModel):
     storage_options: dict[str, Any] = Field(
         default_factory=dict, description="fsspec options for the source (e.g. endpoint_url)."
     )
-    flow_partition_size: int = Field(2048, gt=0, description="Files per mapped Prefect task in ingest_flow.")
+    flow_partition_size: int = Field(
+        defaults.FLOW_PARTITION_SIZE, gt=0, description="Files per mapped Prefect task in ingest_flow."
+    )
 
     def resolve_flow_window(self) -> int:
         return self.resolved_workers() or 1

@@ -20,6 +20,7 @@ from __future__ import annotations
 import fcntl
 import functools
 import gc
+import itertools
 import json
 import os
 import pickle
@@ -43,7 +44,6 @@ from typing import TYPE_CHECKING
 
 from data_specs.shards import KEY_HEX_CHARS, SHARD_NAME_RE, shard_name
 from pipeline.atomic import atomic_write, atomic_write_bytes, temp_path
-from pipeline.config import IngestConfig
 from pipeline.ingest_worker import (
     END,
     HEIGHT,
@@ -65,6 +65,8 @@ from pipeline.tario import END_OF_ARCHIVE
 if TYPE_CHECKING:
     import numpy as np
     import pyarrow as pa
+
+    from pipeline.config import IngestConfig
 
 MANIFEST_PART_RE = SHARD_NAME_RE.pattern.replace("shard-", "part-").replace(r"\.tar", r"\.parquet")
 WorkItem = tuple[str, str | None, bytes | None]
@@ -103,8 +105,11 @@ class LakeState:
     index_sync: dict[str, int] = field(default_factory=dict)
 
 
-def recover(root: Path) -> LakeState:
+def recover(root: Path, keep_spools: bool = False) -> LakeState:
     """Clean up after a crash, bring ROOT's index up to its manifest, return the committed state.
+
+    ``keep_spools`` leaves spool files alone: only for a ROOT that no run had touched before
+    (:class:`EarlyStart`), where every spool file is this run's.
 
     Memory does not grow with the lake: the index lives on disk (:mod:`pipeline.lake_index`);
     only the part numbers are listed.
@@ -115,6 +120,8 @@ def recover(root: Path) -> LakeState:
     removed: list[str] = []
     for folder in (shards, manifest, manifest / "_runs"):
         for tmp in folder.glob(".*.tmp"):
+            if keep_spools and tmp.name.startswith(".spool-"):
+                continue  # this run's workers, started early on a fresh ROOT, are writing them
             tmp.unlink()
             removed.append(str(tmp))
     committed = sorted(int(p.name[5:11]) for p in manifest.glob("part-*.parquet"))
@@ -715,90 +722,134 @@ def map_ordered(
     initargs: tuple = (),
     window: int | None = None,
 ) -> Iterator:
-    """``map(fn, batches)`` over ``workers`` processes, in order, with a bounded window.
-
-    Workers are forked when :func:`fork_is_safe` (a fresh CLI process: no start-up imports to
-    repeat), else spawned. At most ``window`` (default ``4 × workers``) batches are in flight, so
-    memory does not grow with the lake. Each worker has one pipe: the calling thread sends pickled
-    batches (to the worker with the fewest in flight) and reads pickled results itself. There are
-    no feeder or result threads and no futures: with ``ProcessPoolExecutor`` their hand-offs took
-    the GIL from the writer, and the 60k-file ingest ran ~10 % slower. A worker's exception is
-    re-raised here; a worker that dies raises :class:`IngestError`; if the caller stops early, the
-    workers are terminated.
-    """
+    """``map(fn, batches)`` over ``workers`` processes (a :class:`LocalPool`), in order, with a
+    bounded window; ``workers`` <= 0 runs in this process."""
     if workers <= 0:
         if initializer:
             initializer(*initargs)
         yield from map(fn, batches)
         return
-    context = get_context("fork" if fork_is_safe() else "spawn")
-    window = window or 4 * workers
-    conns: list = []
-    procs: list = []
-    try:
-        for n in range(workers):
-            ours, theirs = context.Pipe()
-            proc = context.Process(
-                target=_pool_worker,
-                args=(theirs, fn, initializer, initargs),
-                name=f"ingest-worker-{n}",
-                daemon=True,
-            )
-            proc.start()
-            theirs.close()
-            conns.append(ours)
-            procs.append(proc)
-        in_flight: list[deque[int]] = [deque() for _ in range(workers)]  # batch numbers, per worker
-        finished: dict[int, tuple[bool, object]] = {}
-        source, sent, returned, exhausted = iter(batches), 0, 0, False
-        while True:
-            while not exhausted and sent - returned < window:
-                batch = next(source, _NO_BATCH)
-                if batch is _NO_BATCH:
-                    exhausted = True
-                    break
-                worker = min(range(workers), key=lambda w: len(in_flight[w]))
+    yield from LocalPool(fn, workers, initializer, initargs, window).results(batches)
+
+
+class LocalPool:
+    """Worker processes fed through one pipe each by the calling thread.
+
+    Workers are forked when :func:`fork_is_safe` (a fresh CLI process: no start-up imports to
+    repeat), else spawned. At most ``window`` (default ``4 × workers``) batches are in flight, so
+    memory does not grow with the lake. The calling thread sends pickled batches (to the worker
+    with the fewest in flight) and reads pickled results itself. There are no feeder or result
+    threads and no futures: with ``ProcessPoolExecutor`` their hand-offs took the GIL from the
+    writer, and the 60k-file ingest ran ~10 % slower. A worker's exception is re-raised here; a
+    worker that dies raises :class:`IngestError`; if the caller stops early, the workers are
+    terminated.
+    """
+
+    def __init__(
+        self,
+        fn: Callable,
+        workers: int,
+        initializer: Callable | None = None,
+        initargs: tuple = (),
+        window: int | None = None,
+    ):
+        context = get_context("fork" if fork_is_safe() else "spawn")
+        self.window = window or 4 * workers
+        self.conns: list = []
+        self.procs: list = []
+        self.in_flight: list[deque[int]] = [deque() for _ in range(workers)]  # batch numbers, per worker
+        self.finished: dict[int, tuple[bool, object]] = {}
+        self.sent = self.returned = 0
+        self.closed = False
+        try:
+            for n in range(workers):
+                ours, theirs = context.Pipe()
+                proc = context.Process(
+                    target=_pool_worker,
+                    args=(theirs, fn, initializer, initargs),
+                    name=f"ingest-worker-{n}",
+                    daemon=True,
+                )
+                proc.start()
+                theirs.close()
+                self.conns.append(ours)
+                self.procs.append(proc)
+        except BaseException:
+            self.close(abort=True)
+            raise
+
+    def has_room(self) -> bool:
+        return self.sent - self.returned < self.window
+
+    def submit(self, batch) -> None:
+        """Send one batch to the worker with the fewest in flight."""
+        worker = min(range(len(self.procs)), key=lambda w: len(self.in_flight[w]))
+        try:
+            self.conns[worker].send_bytes(pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL))
+        except OSError:
+            self._died(worker)
+        self.in_flight[worker].append(self.sent)
+        self.sent += 1
+
+    def _died(self, worker: int):
+        proc = self.procs[worker]
+        proc.join(1.0)
+        raise IngestError(f"ingest worker {proc.pid} died (exit code {proc.exitcode})") from None
+
+    def next_result(self):
+        """The result of the oldest batch not yet returned (waits for it); re-raises its error."""
+        while self.returned not in self.finished:
+            for conn in wait([self.conns[w] for w in range(len(self.procs)) if self.in_flight[w]]):
+                worker = self.conns.index(conn)
                 try:
-                    conns[worker].send_bytes(pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL))
-                except OSError:
-                    procs[worker].join(1.0)
-                    raise IngestError(
-                        f"ingest worker {procs[worker].pid} died (exit code {procs[worker].exitcode})"
-                    ) from None
-                in_flight[worker].append(sent)
-                sent += 1
-            if returned == sent:
-                return
-            while returned not in finished:
-                for conn in wait([conns[w] for w in range(workers) if in_flight[w]]):
-                    worker = conns.index(conn)
-                    try:
-                        message = conn.recv_bytes()
-                    except (EOFError, OSError):
-                        procs[worker].join(1.0)
-                        raise IngestError(
-                            f"ingest worker {procs[worker].pid} died (exit code {procs[worker].exitcode})"
-                        ) from None
-                    finished[in_flight[worker].popleft()] = pickle.loads(message)
-            ok, value = finished.pop(returned)
-            returned += 1
-            if not ok:
-                raise value
-            yield value
-    except BaseException:  # an error here or in the caller (or the caller stopped early)
-        for proc in procs:
-            proc.terminate()  # the batches in hand are abandoned: no need to wait for them
-        raise
-    finally:
-        for conn in conns:
+                    message = conn.recv_bytes()
+                except (EOFError, OSError):
+                    self._died(worker)
+                self.finished[self.in_flight[worker].popleft()] = pickle.loads(message)
+        ok, value = self.finished.pop(self.returned)
+        self.returned += 1
+        if not ok:
+            raise value
+        return value
+
+    def results(self, batches: Iterable) -> Iterator:
+        """Submit ``batches`` (after any submitted already) and yield every result in order;
+        the pool is closed at the end, and terminated if the caller stops early or fails."""
+        try:
+            source, exhausted = iter(batches), False
+            while True:
+                while not exhausted and self.has_room():
+                    batch = next(source, _NO_BATCH)
+                    if batch is _NO_BATCH:
+                        exhausted = True
+                    else:
+                        self.submit(batch)
+                if self.returned == self.sent:
+                    return
+                yield self.next_result()
+        except BaseException:  # an error here or in the caller (or the caller stopped early)
+            self.close(abort=True)
+            raise
+        finally:
+            self.close()
+
+    def close(self, abort: bool = False) -> None:
+        """Stop the workers: after their batch in hand, or at once (``abort``: terminated)."""
+        if self.closed:
+            return
+        self.closed = True
+        if abort:
+            for proc in self.procs:
+                proc.terminate()  # the batches in hand are abandoned: no need to wait for them
+        for conn in self.conns:
             with suppress(OSError):
                 conn.send_bytes(b"")  # done: stop
-        for proc in procs:
+        for proc in self.procs:
             proc.join(5.0)
             if proc.is_alive():
                 proc.terminate()
                 proc.join()
-        for conn in conns:
+        for conn in self.conns:
             conn.close()
 
 
@@ -806,14 +857,17 @@ _NO_BATCH = object()
 
 
 def _pool_worker(conn, fn: Callable, initializer: Callable | None, initargs: tuple) -> None:
-    """A :func:`map_ordered` worker: run ``fn`` on each pickled batch until an empty message.
+    """A :class:`LocalPool` worker: run ``fn`` on each pickled batch until an empty message.
 
-    A thread drains the pipe into a queue as batches arrive, so the parent never blocks on a
-    send while this process blocks on sending a result.
+    Two threads move the bytes, so this process computes while the parent is busy: one drains the
+    pipe into a queue as batches arrive (the parent never blocks on a send while this process
+    blocks on one), one sends the results as they are made (a result never waits for the parent
+    to read the one before: a pipe holds only ~200 KB, a few results).
     """
     if initializer is not None:
         initializer(*initargs)
     batches: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+    replies: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
 
     def receive() -> None:
         while True:
@@ -825,7 +879,16 @@ def _pool_worker(conn, fn: Callable, initializer: Callable | None, initargs: tup
             if not message:
                 return
 
+    def send() -> None:
+        while (reply := replies.get()) is not None:
+            try:
+                conn.send_bytes(reply)
+            except OSError:  # the parent is gone
+                return
+
     threading.Thread(target=receive, name="ingest-worker-receive", daemon=True).start()
+    sender = threading.Thread(target=send, name="ingest-worker-send", daemon=True)
+    sender.start()
     while message := batches.get():
         try:
             reply = pickle.dumps((True, fn(pickle.loads(message))), protocol=pickle.HIGHEST_PROTOCOL)
@@ -834,7 +897,9 @@ def _pool_worker(conn, fn: Callable, initializer: Callable | None, initargs: tup
                 reply = pickle.dumps((False, exc))
             except Exception:  # noqa: BLE001 - an exception that does not pickle
                 reply = pickle.dumps((False, IngestError(f"in an ingest worker: {exc!r}")))
-        conn.send_bytes(reply)
+        replies.put(reply)
+    replies.put(None)
+    sender.join()
 
 
 #: Files the local pool keeps in flight (in batches, at least 4 per worker). The writer stalls
@@ -886,9 +951,19 @@ class IngestSession:
     """
 
     def __init__(
-        self, src: str, root: str | Path, config: IngestConfig | None = None, run_id: str | None = None
+        self,
+        src: str,
+        root: str | Path,
+        config: IngestConfig | None = None,
+        run_id: str | None = None,
+        early: EarlyStart | None = None,
     ):
-        self.config = config or IngestConfig()
+        if config is None:
+            from pipeline.config import IngestConfig
+
+            config = IngestConfig()
+        self.config = config
+        self.early = early
         self.spec = resolve_source(src, self.config.storage_options)
         self.root = Path(root).expanduser().resolve()
         if self.spec.kind == "local":
@@ -897,22 +972,20 @@ class IngestSession:
                 raise IngestError(
                     f"output root {str(self.root)!r} must not be inside the source {self.spec.url!r}"
                 )
-        self.run_id = run_id or new_run_id()
-        self.options = WorkerOptions(
-            run_id=self.run_id,
-            max_pixels=self.config.max_pixels,
-            max_side=self.config.max_side,
-            jpeg_quality=self.config.jpeg_quality,
-            mtime=int(time.time()),
-            compiled=self.config.compiled_core,
-        )
-        self._lock = RootLock(self.root)
+        self.run_id = early.run_id if early else run_id or new_run_id()
+        self.options = early.options if early else _worker_options(self.config, self.run_id)
+        self._lock = early.lock if early else RootLock(self.root)
         self.started = 0.0
 
     def __enter__(self) -> IngestSession:
-        self._lock.__enter__()
-        self.started = time.perf_counter()
-        self.state = recover(self.root)
+        if self.early is None:
+            self._lock.__enter__()
+        self.started = self.early.started if self.early else time.perf_counter()
+        try:
+            self.state = recover(self.root, keep_spools=self.early is not None)
+        except BaseException:
+            self._lock.__exit__()
+            raise
         self.committer = ShardCommitter(self.root, self.run_id, self.state, self.config)
         return self
 
@@ -924,7 +997,8 @@ class IngestSession:
             self._lock.__exit__(*exc)
 
     def batches(self) -> Iterator[list[WorkItem]]:
-        return pending_batches(iter_lake_chunks(self.spec), self.committer, self.config.batch_size)
+        chunks = self.early.chunks if self.early else iter_lake_chunks(self.spec)
+        return pending_batches(chunks, self.committer, self.config.batch_size)
 
     def add(self, results: BatchResult) -> None:
         self.committer.add_batch(results)
@@ -975,31 +1049,191 @@ def _few_gc_passes() -> Iterator[None]:
         gc.unfreeze()
 
 
+@dataclass
+class EarlyStart:
+    """Workers started on the command line's options before the config is validated.
+
+    Loading pydantic and validating the config take ~0.1 s of one core before any worker could
+    start; :func:`start_early` uses that time. It runs only where nothing can go wrong that a
+    validation error would have prevented: a local folder, a ROOT that no run has touched (no
+    ``manifest/``: nothing to recover, no index to ask), workers forked from this process. It
+    takes ROOT's lock, starts the pool with the options the flags give (defaults from
+    :mod:`pipeline.ingest_defaults`), and submits the first batches of plain files, up to the
+    window. Nothing but the lock and spool files is written before :func:`run_ingest` takes
+    over; :meth:`abandon` removes those if the config turns out invalid or different.
+    """
+
+    src: str
+    root: Path
+    run_id: str
+    options: WorkerOptions
+    settings: dict[str, object]  # the option values the workers run with, as the config names them
+    pool: LocalPool
+    lock: RootLock
+    created: list[Path]  # folders made for it (removed again, if empty, by abandon())
+    chunks: Iterator[tuple[list[str], list[LakeFile]]]  # the listing from where it stopped
+    sent: deque[list[str]]  # URIs of the batches submitted, in order
+    started: float
+
+    def matches(self, src: str, root: str | Path, config: IngestConfig | None) -> bool:
+        if config is None or src != self.src or Path(root).expanduser().resolve() != self.root:
+            return False
+        if config.storage_options:
+            return False
+        values = {name: getattr(config, name) for name in self.settings if name != "workers"}
+        values["workers"] = config.resolved_workers()
+        return values == self.settings
+
+    def abandon(self) -> None:
+        """Stop the workers and remove what the early start wrote (the config was not as assumed)."""
+        self.pool.close(abort=True)
+        for spool in (self.root / "shards").glob(".spool-*.tmp"):
+            spool.unlink(missing_ok=True)
+        self.lock.__exit__()
+        if self.root in self.created:
+            self.lock.path.unlink(missing_ok=True)
+        for folder in reversed(self.created):
+            with suppress(OSError):
+                folder.rmdir()  # only if still empty
+
+
+def start_early(
+    src: str,
+    root: str | Path,
+    *,
+    workers: int,
+    batch_size: int,
+    max_pixels: int,
+    max_side: int | None,
+    jpeg_quality: int,
+    compiled_core: bool,
+) -> EarlyStart | None:
+    """Start ingest workers before the config is validated (see :class:`EarlyStart`); None
+    where that is not safe (the run then starts normally)."""
+    if (
+        workers <= 0
+        or batch_size <= 0
+        or max_pixels <= 0
+        or (max_side is not None and max_side <= 0)
+        or not 1 <= jpeg_quality <= 100
+        or "://" in src
+        or not os.path.isdir(src)
+        or not fork_is_safe()
+    ):
+        return None
+    root_path = Path(root).expanduser().resolve()
+    src_root = Path(src).resolve()
+    if (root_path / "manifest").exists() or root_path == src_root or src_root in root_path.parents:
+        return None
+    created = [p for p in (*reversed(root_path.parents), root_path, root_path / "shards") if not p.exists()]
+    lock = RootLock(root_path)
+    try:
+        lock.__enter__()
+    except (IngestError, OSError):
+        return None
+    started = time.perf_counter()
+    (root_path / "shards").mkdir(exist_ok=True)
+    spec = resolve_source(src)
+    window = _window(workers, batch_size)
+    run_id = new_run_id()
+    options = WorkerOptions(
+        run_id=run_id,
+        max_pixels=max_pixels,
+        max_side=max_side,
+        jpeg_quality=jpeg_quality,
+        mtime=int(time.time()),
+        spool_dir=str(root_path / "shards"),
+        spool_slots=window + 1,
+        compiled=compiled_core,
+    )
+    settings = {
+        "workers": workers,
+        "batch_size": batch_size,
+        "max_pixels": max_pixels,
+        "max_side": max_side,
+        "jpeg_quality": jpeg_quality,
+        "compiled_core": compiled_core,
+    }
+    pool = LocalPool(_work, workers, _init_worker, (spec, options), window)
+    early = EarlyStart(
+        src, root_path, run_id, options, settings, pool, lock, created, iter(()), deque(), started
+    )
+    # Whole batches of plain files from the first folders, as pending_batches would cut them,
+    # until the window is full or a folder holds anything else (skips need the writer).
+    chunks = iter_lake_chunks(spec)
+    waiting: list[str] = []
+    rest: list[tuple[list[str], list[LakeFile]]] = []
+    for plain, others in chunks:
+        if others:
+            rest.append((plain, others))
+            break
+        waiting += plain
+        at = 0
+        while len(waiting) - at >= batch_size and pool.has_room():
+            batch = [(_FILE_PREFIX + path, path, None) for path in waiting[at : at + batch_size]]
+            at += batch_size
+            pool.submit(batch)
+            early.sent.append([item[0] for item in batch])
+        waiting = waiting[at:]
+        if not pool.has_room():
+            break
+    early.chunks = itertools.chain([(waiting, [])] if waiting else [], rest, chunks)
+    return early
+
+
+def _worker_options(config: IngestConfig, run_id: str) -> WorkerOptions:
+    return WorkerOptions(
+        run_id=run_id,
+        max_pixels=config.max_pixels,
+        max_side=config.max_side,
+        jpeg_quality=config.jpeg_quality,
+        mtime=int(time.time()),
+        compiled=config.compiled_core,
+    )
+
+
+def _window(workers: int, batch_size: int) -> int:
+    """Batches in flight: :data:`IN_FLIGHT_FILES`, at least 4 per worker."""
+    return max(4 * workers, IN_FLIGHT_FILES // batch_size)
+
+
 def run_ingest(
     src: str,
     root: str | Path,
     config: IngestConfig | None = None,
     progress: Callable[[int], None] | None = None,
+    early: EarlyStart | None = None,
 ) -> dict:
-    """Ingest ``src`` into ``root`` with a local process pool; return the run summary."""
-    with _few_gc_passes(), IngestSession(src, root, config) as session:
+    """Ingest ``src`` into ``root`` with a local process pool; return the run summary.
+
+    ``early``: workers :func:`start_early` started before ``config`` was validated; taken over
+    when they ran with exactly the options ``config`` gives, else stopped and cleaned away.
+    """
+    if early is not None and not early.matches(src, root, config):
+        early.abandon()
+        early = None
+    with _few_gc_passes(), IngestSession(src, root, config, early=early) as session:
         workers = session.config.resolved_workers()
-        window = max(4 * workers, IN_FLIGHT_FILES // session.config.batch_size)
-        if workers > 0:  # workers spool their samples next to the shards (recovery removes strays),
-            # each reusing a ring of files longer than the window: a file is rewritten only after
-            # the writer copied its samples (it copies a result before asking for the next)
+        window = _window(workers, session.config.batch_size)
+        if workers > 0 and early is None:  # workers spool their samples next to the shards, each
+            # reusing a ring of files longer than the window: a file is rewritten only after the
+            # writer copied its samples (it copies a result before asking for the next)
             spool_dir = str(session.root / "shards")
             session.options = replace(session.options, spool_dir=spool_dir, spool_slots=window + 1)
-        sent: deque[list[str]] = deque()  # URIs of the batches in flight, in order
+        sent: deque[list[str]] = early.sent if early else deque()  # URIs of the batches in flight
 
         def batches() -> Iterator[list[WorkItem]]:
             for batch in session.batches():
                 sent.append([item[0] for item in batch])
                 yield batch
 
-        for results in map_ordered(
-            _work, batches(), workers, _init_worker, (session.spec, session.options), window=window
-        ):
+        if early is not None:
+            pool_results = early.pool.results(batches())
+        else:
+            pool_results = map_ordered(
+                _work, batches(), workers, _init_worker, (session.spec, session.options), window=window
+            )
+        for results in pool_results:
             results.uris = sent.popleft()
             session.add(results)
             if progress:

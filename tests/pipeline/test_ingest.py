@@ -464,3 +464,105 @@ def test_map_ordered_stops_its_workers_at_once_when_the_caller_stops():
     assert next(results) == 0
     results.close()  # the caller gave up (as on an error in the writer)
     assert time.monotonic() - started < 10 and not _worker_pids()
+
+
+_EARLY_RUN = """
+import json, sys
+from pipeline.config import IngestConfig
+from pipeline.ingest import run_ingest, start_early
+lake, root, early_batch, config_batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+early = start_early(lake, root, workers=2, batch_size=early_batch, max_pixels=89_478_485, max_side=None,
+                    jpeg_quality=95, compiled_core=True)
+assert early is not None, "no early start"
+submitted = len(early.sent)
+summary = run_ingest(lake, root, IngestConfig(workers=2, batch_size=config_batch, shard_max_count=40), early=early)
+print(json.dumps({"submitted": submitted, **summary}))
+"""
+
+
+def _early_run(lake: Path, root: Path, early_batch: int, config_batch: int) -> dict:
+    done = subprocess.run(
+        [sys.executable, "-c", _EARLY_RUN, str(lake), str(root), str(early_batch), str(config_batch)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+COUNTED = ("found", "sharded", "duplicate", "rejected", "skipped")
+
+
+def test_an_early_start_gives_the_run_it_would_have_had(tmp_path):
+    """Workers started before the config is validated (fresh ROOT, local folder): the run takes
+    them over and ends exactly as a normal run does, bad cases included."""
+    lake = tmp_path / "lake"
+    make_plain_lake(lake, 300)
+    make_bad_lake(lake / "zz-bad", tmp_path / "outside")
+    early = _early_run(lake, tmp_path / "early", 8, 8)
+    assert early["submitted"] == 300 // 8  # whole batches of the plain folders, up to the bad one
+    normal = run_ingest(
+        str(lake), tmp_path / "normal", IngestConfig(workers=0, batch_size=8, shard_max_count=40)
+    )
+    assert {k: early[k] for k in COUNTED} == {k: normal[k] for k in COUNTED}
+    assert assert_accounted(tmp_path / "early", lake_uris(lake)) == assert_accounted(
+        tmp_path / "normal", lake_uris(lake)
+    )
+    assert not list((tmp_path / "early" / "shards").glob(".spool-*"))
+    again = run_ingest(str(lake), tmp_path / "early", IngestConfig(workers=2))  # and it re-runs as usual
+    assert (again["found"], again["already_ingested"]) == (0, normal["found"])
+
+
+def test_an_early_start_with_other_options_is_abandoned(tmp_path):
+    lake = tmp_path / "lake"
+    make_plain_lake(lake, 120)
+    summary = _early_run(lake, tmp_path / "out", 8, 16)  # the config's batch size differs
+    assert summary["submitted"] > 0 and summary["sharded"] == 120
+    assert assert_accounted(tmp_path / "out", lake_uris(lake)) == {"sharded": 120}
+    assert not list((tmp_path / "out" / "shards").glob(".spool-*"))
+
+
+def test_an_early_start_leaves_nothing_when_the_config_is_invalid(tmp_path):
+    lake, root = tmp_path / "lake", tmp_path / "deep" / "out"
+    make_plain_lake(lake, 50)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flows.cli",
+            "ingest",
+            str(lake),
+            "--out",
+            str(root),
+            "--shard-max-count",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and "shard_max_count" in done.stderr
+    assert not (tmp_path / "deep").exists()  # the folders it made for its spool files are gone
+
+
+def test_no_early_start_where_a_run_has_been(tmp_path):
+    from pipeline.ingest import start_early
+
+    lake = tmp_path / "lake"
+    make_plain_lake(lake, 5)
+    run_ingest(str(lake), tmp_path / "out", IngestConfig(workers=0))
+    options = dict(
+        workers=2, batch_size=8, max_pixels=10**6, max_side=None, jpeg_quality=95, compiled_core=True
+    )
+    assert start_early(str(lake), tmp_path / "out", **options) is None  # ROOT has a manifest: recover first
+    assert start_early(f"file://{lake}", tmp_path / "other", **options) is None  # a URL
+    assert start_early(str(lake), lake / "inside", **options) is None  # ROOT inside the source
+    assert start_early(str(lake), tmp_path / "other", **{**options, "workers": 0}) is None
+
+
+def test_the_ingest_command_loads_pydantic_only_to_validate():
+    """The CLI and the ingest module import without pydantic, so the early start begins before it."""
+    code = "import sys, flows.cli, pipeline.ingest; print('pydantic' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
