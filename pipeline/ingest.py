@@ -1212,36 +1212,47 @@ def run_ingest(
     if early is not None and not early.matches(src, root, config):
         early.abandon()
         early = None
-    with _few_gc_passes(), IngestSession(src, root, config, early=early) as session:
-        workers = session.config.resolved_workers()
-        window = _window(workers, session.config.batch_size)
-        if workers > 0 and early is None:  # workers spool their samples next to the shards, each
-            # reusing a ring of files longer than the window: a file is rewritten only after the
-            # writer copied its samples (it copies a result before asking for the next)
-            spool_dir = str(session.root / "shards")
-            session.options = replace(session.options, spool_dir=spool_dir, spool_slots=window + 1)
-        sent: deque[list[str]] = early.sent if early else deque()  # URIs of the batches in flight
-
-        def batches() -> Iterator[list[WorkItem]]:
-            for batch in session.batches():
-                sent.append([item[0] for item in batch])
-                yield batch
-
+    try:
+        session = IngestSession(src, root, config, early=early)
+    except BaseException:
         if early is not None:
-            pool_results = early.pool.results(batches())
-        else:
-            pool_results = map_ordered(
-                _work, batches(), workers, _init_worker, (session.spec, session.options), window=window
-            )
-        for results in pool_results:
-            results.uris = sent.popleft()
-            session.add(results)
-            if progress:
-                progress(len(results))
-        if workers > 0:  # the workers have exited: their spool rings go (a crash leaves them to recover())
-            for spool in (session.root / "shards").glob(".spool-*.tmp"):
-                spool.unlink(missing_ok=True)
-        return session.finish()
+            early.abandon()
+        raise
+    try:
+        with _few_gc_passes(), session:
+            workers = session.config.resolved_workers()
+            window = _window(workers, session.config.batch_size)
+            if workers > 0 and early is None:  # workers spool their samples next to the shards, each
+                # reusing a ring of files longer than the window: a file is rewritten only after the
+                # writer copied its samples (it copies a result before asking for the next)
+                spool_dir = str(session.root / "shards")
+                session.options = replace(session.options, spool_dir=spool_dir, spool_slots=window + 1)
+            sent: deque[list[str]] = early.sent if early else deque()  # URIs of the batches in flight
+
+            def batches() -> Iterator[list[WorkItem]]:
+                for batch in session.batches():
+                    sent.append([item[0] for item in batch])
+                    yield batch
+
+            if early is not None:
+                pool_results = early.pool.results(batches())
+            else:
+                pool_results = map_ordered(
+                    _work, batches(), workers, _init_worker, (session.spec, session.options), window=window
+                )
+            for results in pool_results:
+                results.uris = sent.popleft()
+                session.add(results)
+                if progress:
+                    progress(len(results))
+            if workers > 0:  # the workers have exited: their spool rings go (a crash leaves them)
+                for spool in (session.root / "shards").glob(".spool-*.tmp"):
+                    spool.unlink(missing_ok=True)
+            return session.finish()
+    except BaseException:
+        if early is not None:
+            early.pool.close(abort=True)  # the run failed: stop its workers (recovery removes the rest)
+        raise
 
 
 def _write_part(table: pa.Table, f) -> None:
