@@ -13,6 +13,15 @@ def temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp")
 
 
+def fsync_dir(path: Path) -> None:
+    """Make the renames and new names inside folder ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """Call ``write`` on a temp file next to ``path``, fsync it, then rename it to ``path``."""
     tmp = temp_path(path)

@@ -40,10 +40,11 @@ from datetime import datetime, timedelta, timezone
 from multiprocessing import get_context
 from multiprocessing.connection import wait
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 from data_specs.shards import KEY_HEX_CHARS, SHARD_NAME_RE, shard_name
-from pipeline.atomic import atomic_write, atomic_write_bytes, temp_path
+from pipeline.atomic import atomic_write, atomic_write_bytes, fsync_dir, temp_path
 from pipeline.ingest_worker import (
     END,
     HEIGHT,
@@ -84,14 +85,6 @@ def new_run_id(prefix: str = "ingest") -> str:
 
 def manifest_part_name(index: int) -> str:
     return f"part-{index:06d}.parquet"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass
@@ -633,8 +626,8 @@ class ShardCommitter:
         table = unit.rows.table(self.run_id, datetime.now(timezone.utc))
         part = self.root / "manifest" / manifest_part_name(unit.index)
         atomic_write(part, lambda f: _write_part(table, f))
-        _fsync_dir(self.root / "shards")
-        _fsync_dir(self.root / "manifest")
+        fsync_dir(self.root / "shards")
+        fsync_dir(self.root / "manifest")
 
 
 @functools.cache
@@ -972,8 +965,8 @@ class IngestSession:
                 raise IngestError(
                     f"output root {str(self.root)!r} must not be inside the source {self.spec.url!r}"
                 )
-        self.run_id = early.run_id if early else run_id or new_run_id()
-        self.options = early.options if early else _worker_options(self.config, self.run_id)
+        self.run_id = early.options.run_id if early else run_id or new_run_id()
+        self.options = early.options if early else _worker_options(self.run_id, self.config)
         self._lock = early.lock if early else RootLock(self.root)
         self.started = 0.0
 
@@ -1065,7 +1058,6 @@ class EarlyStart:
 
     src: str
     root: Path
-    run_id: str
     options: WorkerOptions
     settings: dict[str, object]  # the option values the workers run with, as the config names them
     pool: LocalPool
@@ -1135,17 +1127,6 @@ def start_early(
     (root_path / "shards").mkdir(exist_ok=True)
     spec = resolve_source(src)
     window = _window(workers, batch_size)
-    run_id = new_run_id()
-    options = WorkerOptions(
-        run_id=run_id,
-        max_pixels=max_pixels,
-        max_side=max_side,
-        jpeg_quality=jpeg_quality,
-        mtime=int(time.time()),
-        spool_dir=str(root_path / "shards"),
-        spool_slots=window + 1,
-        compiled=compiled_core,
-    )
     settings = {
         "workers": workers,
         "batch_size": batch_size,
@@ -1154,10 +1135,9 @@ def start_early(
         "jpeg_quality": jpeg_quality,
         "compiled_core": compiled_core,
     }
+    options = _spooling(_worker_options(new_run_id(), SimpleNamespace(**settings)), root_path, window)
     pool = LocalPool(_work, workers, _init_worker, (spec, options), window)
-    early = EarlyStart(
-        src, root_path, run_id, options, settings, pool, lock, created, iter(()), deque(), started
-    )
+    early = EarlyStart(src, root_path, options, settings, pool, lock, created, iter(()), deque(), started)
     # Whole batches of plain files from the first folders, as pending_batches would cut them,
     # until the window is full or a folder holds anything else (skips need the writer).
     chunks = iter_lake_chunks(spec)
@@ -1181,15 +1161,24 @@ def start_early(
     return early
 
 
-def _worker_options(config: IngestConfig, run_id: str) -> WorkerOptions:
+def _worker_options(run_id: str, values: IngestConfig | SimpleNamespace) -> WorkerOptions:
+    """The options a run's workers get from its config (or, for an early start, from the flags)."""
     return WorkerOptions(
         run_id=run_id,
-        max_pixels=config.max_pixels,
-        max_side=config.max_side,
-        jpeg_quality=config.jpeg_quality,
+        max_pixels=values.max_pixels,
+        max_side=values.max_side,
+        jpeg_quality=values.jpeg_quality,
         mtime=int(time.time()),
-        compiled=config.compiled_core,
+        compiled=values.compiled_core,
     )
+
+
+def _spooling(options: WorkerOptions, root: Path, window: int) -> WorkerOptions:
+    """``options`` for local workers: they spool their samples next to the shards (recovery
+    removes strays), each reusing a ring of files longer than the window, so a file is
+    rewritten only after the writer copied its samples (it copies a result before asking for
+    the next)."""
+    return replace(options, spool_dir=str(root / "shards"), spool_slots=window + 1)
 
 
 def _window(workers: int, batch_size: int) -> int:
@@ -1222,11 +1211,8 @@ def run_ingest(
         with _few_gc_passes(), session:
             workers = session.config.resolved_workers()
             window = _window(workers, session.config.batch_size)
-            if workers > 0 and early is None:  # workers spool their samples next to the shards, each
-                # reusing a ring of files longer than the window: a file is rewritten only after the
-                # writer copied its samples (it copies a result before asking for the next)
-                spool_dir = str(session.root / "shards")
-                session.options = replace(session.options, spool_dir=spool_dir, spool_slots=window + 1)
+            if workers > 0 and early is None:  # (an early start's options already spool)
+                session.options = _spooling(session.options, session.root, window)
             sent: deque[list[str]] = early.sent if early else deque()  # URIs of the batches in flight
 
             def batches() -> Iterator[list[WorkItem]]:

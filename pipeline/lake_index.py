@@ -31,7 +31,6 @@ key_shard, uri_hi, uri_lo.
 from __future__ import annotations
 
 import hashlib
-import os
 import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -39,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from data_specs.shards import key_for_sha256
-from pipeline.atomic import atomic_write, temp_path
+from pipeline.atomic import atomic_write, fsync_dir, temp_path
 
 if TYPE_CHECKING:
     import numpy as np
@@ -60,7 +59,7 @@ _LEGACY_FILES = ("_index.sqlite", "_index.sqlite-wal", "_index.sqlite-shm")
 def uri_digest(uri: str) -> bytes:
     """First 16 bytes of the SHA-256 of a source URI's UTF-8 (what the index stores instead of the
     URI). The compiled core computes the same in the workers (``scan_plain_jpegs``)."""
-    return hashlib.sha256(uri.encode("utf-8", "surrogatepass")).digest()[:16]
+    return uri_digests([uri])
 
 
 def uri_digests(uris: Iterable[str]) -> bytes:
@@ -294,10 +293,6 @@ class IndexedUnit:
         return len(self.uris) // 16
 
 
-class IndexDamaged(ValueError):
-    """An index run that cannot be read: the index is rebuilt from the manifest."""
-
-
 class LakeIndex:
     """Run-file index of a ROOT's committed units (see the module docstring).
 
@@ -320,14 +315,9 @@ class LakeIndex:
         except (OSError, ValueError):
             self.was_unreadable = True
         self.key_filter = KeyFilter(enabled=False)  # every key is looked up until sync() loads it
-        #: rows (kept keys + resolved URIs) indexed so far; counted by sync() and add_units()
-        self.rows = self._count_rows()
 
     def close(self) -> None:
         self._runs = []
-
-    def _count_rows(self) -> int:
-        return int(sum(int(run.parts[:, 1:].sum()) for run in self._runs))
 
     def _remove_all(self) -> None:
         for run in self._runs:
@@ -373,7 +363,6 @@ class LakeIndex:
                 self.add_units(waiting)
                 waiting, rows = [], 0
         self.add_units(waiting)
-        self.rows = self._count_rows()
         self._load_filter()
         return {"indexed_parts": len(missing), "rebuilt": int(rebuilt)}
 
@@ -435,7 +424,6 @@ class LakeIndex:
             put(4, 0, uri_lo[uri_order])
 
         self._add_run(0, parts, len(key_hi), len(uri_hi), fill)
-        self.rows += len(key_hi) + len(uri_hi)
         self._merge_full_tiers()
 
     def _add_run(self, tier: int, parts: np.ndarray, n_keys: int, n_uris: int, fill) -> None:
@@ -446,7 +434,7 @@ class LakeIndex:
             n += 1
             path = self.path / f"run-{first:06d}-{last:06d}-t{tier}-{n}.idx"
         _write_run(path, tier, parts, n_keys, n_uris, fill)
-        _fsync_dir(self.path)
+        fsync_dir(self.path)
         self._runs = [*self._runs, _Run(path)]
 
     def _merge_full_tiers(self) -> None:
@@ -531,11 +519,3 @@ class LakeIndex:
             "kept": distinct(0),
             "uris": distinct(3),
         }
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -227,26 +227,18 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _ingest_command(lake: Path, root: Path, *flags: str) -> list[str]:
+    """``lakelabel ingest LAKE --out ROOT FLAGS...`` as a subprocess command."""
+    return [sys.executable, "-m", "flows.cli", "ingest", str(lake), "--out", str(root), *flags]
+
+
 @pytest.mark.slow
 def test_sigkill_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path):
     lake, root = tmp_path / "lake", tmp_path / "out"
     make_plain_lake(lake, 3000, size=(48, 48))
-    cmd = [
-        sys.executable,
-        "-m",
-        "flows.cli",
-        "ingest",
-        str(lake),
-        "--out",
-        str(root),
-        "--shard-max-count",
-        "100",
-        "--workers",
-        "1",
-        "--batch-size",
-        "16",
-        "--no-progress",
-    ]
+    cmd = _ingest_command(
+        lake, root, "--shard-max-count", "100", "--workers", "1", "--batch-size", "16", "--no-progress"
+    )
     kills = orphans_checked = 0
     for wait_for in (2, 9, 17):  # kill after this many committed manifest parts
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -527,17 +519,7 @@ def test_an_early_start_leaves_nothing_when_the_config_is_invalid(tmp_path):
     lake, root = tmp_path / "lake", tmp_path / "deep" / "out"
     make_plain_lake(lake, 50)
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "flows.cli",
-            "ingest",
-            str(lake),
-            "--out",
-            str(root),
-            "--shard-max-count",
-            "0",
-        ],
+        _ingest_command(lake, root, "--shard-max-count", "0"),
         capture_output=True,
         text=True,
         timeout=120,
