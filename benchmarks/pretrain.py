@@ -30,7 +30,7 @@ DEFAULT_LAKE = Path(__file__).resolve().parents[1].parent / "shared" / "datasets
 
 def bare_loop(trainer: Pretrainer, steps: int, warmup: int = 2) -> float:
     cfg = trainer.config
-    shape = (cfg.batch_size, 3, cfg.image_size, cfg.image_size)
+    shape = (cfg.batch_size, 3, trainer.pre.image_size, trainer.pre.image_size)
     x1, x2 = torch.randn(shape), torch.randn(shape)
     for i in range(steps + warmup):
         if i == warmup:
@@ -56,6 +56,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
+    parser.add_argument("--augment", default="auto", help="auto | device | loader")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="lakelabel-bench-"))
     try:
@@ -72,6 +73,7 @@ def main() -> None:
             epochs=100,
             workers=args.workers,
             run_name="bench",
+            augment=args.augment,
             checkpoint_every=10**9,
         )
         trainer = Pretrainer(root, config)
@@ -88,7 +90,8 @@ def main() -> None:
                     "backbone": args.backbone,
                     "stem": args.stem,
                     "batch_size": args.batch_size,
-                    "image_size": config.image_size,
+                    "image_size": trainer.pre.image_size,
+                    "augment": "device" if trainer.device_augment else "loader",
                     "loader_workers": args.workers,
                     "timed_steps": args.steps,
                     "bare_images_per_s": round(bare, 1),

@@ -43,8 +43,9 @@ def part_names(shard: str) -> tuple[str, str]:
 
 
 def embeddings_dir_name(encoder: str, encoder_sha256: str) -> str:
-    """``<encoder>-<first 12 hex of its sha256>``: a new encoder never mixes with old embeddings."""
-    return f"{encoder}-{encoder_sha256[:12]}"
+    """``<encoder>-<first 12 hex of its sha256>``: a new encoder never mixes with old embeddings.
+    Characters other than letters, digits, ``_``, ``.`` and ``-`` become ``-`` (``timm:x`` → ``timm-x``)."""
+    return f"{re.sub(r'[^A-Za-z0-9_.-]', '-', encoder)}-{encoder_sha256[:12]}"
 
 
 def validate_meta(meta: dict) -> dict:

@@ -115,9 +115,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
         bar = tqdm(unit="file", desc="ingest", smoothing=0.1)
     try:
-        summary = run_ingest(args.src, args.out, config, progress=bar.update if bar else None, early=early)
+        summary = run_ingest(
+            args.src, args.out, config, progress=bar.update if bar is not None else None, early=early
+        )
     finally:
-        if bar:
+        if bar is not None:
             bar.close()
     print(json.dumps(summary, separators=(",", ":")))
     return 0
@@ -343,7 +345,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--precision", help="auto | fp32 | bf16")
-    p.add_argument("--init-from", help="a state-dict checkpoint file to initialise the backbone")
+    p.add_argument(
+        "--init-from",
+        help="adapt a pretrained encoder: timm:<model> | torchvision:<model> (its architecture and input "
+        "size), or a state-dict file for --backbone",
+    )
+    p.add_argument("--init-weights", help="weights file for a timm:/torchvision: --init-from")
+    p.add_argument(
+        "--backbone-lr-scale", type=float, help="LR factor of the pretrained backbone (default 0.1)"
+    )
     p.add_argument("--knn-labels", help="label CSV (path,label[,split]) for the per-epoch kNN monitor")
     p.add_argument("--run-name", help="folder under ROOT/checkpoints")
     p.set_defaults(func=cmd_pretrain)
@@ -356,8 +366,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("root", help="output root of `lakelabel ingest`")
     p.add_argument("--config", help="YAML file with an `embed:` section (flags override it)")
-    p.add_argument("--encoder", help="pretrain run name (default 'default'), a state-dict file, or 'random'")
-    p.add_argument("--backbone", help="for a state-dict file: resnet18 | resnet34 | resnet50")
+    p.add_argument(
+        "--encoder",
+        help="pretrain run name (default 'default'), timm:<model> | torchvision:<model> (pretrained, frozen), "
+        "a state-dict file, or 'random'",
+    )
+    p.add_argument(
+        "--weights",
+        help="weights file of a timm:/torchvision: encoder (default: the library's local cache; "
+        "nothing downloads unless LAKELABEL_ALLOW_DOWNLOAD=1)",
+    )
+    p.add_argument(
+        "--backbone",
+        help="for a state-dict file: resnet18 | resnet34 | resnet50 | timm:<model> | torchvision:<model>",
+    )
     p.add_argument("--stem", help="for a state-dict file: small | imagenet")
     p.add_argument("--image-size", type=int, help="input size (default: the encoder's training size)")
     p.add_argument("--batch-size", type=int)
@@ -418,7 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="seed/reviewed label CSV (path or key, label[, label_name]); repeatable",
     )
     p.add_argument("--cluster-run", help="run under ROOT/clusters (default 'default')")
-    p.add_argument("--cluster-column", help="kmeans | sinkhorn | head_<t> (default head_0)")
+    p.add_argument(
+        "--cluster-column", help="auto (scan if present, else head_0) | kmeans | sinkhorn | head_<t> | scan"
+    )
     p.add_argument(
         "--embeddings", help="encoder run / embeddings directory (default: the cluster run's, or newest)"
     )
@@ -491,8 +515,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", help="comma-separated class names, e.g. automobile,truck")
     p.add_argument("--backbone", help="resnet18 | resnet34 | resnet50")
     p.add_argument("--stem", help="small | imagenet")
-    p.add_argument("--init-from", help="state-dict checkpoint for the backbone")
-    p.add_argument("--image-size", type=int)
+    p.add_argument(
+        "--init-from",
+        help="start from timm:<model> | torchvision:<model> (pretrained), a pretrain run, or a state-dict file",
+    )
+    p.add_argument("--init-weights", help="weights file for a timm:/torchvision: --init-from")
+    p.add_argument("--image-size", type=int, help="default 32, or the --init-from encoder's size")
     p.add_argument("--epochs", type=int)
     p.add_argument("--max-steps", type=int)
     p.add_argument("--batch-size", type=int)

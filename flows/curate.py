@@ -39,7 +39,7 @@ def curate_flow(config: LakelabelConfig | None = None) -> dict:
         if not config.select.seed_labels:
             config.select.seed_labels = [str(demo_seed_csv(lake))]
         config.select.truth = config.select.truth or str(demo_truth_csv(lake))
-    if config.embed.encoder == "default":
+    if config.embed.encoder == "default" and config.pretrain is not None:
         config.embed.encoder = config.pretrain.run_name
     timings: dict[str, float] = {}
 
@@ -52,8 +52,13 @@ def curate_flow(config: LakelabelConfig | None = None) -> dict:
         return result
 
     ingest = stage("ingest", lambda: ingest_flow(source, root, config.ingest, config.runner))
-    encoder = Path(root) / "checkpoints" / config.pretrain.run_name / "encoder.pt"
-    if config.reuse_encoder and encoder.exists() and config.embed.encoder == config.pretrain.run_name:
+    encoder = (
+        Path(root) / "checkpoints" / (config.pretrain.run_name if config.pretrain else "") / "encoder.pt"
+    )
+    if config.pretrain is None:  # a pretrained encoder, frozen: no SSL
+        pretrain = {"skipped": True, "encoder": config.embed.encoder}
+        timings["pretrain"] = 0.0
+    elif config.reuse_encoder and encoder.exists() and config.embed.encoder == config.pretrain.run_name:
         pretrain = {"skipped": True, "encoder": str(encoder)}
         timings["pretrain"] = 0.0
     else:
@@ -85,7 +90,7 @@ def curate_flow(config: LakelabelConfig | None = None) -> dict:
         "|---|---|---|",
         f"| ingest | {timings['ingest']} | {ingest['sharded']} sharded, {ingest['duplicate']} duplicate, "
         f"{ingest['rejected']} rejected, {ingest['skipped']} skipped |",
-        f"| pretrain | {timings['pretrain']} | {'reused' if pretrain.get('skipped') else str(pretrain.get('steps')) + ' steps'} |",
+        f"| pretrain | {timings['pretrain']} | {('none: ' + config.embed.encoder) if config.pretrain is None else 'reused' if pretrain.get('skipped') else str(pretrain.get('steps')) + ' steps'} |",
         f"| embed | {timings['embed']} | {embed['shards_embedded']} shards embedded, {embed['shards_skipped']} skipped |",
         f"| cluster | {timings['cluster']} | K={clusters['k']} x T={clusters['heads']}"
         f"{' (unchanged, skipped)' if clusters['skipped'] else ''} |",

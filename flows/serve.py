@@ -20,7 +20,7 @@ def deployments(config: LakelabelConfig, nightly_cron: str, weekly_cron: str | N
             name="nightly-curate", cron=nightly_cron, parameters={"config": config.model_dump(mode="json")}
         )
     ]
-    if weekly_cron:
+    if weekly_cron and config.pretrain is not None:
         out.append(
             pretrain_flow.to_deployment(
                 name="weekly-pretrain",

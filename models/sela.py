@@ -104,15 +104,21 @@ def train_sela(
 
     def relabel(epoch: int) -> None:
         log_probs = head_log_probs(model, x)
-        changed = 0
+        changed, iterations = 0, []
         for t in range(heads):
             solved = balanced_labels(
                 log_probs[t], lams[t], target=target, tol=tol, init_log_scale=log_scales[t], balance=balance
             )
             log_scales[t], lams[t], new = solved.result.log_scale, solved.result.lam, solved.labels
+            iterations.append(solved.result.iterations)
             changed += int((new != labels[:, t]).sum())
             labels[:, t] = new
-        record = {"epoch": epoch, "relabelled_fraction": round(changed / (n * heads), 4), "lam": lams}
+        record = {
+            "epoch": epoch,
+            "relabelled_fraction": round(changed / (n * heads), 4),
+            "lam": list(lams),
+            "sinkhorn_iterations": iterations,
+        }
         history.append(record)
         if log:
             log(record)

@@ -17,22 +17,23 @@ import torch.nn.functional as F
 
 
 class DropoutClassifier(nn.Module):
-    """``(B, D)`` embeddings → ``(B, C)`` logits through one hidden layer, with dropout kept on for MC passes."""
+    """``(B, D)`` embeddings → ``(B, C)`` logits through one hidden layer (``hidden`` = 0: linear), with
+    dropout kept on for MC passes; logits are divided by ``temperature`` (set by calibration)."""
 
     def __init__(self, dim: int, classes: int, hidden: int = 512, dropout: float = 0.3):
         super().__init__()
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        self.net = nn.Sequential(
-            nn.Dropout(dropout),
-            nn.Linear(dim, hidden),
-            nn.ReLU(),
-            nn.Dropout(dropout),
-            nn.Linear(hidden, classes),
-        )
+        layers: list[nn.Module] = [nn.Dropout(dropout)]
+        if hidden:
+            layers += [nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, classes)]
+        else:
+            layers.append(nn.Linear(dim, classes))
+        self.net = nn.Sequential(*layers)
+        self.temperature = 1.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return self.net(x) / self.temperature
 
 
 class EncoderClassifier(nn.Module):
@@ -89,6 +90,21 @@ def mc_dropout_stats(
             out["std_neg"].append(q.std(0))
     model.eval()
     return McStats(**{k: torch.cat(v) for k, v in out.items()})
+
+
+def smooth_over_neighbours(stats: McStats, neighbours: torch.Tensor, weight: float) -> McStats:
+    """Neighbour consistency: each row's mean class probabilities become ``(1 − weight) × own +
+    weight × mean over its ``neighbours`` ``(N, k)`` rows`` (both temperatures); stds unchanged."""
+    if not 0 <= weight <= 1:
+        raise ValueError(f"neighbour smoothing weight must be in [0, 1], got {weight}")
+    if weight == 0:
+        return stats
+    return McStats(
+        (1 - weight) * stats.mean + weight * stats.mean[neighbours].mean(1),
+        stats.std,
+        (1 - weight) * stats.mean_neg + weight * stats.mean_neg[neighbours].mean(1),
+        stats.std_neg,
+    )
 
 
 @dataclass

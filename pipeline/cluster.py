@@ -16,8 +16,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from data_specs.clusters import assignments_schema, validate_assignments
+from data_specs.clusters import assignments_schema, label_columns, validate_assignments
 from models.kmeans import centroid_scores, kmeans_assign, spherical_kmeans
+from models.scan import mine_neighbours, train_scan
 from models.sela import train_sela
 from models.sinkhorn import balanced_labels, check_target, tensor_chunks
 from pipeline.atomic import atomic_write, atomic_write_bytes
@@ -92,7 +93,7 @@ def cluster(
             source = tensor_chunks(scores, max(1, 2**20 // config.k))
         solved = balanced_labels(
             source,
-            config.lam,
+            1.0,  # the scores are log_softmax(sim / τ): τ already sets their sharpness (λ on top slows Sinkhorn ~20×)
             n_rows=emb.n,
             n_cols=config.k,
             target=target,
@@ -127,6 +128,31 @@ def cluster(
     )
     timings["sela_s"] = time.perf_counter() - start
 
+    # 4. SCAN heads on the mined neighbours
+    scan = None
+    if config.scan is not None:
+        start = time.perf_counter()
+        neighbours = mine_neighbours(x_np, min(config.scan.neighbours, emb.n - 1))
+        timings["scan_neighbours_s"] = time.perf_counter() - start
+        s = config.scan
+        scan = train_scan(
+            x * float(np.sqrt(x.shape[1])),  # unit rows scaled to coordinates of order 1
+            torch.from_numpy(neighbours),
+            config.k,
+            heads=s.heads,
+            hidden=s.hidden,
+            epochs=s.epochs,
+            entropy_weight=s.entropy_weight,
+            self_label_epochs=s.self_label_epochs,
+            threshold=s.threshold,
+            feature_dropout=s.feature_dropout,
+            batch_size=min(s.batch_size, emb.n),
+            lr=s.lr,
+            seed=config.seed,
+            log=log,
+        )
+        timings["scan_s"] = time.perf_counter() - start
+
     columns = {
         "key": pa.array(emb.keys, pa.string()),
         "shard": pa.array(emb.shards, pa.string()),
@@ -137,7 +163,11 @@ def cluster(
     for t in range(config.heads):
         columns[f"head_{t}"] = pa.array(sela.labels[:, t].numpy().astype(np.int32))
         columns[f"posterior_{t}"] = pa.array(sela.posteriors[:, t].numpy().astype(np.float32))
-    table = validate_assignments(pa.table(columns, schema=assignments_schema(config.heads)), config.k)
+    if scan is not None:
+        columns["scan"] = pa.array(scan.labels.numpy().astype(np.int32))
+        columns["scan_confidence"] = pa.array(scan.confidence.numpy().astype(np.float32))
+    schema = assignments_schema(config.heads, scan is not None)
+    table = validate_assignments(pa.table(columns, schema=schema), config.k)
 
     summary = {
         "clusters": str(out_dir),
@@ -153,16 +183,22 @@ def cluster(
         "kmeans_trained_on": runs[0].trained_on,
         "kmeans_gpu": runs[0].gpu,
         "sinkhorn_iterations": sinkhorn_iters,
+        "sela_sinkhorn_iterations": [
+            r["sinkhorn_iterations"] for r in sela.history if "sinkhorn_iterations" in r
+        ],
         "sinkhorn_lambda_used": sinkhorn_lams,
         "cluster_sizes": {
             name: np.bincount(table.column(name).to_numpy(), minlength=config.k).tolist()
-            for name in ["kmeans", "sinkhorn", *[f"head_{t}" for t in range(config.heads)]]
+            for name in label_columns(table)
         },
+        "scan": {"head": scan.head, "history": scan.history} if scan is not None else None,
         "history": sela.history,
         "timings": {k: round(v, 2) for k, v in timings.items()},
     }
     atomic_write(out_dir / "centroids.npy", lambda f: np.save(f, runs[0].centroids, allow_pickle=False))
     atomic_write(out_dir / "heads.pt", lambda f: torch.save(sela.model.state_dict(), f))
+    if scan is not None:
+        atomic_write(out_dir / "scan_head.pt", lambda f: torch.save(scan.model.state_dict(), f))
     atomic_write_bytes(summary_path, json.dumps(summary, indent=1).encode())
     atomic_write(out_dir / "assignments.parquet", lambda f: pq.write_table(table, f))  # the commit
     return {**summary, "skipped": False}

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 import pipeline.ingest_defaults as defaults
 
@@ -82,7 +82,11 @@ class PretrainConfig(StrictModel):
     method: str = Field("simsiam", description="simsiam | byol | barlow_twins | simclr")
     loss: str = Field("default", description="default | wasserstein (SimSiam, BYOL)")
     backbone: str = Field("resnet18", description="resnet18 | resnet34 | resnet50")
-    image_size: int = Field(32, gt=0, description="Training crop size.")
+    image_size: int | None = Field(
+        None,
+        gt=0,
+        description="Training crop size; None = 32, or the pretrained size with a named init_from.",
+    )
     stem: str = Field(
         "auto",
         description="auto (small for image_size <= 64) | small (3x3 stride-1, no max-pool) | imagenet "
@@ -105,10 +109,22 @@ class PretrainConfig(StrictModel):
     checkpoint_every: int = Field(200, gt=0, description="Steps between atomic checkpoints.")
     seed: int = 0
     precision: str = Field("auto", description="auto (bf16 on CUDA) | fp32 | bf16")
+    augment: str = Field(
+        "auto",
+        description="auto (on the device with CUDA, else in the loader) | device (kornia, batched, "
+        "per-sample parameters; loaders only decode) | loader (torchvision per image in the workers)",
+    )
     channels_last: bool = True
     compile: bool = Field(False, description="torch.compile the model (CUDA).")
     init_from: str | None = Field(
-        None, description="User checkpoint (state dict) to initialise the backbone."
+        None,
+        description="Start from pretrained weights (adapt mode): timm:<model> or torchvision:<model> "
+        "(its architecture replaces backbone/stem; weights from init_weights or the local cache), or a "
+        "state-dict file for backbone.",
+    )
+    init_weights: str | None = Field(None, description="Weights file for a timm:/torchvision: init_from.")
+    backbone_lr_scale: float = Field(
+        0.1, gt=0, le=1, description="Learning-rate factor of the pretrained backbone (with init_from)."
     )
     knn_labels: str | None = Field(None, description="Label CSV (path,label[,split]) for the kNN monitor.")
     knn_k: int = Field(20, gt=0)
@@ -125,13 +141,18 @@ class EmbedConfig(StrictModel):
 
     encoder: str = Field(
         "default",
-        description="Pretrain run name under ROOT/checkpoints, a state-dict file, or 'random' (baseline).",
+        description="Pretrain run name under ROOT/checkpoints, timm:<model> or torchvision:<model> "
+        "(pretrained, frozen; weights from --weights or the local cache), a state-dict file, or 'random'.",
     )
+    weights: str | None = Field(None, description="Weights file of a timm:/torchvision: encoder.")
     backbone: str | None = Field(
-        None, description="For a plain state-dict file: resnet18 | resnet34 | resnet50."
+        None,
+        description="For a plain state-dict file: resnet18 | resnet34 | resnet50 | timm:<model> | torchvision:<model>.",
     )
     stem: str | None = Field(None, description="For a plain state-dict file: small | imagenet.")
-    image_size: int | None = Field(None, gt=0, description="Input size; None = the encoder's training size.")
+    image_size: int | None = Field(
+        None, gt=0, description="Input size; None = the encoder's training (or pretrained) size."
+    )
     batch_size: int = Field(256, gt=0)
     workers: int = Field(2, ge=0, description="DataLoader decode workers.")
     dtype: str = Field("float16", description="float16 | float32 (stored matrices).")
@@ -143,12 +164,30 @@ class EmbedConfig(StrictModel):
     )
 
 
+class ScanConfig(StrictModel):
+    """SCAN (Van Gansbeke et al., ECCV 2020) on the frozen embeddings: mined neighbours, SCAN heads,
+    self-labelling. Writes the ``scan`` column."""
+
+    neighbours: int = Field(20, gt=0, description="Nearest neighbours mined per image (FAISS, cosine).")
+    heads: int = Field(5, gt=0, description="SCAN heads trained; the lowest-loss one is kept.")
+    hidden: int = Field(0, ge=0, description="0 = linear heads, else an MLP with this hidden width.")
+    epochs: int = Field(60, gt=0, description="SCAN-loss epochs.")
+    entropy_weight: float = Field(5.0, ge=0, description="Weight of the cluster-entropy term (SCAN: 5).")
+    self_label_epochs: int = Field(10, ge=0, description="Self-labelling epochs (0 = none).")
+    threshold: float = Field(0.99, gt=0, lt=1, description="Self-labelling: confident when max prob >= this.")
+    feature_dropout: float = Field(0.25, ge=0, lt=1, description="Input dropout while self-labelling.")
+    batch_size: int = Field(512, gt=1)
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate.")
+
+
 class ClusterConfig(StrictModel):
     """FAISS k-means, Sinkhorn-Knopp equipartition and SeLa heads on the embeddings."""
 
     k: int = Field(10, gt=1, description="Clusters per head.")
     heads: int = Field(5, gt=0, description="SeLa heads T (independent clusterings).")
-    lam: float = Field(25.0, gt=0, description="Sinkhorn sharpness λ (SeLa uses 25).")
+    lam: float = Field(
+        25.0, gt=0, description="Sinkhorn sharpness λ of the SeLa heads' label updates (SeLa: 25)."
+    )
     sinkhorn_tol: float = Field(1e-3, gt=0, description="Relative cluster-mass tolerance.")
     balance: float = Field(
         0.1,
@@ -173,6 +212,9 @@ class ClusterConfig(StrictModel):
     batch_size: int = Field(1024, gt=0)
     lr: float = Field(0.1, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
+    scan: ScanConfig | None = Field(
+        default_factory=ScanConfig, description="SCAN clustering settings; null = no SCAN column."
+    )
     seed: int = 0
     run_name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$", description="Folder under ROOT/clusters.")
 
@@ -190,7 +232,10 @@ class SelectConfig(StrictModel):
     embeddings: str | None = Field(
         None, description="Encoder run / embeddings directory name; None = the cluster run's (or the newest)."
     )
-    cluster_column: str = Field("head_0", description="kmeans | sinkhorn | head_<t>")
+    cluster_column: str = Field(
+        "auto",
+        description="auto (scan when the run has it, else head_0) | kmeans | sinkhorn | head_<t> | scan",
+    )
     naming: str = Field(
         "hungarian", description="Cluster → class naming with seed labels: hungarian | majority"
     )
@@ -206,7 +251,23 @@ class SelectConfig(StrictModel):
     neg_temperature: float = Field(2.0, gt=0, description="Softmax temperature for negative selection.")
     confidence_tau: float = Field(0.95, gt=0, le=1, description="Threshold of the confidence-only method.")
     class_balance: bool = Field(False, description="Cap positives per class at the rarest class's count.")
-    hidden: int = Field(512, gt=0)
+    hidden: int = Field(
+        0, ge=0, description="Classifier hidden width; 0 = linear (dropout on the inputs), the best here."
+    )
+    neighbours: int = Field(
+        10, ge=1, description="Nearest neighbours (FAISS, cosine) for neighbour smoothing."
+    )
+    neighbour_smoothing: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Weight of the neighbours' mean class probabilities in each image's (0 = off).",
+    )
+    calibrate: bool = Field(
+        True,
+        description="Temperature-scale each round's classifier on out-of-fold labelled rows (seed labels, "
+        "else the cluster labels) before thresholding.",
+    )
     dropout: float = Field(0.3, ge=0, lt=1)
     lr: float = Field(1e-3, gt=0, description="Adam learning rate.")
     weight_decay: float = Field(1e-4, ge=0)
@@ -250,8 +311,13 @@ class TrainClassifierConfig(StrictModel):
         "resnet18", description="resnet18 | resnet34 | resnet50 (torchvision, from scratch)"
     )
     stem: str = Field("imagenet", description="small | imagenet (the cheap one at 32 px on CPU)")
-    init_from: str | None = Field(None, description="Optional state-dict checkpoint for the backbone.")
-    image_size: int = Field(32, gt=0)
+    init_from: str | None = Field(
+        None,
+        description="Start from: timm:<model> | torchvision:<model> (pretrained; replaces backbone/stem), "
+        "a pretrain run under ROOT/checkpoints, or a state-dict file for backbone.",
+    )
+    init_weights: str | None = Field(None, description="Weights file for a timm:/torchvision: init_from.")
+    image_size: int | None = Field(None, gt=0, description="None = 32, or the size init_from was trained at.")
     epochs: int = Field(5, gt=0)
     max_steps: int | None = Field(None, gt=0)
     batch_size: int = Field(128, gt=1)
@@ -322,7 +388,11 @@ class LakelabelConfig(StrictModel):
         "lakelabel-demo/root", description="Output root: shards, manifest, checkpoints, labels."
     )
     ingest: IngestConfig = Field(default_factory=IngestConfig)
-    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    pretrain: PretrainConfig | None = Field(
+        default_factory=PretrainConfig,
+        description="SSL pretraining; 'none' (or null) skips it: embed.encoder then names a pretrained "
+        "encoder (timm:<model>, torchvision:<model>, a state-dict file).",
+    )
     embed: EmbedConfig = Field(default_factory=EmbedConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     select: SelectConfig = Field(default_factory=SelectConfig)
@@ -331,6 +401,20 @@ class LakelabelConfig(StrictModel):
         True, description="Skip pretraining when the pretrain run already has an encoder (nightly runs)."
     )
     labels_dest: str | None = Field(None, description="Label lake URL; None = ROOT/labels.")
+
+    @field_validator("pretrain", mode="before")
+    @classmethod
+    def _pretrain_none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and value.lower() == "none" else value
+
+    @model_validator(mode="after")
+    def _encoder_without_pretrain(self) -> LakelabelConfig:
+        if self.pretrain is None and self.embed.encoder == "default":
+            raise ValueError(
+                "pretrain: none needs embed.encoder naming a pretrained encoder "
+                "(timm:<model>, torchvision:<model> or a state-dict file)"
+            )
+        return self
 
 
 SECTIONS: dict[str, type[StrictModel]] = {

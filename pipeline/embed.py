@@ -7,7 +7,6 @@ whatever the size of the lake. On GPU: bf16 autocast and channels_last.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -30,102 +29,20 @@ from data_specs.embeddings import (
     validate_part,
 )
 from data_specs.manifest import MANIFEST_SCHEMA
-from models.backbones import build_backbone
 from pipeline.atomic import atomic_write, atomic_write_bytes
 from pipeline.augment import eval_transform
 from pipeline.config import EmbedConfig, check_choice
-from pipeline.pretrain import CheckpointError, _autocast, compute_device, init_backbone_from
+from pipeline.devices import autocast, compute_device
+from pipeline.encoders import Encoder
+from pipeline.encoders import load_encoder as resolve_encoder
 from pipeline.shard_data import eval_loader, list_shards
-
-STEMS = ("small", "imagenet")
-
-
-@dataclass
-class Encoder:
-    """A backbone ready to embed, with what the embeddings contract records about it."""
-
-    module: torch.nn.Module
-    name: str
-    sha256: str
-    backbone: str
-    small_stem: bool
-    image_size: int
-    dim: int
-
-
-def _state_sha256(state: dict[str, torch.Tensor]) -> str:
-    digest = hashlib.sha256()
-    for name in sorted(state):
-        digest.update(name.encode())
-        digest.update(state[name].detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_encoder(root: str | Path, config: EmbedConfig) -> Encoder:
-    """Resolve ``config.encoder``: a pretrain run under ROOT/checkpoints, a state-dict file, or ``random``."""
-    root = Path(root)
-    run_dir = root / "checkpoints" / config.encoder
-    if config.encoder == "random":
-        backbone = config.backbone or "resnet18"
-        small = (config.stem or "small") == "small"
-        module, dim = build_backbone(backbone, small_images=small)
-        # torchvision's ResNet init (kaiming normal, fan_out; BN weight 1, bias 0), but from a private
-        # generator: the global RNG is shared by threads (a DataLoader in another task draws from it)
-        generator = torch.Generator().manual_seed(config.seed)
-        for layer in module.modules():
-            if isinstance(layer, torch.nn.Conv2d):
-                torch.nn.init.kaiming_normal_(
-                    layer.weight, mode="fan_out", nonlinearity="relu", generator=generator
-                )
-        return Encoder(
-            module,
-            f"random{config.seed}",
-            _state_sha256(module.state_dict()),
-            backbone,
-            small,
-            config.image_size or 32,
-            dim,
-        )
-    if (run_dir / "encoder.pt").is_file():
-        meta_path = run_dir / "encoder.json"
-        if not meta_path.is_file():
-            raise CheckpointError(
-                f"{str(meta_path)!r} missing: re-run `lakelabel pretrain` to finish the run"
-            )
-        meta = json.loads(meta_path.read_text())
-        backbone, small, size = meta["backbone"], bool(meta["small_stem"]), int(meta["image_size"])
-        path, name = run_dir / "encoder.pt", config.encoder
-    elif Path(config.encoder).is_file():
-        if config.backbone is None or config.stem is None:
-            raise ValueError(
-                f"encoder file {config.encoder!r} needs --backbone and --stem (small | imagenet) to rebuild it"
-            )
-        backbone, small, size = config.backbone, config.stem == "small", config.image_size or 32
-        path, name = Path(config.encoder), Path(config.encoder).stem
-    else:
-        runs = sorted(p.parent.name for p in (root / "checkpoints").glob("*/encoder.pt"))
-        raise CheckpointError(
-            f"encoder {config.encoder!r} is neither a finished run under {str(root / 'checkpoints')!r} "
-            f"(finished runs: {', '.join(runs) or 'none'}), a file, nor 'random'"
-        )
-    if config.stem is not None:
-        check_choice("stem", config.stem, STEMS)
-    module, dim = build_backbone(backbone, small_images=small)
-    report = init_backbone_from(module, path)
-    if report["matched"] < report["backbone_tensors"]:
-        raise CheckpointError(
-            f"{str(path)!r} matches only {report['matched']} of {report['backbone_tensors']} backbone tensors "
-            f"of {backbone} (small_stem={small})"
-        )
-    return Encoder(module, name, file_sha256(path), backbone, small, config.image_size or size, dim)
+    """The encoder ``config`` names (see :func:`pipeline.encoders.load_encoder`)."""
+    return resolve_encoder(
+        root, config.encoder, config.weights, config.backbone, config.stem, config.image_size, config.seed
+    )
 
 
 def sharded_counts(root: str | Path) -> dict[str, int]:
@@ -157,11 +74,7 @@ def embed(
     out_dir = root / "embeddings" / embeddings_dir_name(encoder.name, encoder.sha256)
     meta = {
         "schema_version": EMBEDDINGS_SCHEMA_VERSION,
-        "encoder": encoder.name,
-        "encoder_sha256": encoder.sha256,
-        "backbone": encoder.backbone,
-        "small_stem": encoder.small_stem,
-        "image_size": encoder.image_size,
+        **encoder.describe(),
         "dim": encoder.dim,
         "dtype": config.dtype,
         "normalized": True,
@@ -169,7 +82,7 @@ def embed(
     out_dir.mkdir(parents=True, exist_ok=True)
     if (out_dir / "meta.json").exists():
         existing = read_meta(out_dir)
-        if existing != meta:
+        if {k: existing.get(k, v) for k, v in meta.items()} != meta:
             raise ValueError(
                 f"{str(out_dir)!r} holds embeddings made with other settings ({existing}); "
                 f"use the same image_size/dtype or remove the directory"
@@ -203,7 +116,11 @@ def _embed_shards(
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     loader = eval_loader(
-        shards, eval_transform(encoder.image_size), config.batch_size, config.workers, with_url=True
+        shards,
+        eval_transform(encoder.image_size, encoder.mean, encoder.std),
+        config.batch_size,
+        config.workers,
+        with_url=True,
     )
     buffers: dict[str, tuple[list[str], list[np.ndarray]]] = {}
     done = 0
@@ -211,7 +128,7 @@ def _embed_shards(
         images = images.to(dev, non_blocking=True)
         if dev.type == "cuda":
             images = images.contiguous(memory_format=torch.channels_last)
-        with _autocast(config.precision, dev):
+        with autocast(config.precision, dev):
             feats = model(images)
         feats = F.normalize(feats.float(), dim=1).to(getattr(torch, config.dtype)).cpu().numpy()
         for shard in sorted(set(urls)):

@@ -31,7 +31,9 @@ def evaluate_clusters(
     names = (
         dict(zip(merged.label, merged.label_name, strict=False)) if "label_name" in merged.columns else None
     )
-    columns = ["kmeans", "sinkhorn"] + [c for c in table.columns if c.startswith("head_")]
+    columns = [c for c in ["kmeans", "sinkhorn", "scan"] if c in table.columns] + [
+        c for c in table.columns if c.startswith("head_")
+    ]
     truth_labels = merged.label.to_numpy()
     result = {
         "run": run,

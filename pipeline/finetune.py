@@ -20,10 +20,11 @@ import torch
 
 from models.optim import warmup_cosine
 from models.ups import DropoutClassifier, EncoderClassifier, TrainingLabels, pseudo_label_loss
-from pipeline.augment import classifier_transform, eval_transform
-from pipeline.config import EmbedConfig, SelectConfig, check_choice
-from pipeline.embed import Embeddings, Encoder, load_encoder
-from pipeline.pretrain import PRECISIONS, _autocast, compute_device
+from pipeline.augment import MEAN, STD, classifier_transform, eval_transform
+from pipeline.config import SelectConfig, check_choice
+from pipeline.devices import PRECISIONS, autocast, compute_device
+from pipeline.embed import Embeddings
+from pipeline.encoders import Encoder, load_encoder
 from pipeline.shard_data import KeyedShards, eval_loader
 
 
@@ -40,9 +41,10 @@ def load_finetune_encoder(root: str | Path, emb: Embeddings, config: SelectConfi
     }
     random_seed = re.fullmatch(r"random(\d+)", name)
     if random_seed and not (Path(root) / "checkpoints" / name).exists():
-        encoder = load_encoder(root, EmbedConfig(encoder="random", seed=int(random_seed[1]), **spec))
+        encoder = load_encoder(root, "random", seed=int(random_seed[1]), **spec)
     else:
-        encoder = load_encoder(root, EmbedConfig(encoder=name, **spec))
+        weights = meta.get("weights") if name == meta["encoder"] else None
+        encoder = load_encoder(root, name, weights, **spec)
     if encoder.sha256 != meta["encoder_sha256"]:
         raise ValueError(
             f"encoder {name!r} (sha256 {encoder.sha256[:12]}) did not make the embeddings "
@@ -89,7 +91,7 @@ def finetune_round(
         shards,
         samples,
         [str(c) for c in range(classes)],
-        transform=classifier_transform(encoder.image_size),
+        transform=classifier_transform(encoder.image_size, encoder.mean, encoder.std),
         shuffle=config.shuffle_buffer,
         seed=seed,
         repeat=True,
@@ -112,7 +114,7 @@ def finetune_round(
         x = batch["image"].to(dev, non_blocking=True)
         if dev.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
-        with _autocast(config.precision, dev):
+        with autocast(config.precision, dev):
             logits = model(x).float()
         loss = pseudo_label_loss(logits, batch["label"].to(dev), batch["negatives"].to(dev))
         optimizer.zero_grad(set_to_none=True)
@@ -149,15 +151,14 @@ def reembed(model: EncoderClassifier, emb: Embeddings, root: Path, config: Selec
     features = torch.empty(emb.n, model.dim)
     filled = torch.zeros(emb.n, dtype=torch.bool)
     shards = [str(root / "shards" / s) for s in sorted(set(emb.shards))]
-    size = int(emb.meta["image_size"])
-    loader = eval_loader(
-        shards, eval_transform(size), 2 * config.finetune_batch_size, config.workers, set(row_of)
-    )
+    meta = emb.meta
+    transform = eval_transform(int(meta["image_size"]), meta.get("mean", MEAN), meta.get("std", STD))
+    loader = eval_loader(shards, transform, 2 * config.finetune_batch_size, config.workers, set(row_of))
     for images, keys in loader:
         images = images.to(dev, non_blocking=True)
         if dev.type == "cuda":
             images = images.contiguous(memory_format=torch.channels_last)
-        with _autocast(config.precision, dev):
+        with autocast(config.precision, dev):
             out = model.features(images).float().cpu()
         index = torch.as_tensor([row_of[k] for k in keys])
         features[index] = out

@@ -10,10 +10,8 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import pickle
 import statistics
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,23 +20,21 @@ import torch
 import torch.distributed as dist
 
 from data_specs.manifest import MANIFEST_SCHEMA
-from models.backbones import build_backbone
+from models.backbones import Preprocess, build_backbone, build_named, is_named
 from models.knn import knn_predict
 from models.methods import build_method
 from models.optim import LARS, warmup_cosine
 from pipeline.atomic import atomic_write, atomic_write_bytes
-from pipeline.augment import TwoViews, eval_transform
+from pipeline.augment import BatchViews, DecodeUint8, TwoViews, eval_transform, load_size
 from pipeline.config import PretrainConfig, check_choice
-from pipeline.shard_data import eval_loader, list_shards, train_loader
+from pipeline.devices import autocast, compute_device
+from pipeline.encoders import CheckpointError, cached_weights, file_sha256, init_backbone_from
+from pipeline.shard_data import eval_loader, list_shards, train_batches
 from pipeline.truth import attach_keys, read_label_csv
 
 OPTIMIZERS = ("sgd", "lars")
+AUGMENT = ("auto", "device", "loader")
 STEMS = ("auto", "small", "imagenet")
-PRECISIONS = ("auto", "fp32", "bf16")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file cannot be used (missing, pickled code, no matching weights)."""
 
 
 @dataclass
@@ -65,44 +61,6 @@ def setup_distributed() -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), local)
 
 
-def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """Load a user's checkpoint with ``weights_only=True``; code inside is refused with a clear error."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {str(path)!r}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError) as exc:
-        raise CheckpointError(
-            f"refusing checkpoint {str(path)!r}: it is not a plain state dict (weights_only load failed: "
-            f"{str(exc).splitlines()[0]})"
-        ) from None
-    for key in ("state_dict", "model", "backbone", "encoder"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"checkpoint {str(path)!r} holds no tensor state dict")
-    return obj
-
-
-def init_backbone_from(backbone: torch.nn.Module, path: str | Path) -> dict:
-    """Copy matching weights of a user's checkpoint into ``backbone``; returns what matched."""
-    state = load_state_dict_file(path)
-    own = backbone.state_dict()
-    cleaned = {}
-    for name, tensor in state.items():
-        for prefix in ("module.", "backbone.", "encoder.", "model."):
-            if name.startswith(prefix):
-                name = name[len(prefix) :]
-        if name in own and own[name].shape == tensor.shape:
-            cleaned[name] = tensor
-    if not cleaned:
-        raise CheckpointError(f"no tensor in {str(path)!r} matches the backbone's parameters")
-    backbone.load_state_dict(cleaned, strict=False)
-    return {"matched": len(cleaned), "backbone_tensors": len(own)}
-
-
 def count_sharded(root: str | Path) -> int:
     table = pq.read_table(Path(root) / "manifest", columns=["status"], schema=MANIFEST_SCHEMA)
     return table.column("status").to_pylist().count("sharded")
@@ -110,18 +68,6 @@ def count_sharded(root: str | Path) -> int:
 
 def _atomic_save(obj: dict, path: Path) -> None:
     atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def compute_device(device: str | None = None) -> torch.device:
-    """``device`` as given, else CUDA when present, else the CPU (every stage's default)."""
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-
-
-def _autocast(precision: str, device: torch.device):
-    check_choice("precision", precision, PRECISIONS)
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return nullcontext()
 
 
 class Pretrainer:
@@ -148,9 +94,19 @@ class Pretrainer:
         self.base_lr = config.lr * world_batch / 256
 
         torch.manual_seed(config.seed)
-        small = config.stem == "small" or (config.stem == "auto" and config.image_size <= 64)
-        backbone, feat_dim = build_backbone(config.backbone, small_images=small)
-        self.init_report = init_backbone_from(backbone, config.init_from) if config.init_from else None
+        self.arch, self.small, self.pre, backbone, feat_dim = build_pretrain_backbone(config)
+        self.init_report = None
+        if config.init_from:
+            weights = config.init_weights if is_named(config.init_from) else config.init_from
+            if is_named(config.init_from) and weights is None:
+                weights = cached_weights(config.init_from)
+                if weights is None:
+                    raise CheckpointError(
+                        f"no pretrained weights for {config.init_from!r} in the local caches: pass "
+                        "init_weights (--init-weights FILE), or set LAKELABEL_ALLOW_DOWNLOAD=1"
+                    )
+            self.init_report = init_backbone_from(backbone, weights, complete=is_named(config.init_from))
+            self.init_report |= {"weights": str(weights), "weights_sha256": file_sha256(weights)}
         self.method = build_method(config.method, backbone, feat_dim, loss=config.loss).to(self.device)
         if config.channels_last:
             self.method = self.method.to(memory_format=torch.channels_last)
@@ -166,7 +122,13 @@ class Pretrainer:
             )
         if config.compile:
             self.model = torch.compile(self.model)
-        params = [p for p in self.method.parameters() if p.requires_grad]
+        params: list = [p for p in self.method.parameters() if p.requires_grad]
+        if config.init_from:  # adapt mode: the pretrained backbone learns at backbone_lr_scale × lr
+            pretrained = {id(p) for p in self.method.backbone.parameters()}
+            params = [
+                {"params": [p for p in params if id(p) in pretrained], "lr_scale": config.backbone_lr_scale},
+                {"params": [p for p in params if id(p) not in pretrained], "lr_scale": 1.0},
+            ]
         if config.optimizer == "lars":
             self.optimizer = LARS(
                 params, lr=self.base_lr, momentum=config.momentum, weight_decay=config.weight_decay
@@ -180,7 +142,17 @@ class Pretrainer:
         self.steps_run = 0
         self.step_times: list[float] = []
         self.history: list[dict] = []
-        self.transform = TwoViews(config.method, config.image_size)
+        check_choice("augment", config.augment, AUGMENT)
+        self.device_augment = config.augment == "device" or (
+            config.augment == "auto" and self.device.type == "cuda"
+        )
+        if self.device_augment:  # loaders only decode; the views are made batched on the device
+            self.views = BatchViews(config.method, self.pre.image_size, self.pre.mean, self.pre.std).to(
+                self.device
+            )
+            self.transform = DecodeUint8(load_size(self.pre.image_size))
+        else:
+            self.transform = TwoViews(config.method, self.pre.image_size, self.pre.mean, self.pre.std)
 
     # -- checkpoints -------------------------------------------------------------------------
     def state(self) -> dict:
@@ -206,7 +178,7 @@ class Pretrainer:
             return False
         state = torch.load(path, map_location="cpu", weights_only=True)
         saved = PretrainConfig.model_validate_json(state["config"])
-        for field in ("method", "loss", "backbone", "stem", "image_size", "batch_size"):
+        for field in ("method", "loss", "backbone", "stem", "image_size", "batch_size", "init_from"):
             if getattr(saved, field) != getattr(self.config, field):
                 raise CheckpointError(
                     f"{path} was trained with {field}={getattr(saved, field)!r}, not {getattr(self.config, field)!r}; "
@@ -225,37 +197,45 @@ class Pretrainer:
         cfg, losses = self.config, []
         stop = self.total_steps if n_steps is None else min(self.total_steps, self.step + n_steps)
         self.model.train()
-        while self.step < stop:
-            epoch, skip = divmod(self.step, self.steps_per_epoch)
-            loader = train_loader(
-                self.shards,
-                self.transform,
-                cfg.batch_size,
-                self.steps_per_epoch,
-                cfg.workers,
-                cfg.shuffle_buffer,
-                seed=cfg.seed * 100_003 + epoch,
-            )
-            for i, (x1, x2) in enumerate(loader):
-                if i < skip:
-                    continue  # replaying the epoch's exact data order up to the resume point
-                losses.append(self._step(x1, x2))
-                if self.step % cfg.checkpoint_every == 0 or self.step == self.total_steps:
-                    self.save()
-                if self.step >= stop:
-                    break
+        if self.step >= stop:
+            return losses
+        epoch, skip = divmod(self.step, self.steps_per_epoch)
+        # one loader for the whole run; a resumed run restarts the stream at its epoch
+        stream = train_batches(
+            self.shards,
+            self.transform,
+            cfg.batch_size,
+            self.steps_per_epoch,
+            cfg.workers,
+            cfg.shuffle_buffer,
+            seed=cfg.seed,
+            start_epoch=epoch,
+        )
+        for i, batch in enumerate(stream):
+            if i < skip:
+                continue  # replaying the epoch's exact data order up to the resume point
+            if self.device_augment:
+                images = batch.to(self.device, non_blocking=True)
+                x1, x2 = self.views(images, seed=cfg.seed * 1_000_003 + self.step)
+            else:
+                x1, x2 = batch
+            losses.append(self._step(x1, x2))
+            if self.step % cfg.checkpoint_every == 0 or self.step == self.total_steps:
+                self.save()
             if self.step % self.steps_per_epoch == 0 or self.step >= self.total_steps:
-                self.end_epoch(epoch, losses)
+                self.end_epoch((self.step - 1) // self.steps_per_epoch, losses)
+            if self.step >= stop:
+                break
         return losses
 
     def _step(self, x1: torch.Tensor, x2: torch.Tensor) -> float:
         lr = warmup_cosine(self.step, self.total_steps, self.warmup_steps, self.base_lr)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         mf = torch.channels_last if self.config.channels_last else torch.contiguous_format
         x1 = x1.to(self.device, non_blocking=True).contiguous(memory_format=mf)
         x2 = x2.to(self.device, non_blocking=True).contiguous(memory_format=mf)
-        with _autocast(self.config.precision, self.device):
+        with autocast(self.config.precision, self.device):
             loss = self.model(x1, x2)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -279,10 +259,14 @@ class Pretrainer:
         self.method.backbone.eval()
         out_keys, feats = [], []
         loader = eval_loader(
-            self.shards, eval_transform(self.config.image_size), 256, self.config.workers, keys
+            self.shards,
+            eval_transform(self.pre.image_size, self.pre.mean, self.pre.std),
+            256,
+            self.config.workers,
+            keys,
         )
         for images, batch_keys in loader:
-            with _autocast(self.config.precision, self.device):
+            with autocast(self.config.precision, self.device):
                 f = self.method.backbone(images.to(self.device))
             feats.append(f.float().cpu())
             out_keys.extend(batch_keys)
@@ -325,7 +309,8 @@ class Pretrainer:
             "run_name": self.config.run_name,
             "method": self.config.method,
             "loss": self.config.loss,
-            "backbone": self.config.backbone,
+            "backbone": self.arch,
+            "image_size": self.pre.image_size,
             "steps": self.step,
             "steps_per_epoch": self.steps_per_epoch,
             "world_size": self.dist.world,
@@ -344,9 +329,13 @@ class Pretrainer:
             _atomic_save(self.method.backbone.state_dict(), self.ckpt_dir / "encoder.pt")
             cfg = self.config
             encoder_meta = {
-                "backbone": cfg.backbone,
-                "small_stem": cfg.stem == "small" or (cfg.stem == "auto" and cfg.image_size <= 64),
-                "image_size": cfg.image_size,
+                "backbone": self.arch,
+                "small_stem": self.small,
+                "image_size": self.pre.image_size,
+                "mean": list(self.pre.mean),
+                "std": list(self.pre.std),
+                "init_from": cfg.init_from,
+                "init_weights_sha256": (self.init_report or {}).get("weights_sha256"),
                 "method": cfg.method,
                 "loss": cfg.loss,
                 "steps": self.step,
@@ -354,6 +343,21 @@ class Pretrainer:
             atomic_write_bytes(self.ckpt_dir / "encoder.json", json.dumps(encoder_meta, indent=1).encode())
             atomic_write_bytes(self.ckpt_dir / "summary.json", json.dumps(summary, indent=1).encode())
         return summary
+
+
+def build_pretrain_backbone(config: PretrainConfig):
+    """``(architecture, small_stem, preprocess, module, dim)`` of a pretrain config: a named
+    ``init_from`` (timm:/torchvision:) brings its own architecture and pretrained input size and
+    normalisation; otherwise ``backbone`` with the small stem at ``image_size`` ≤ 64 (``stem: auto``)."""
+    if config.init_from and is_named(config.init_from):
+        module, dim, pre = build_named(config.init_from)
+        if config.image_size:
+            pre = Preprocess(config.image_size, pre.mean, pre.std)
+        return config.init_from, False, pre, module, dim
+    size = config.image_size or 32
+    small = config.stem == "small" or (config.stem == "auto" and size <= 64)
+    module, dim = build_backbone(config.backbone, small_images=small)
+    return config.backbone, small, Preprocess(size), module, dim
 
 
 def pretrain(root: str | Path, config: PretrainConfig | None = None) -> dict:

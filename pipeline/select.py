@@ -20,7 +20,10 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
+from data_specs.clusters import label_columns
 from data_specs.labels import LABELS_SCHEMA, ROLES
+from models.calibration import fit_temperature, logistic_regression
+from models.scan import mine_neighbours
 from models.ups import (
     DropoutClassifier,
     Selection,
@@ -29,6 +32,7 @@ from models.ups import (
     expected_calibration_error,
     mc_dropout_stats,
     negative_learning_loss,
+    smooth_over_neighbours,
     ups_select,
 )
 from pipeline.atomic import atomic_write, atomic_write_bytes
@@ -122,6 +126,52 @@ def train_classifier(
     return model
 
 
+def _without_rows(labels: TrainingLabels, rows: torch.Tensor) -> TrainingLabels:
+    keep_pos = ~torch.isin(labels.pos_idx, rows)
+    keep_neg = ~torch.isin(labels.neg_idx, rows)
+    return TrainingLabels(
+        labels.pos_idx[keep_pos],
+        labels.pos_labels[keep_pos],
+        labels.neg_idx[keep_neg],
+        labels.neg_mask[keep_neg],
+    )
+
+
+def calibration_temperature(
+    x: torch.Tensor,
+    labels: TrainingLabels,
+    rows: torch.Tensor,
+    targets: torch.Tensor,
+    classes: int,
+    config: SelectConfig,
+    seed: int,
+) -> float:
+    """Temperature of a round's classifier: out-of-fold logits on labelled ``rows`` (their ``targets``)
+    from classifiers trained without each fold; 5 folds up to 5,000 rows, else one held-out fifth."""
+    order = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))]
+    folds = torch.tensor_split(order, 5)
+    logits, truth = [], []
+    for fold in folds if len(rows) <= 5000 else folds[:1]:
+        model = train_classifier(x, _without_rows(labels, fold), classes, config, seed)
+        with torch.no_grad():
+            logits.append(model(x[fold]))
+        truth.append(_targets_of(rows, targets, fold))
+    return fit_temperature(torch.cat(logits), torch.cat(truth))
+
+
+def _targets_of(rows: torch.Tensor, targets: torch.Tensor, wanted: torch.Tensor) -> torch.Tensor:
+    lookup = torch.full((int(rows.max()) + 1,), -1, dtype=torch.long)
+    lookup[rows] = targets
+    return lookup[wanted]
+
+
+def logreg_baseline(x: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor, classes: int) -> torch.Tensor:
+    """Class probabilities ``(N, C)`` of an L2 logistic regression on the labelled ``rows`` (the same-run
+    baseline; ``l2`` = dim is scikit-learn's default ``C = 1`` on unit-norm rows, here scaled by √dim)."""
+    w, b = logistic_regression(x[rows], targets, classes, l2=float(x.shape[1]))
+    return torch.softmax(x @ w + b, dim=1)
+
+
 def select(root: str | Path, config: SelectConfig | None = None, log=None, device: str | None = None) -> dict:
     """Run R rounds of selection on ROOT's embeddings; returns the summary (also in summary.json).
 
@@ -147,11 +197,14 @@ def select(root: str | Path, config: SelectConfig | None = None, log=None, devic
     summary: dict = {"labels_from": config.labels_from, "method": config.method, "images": n}
 
     if config.labels_from == "clusters":
-        table = read_assignments(root, config.cluster_run).to_pandas()
-        if config.cluster_column not in table.columns or config.cluster_column in ("key", "shard"):
-            valid = [c for c in table.columns if c in ("kmeans", "sinkhorn") or c.startswith("head_")]
-            check_choice("cluster_column", config.cluster_column, valid)
-        cluster_of = table.set_index("key")[config.cluster_column].reindex(emb.keys)
+        assignments = read_assignments(root, config.cluster_run)
+        table = assignments.to_pandas()
+        column = config.cluster_column
+        if column == "auto":
+            column = "scan" if "scan" in table.columns else "head_0"
+        check_choice("cluster_column", column, label_columns(assignments))
+        summary["cluster_column"] = column
+        cluster_of = table.set_index("key")[column].reindex(emb.keys)
         if cluster_of.isna().any():
             raise ValueError(
                 f"{int(cluster_of.isna().sum())} embedded images have no cluster in run {config.cluster_run!r}: "
@@ -183,7 +236,20 @@ def select(root: str | Path, config: SelectConfig | None = None, log=None, devic
         seed_rows[pos_idx] = True
     summary["seed_labels_used"] = int(len(seeds))
     labels = TrainingLabels.positives_only(pos_idx, pos_labels, classes)
+    # calibration rows: the seed labels (seed mode), else a sample of the cluster labels
+    calib_rows, calib_targets = pos_idx, pos_labels
+    if config.labels_from == "clusters" and n > 25_000:
+        pick = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed))[:25_000]
+        calib_rows, calib_targets = pos_idx[pick], pos_labels[pick]
+    baseline = None
+    if len(seeds) >= 2:
+        seed_rows_idx = torch.as_tensor(seeds.row.to_numpy().copy())
+        seed_classes = torch.as_tensor(seeds.label.to_numpy().astype(np.int64))
+        baseline = logreg_baseline(x, seed_rows_idx, seed_classes, int(seed_classes.max()) + 1)
 
+    neighbours = torch.empty(0, dtype=torch.long)
+    if config.neighbour_smoothing > 0:
+        neighbours = torch.from_numpy(mine_neighbours(emb.matrix(np.float32), min(config.neighbours, n - 1)))
     rounds = []
     selection: Selection | None = None
     encoder = load_finetune_encoder(root, emb, config) if config.finetune else None
@@ -203,7 +269,13 @@ def select(root: str | Path, config: SelectConfig | None = None, log=None, devic
             model, x, tuned = result.head, result.features, result.record
         else:
             model = train_classifier(x, labels, classes, config, config.seed + r)
+            if config.calibrate:
+                model.temperature = calibration_temperature(
+                    x, labels, calib_rows, calib_targets, classes, config, config.seed + r
+                )
+                tuned["temperature"] = round(model.temperature, 4)
         stats = mc_dropout_stats(model, x, config.passes, config.neg_temperature, seed=config.seed + r)
+        stats = smooth_over_neighbours(stats, neighbours, config.neighbour_smoothing)
         if config.method == "ups":
             selection = ups_select(
                 stats, config.tau_p, config.kappa_p, config.tau_n, config.kappa_n, config.class_balance
@@ -253,10 +325,19 @@ def select(root: str | Path, config: SelectConfig | None = None, log=None, devic
             "finetune",
         )
     }
+    summary["encoder"] = emb.meta["encoder"]
     summary["encoder_sha256"] = emb.meta["encoder_sha256"]
     summary["embeddings"] = str(emb.directory)
     if config.truth:
-        summary["metrics"] = evaluate_selection(root, config.truth, final, selection, seed_rows, stats)
+        uncalibrated = None
+        if getattr(model, "temperature", 1.0) != 1.0:
+            temperature, model.temperature = model.temperature, 1.0
+            raw = mc_dropout_stats(model, x, config.passes, config.neg_temperature, seed=config.seed + r)
+            raw = smooth_over_neighbours(raw, neighbours, config.neighbour_smoothing)
+            uncalibrated, model.temperature = raw.mean.max(dim=1).values, temperature
+        summary["metrics"] = evaluate_selection(
+            root, config.truth, final, selection, seed_rows, stats, uncalibrated, baseline
+        )
     out_dir = root / "selections" / config.run_name
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "selection.parquet").unlink(missing_ok=True)
@@ -360,9 +441,20 @@ def export_review(
     return {"csv": str(out / "review.csv"), "rows": int(len(queue))}
 
 
-def evaluate_selection(root, truth_csv, final: pd.DataFrame, selection: Selection, seed_rows, stats) -> dict:
+def evaluate_selection(
+    root,
+    truth_csv,
+    final: pd.DataFrame,
+    selection: Selection,
+    seed_rows,
+    stats,
+    uncalibrated: torch.Tensor | None = None,
+    baseline: torch.Tensor | None = None,
+) -> dict:
     """Precision/coverage of positives (UPS and confidence-only at equal coverage), negative accuracy,
-    the precision–coverage curve of confidence ranking and the ECE, on non-seed images with truth."""
+    the precision–coverage curve of confidence ranking and the ECE (before and after calibration), on
+    non-seed images with truth; with ``baseline`` probabilities ``(N, C)`` (logistic regression on the
+    seed labels), the same measures for it. Undefined measures (no positives, no negatives) are None."""
     truth = attach_keys(root, read_label_csv(truth_csv)).drop_duplicates("key").set_index("key").label
     y = final.key.map(truth)
     has = y.notna().to_numpy() & ~seed_rows.numpy()
@@ -382,6 +474,22 @@ def evaluate_selection(root, truth_csv, final: pd.DataFrame, selection: Selectio
     neg_wrong = int(neg[np.arange(len(y)), np.clip(true_col, 0, None)][true_col >= 0].sum())
     precision = precision_coverage(correct, conf)
     curve = [{"coverage": cov, "precision": round(precision_at(precision, cov), 4)} for cov in COVERAGES]
+    n_neg = int(neg.sum())
+    extra: dict = {}
+    if uncalibrated is not None:
+        extra["ece_uncalibrated"] = round(
+            expected_calibration_error(uncalibrated[torch.as_tensor(has)], torch.as_tensor(correct)), 4
+        )
+    if baseline is not None:
+        b_conf, b_pred = baseline[torch.as_tensor(has)].max(dim=1)
+        _, b_map = hungarian_accuracy(b_pred.numpy(), y)
+        b_correct = np.array([b_map.get(int(p), -1) for p in b_pred.numpy()]) == y
+        b_curve = precision_coverage(b_correct, b_conf.numpy())
+        extra["baseline_logreg"] = {
+            "accuracy_full_coverage": round(float(b_correct.mean()), 4),
+            "precision_at_50pct_coverage": round(precision_at(b_curve, 0.5), 4),
+            "ece": round(expected_calibration_error(b_conf, torch.as_tensor(b_correct)), 4),
+        }
     return {
         "evaluated": int(has.sum()),
         "accuracy_full_coverage": round(float(correct.mean()), 4),
@@ -392,11 +500,13 @@ def evaluate_selection(root, truth_csv, final: pd.DataFrame, selection: Selectio
         "confidence_only_precision_at_equal_coverage": round(float(precision[n_pos - 1]), 4)
         if n_pos
         else None,
-        "negative_labels": int(neg.sum()),
-        "negative_accuracy": round(1 - neg_wrong / max(int(neg.sum()), 1), 4),
+        "negative_labels": n_neg,
+        "negative_accuracy": round(1 - neg_wrong / n_neg, 4) if n_neg else None,
         "ece": round(expected_calibration_error(torch.as_tensor(conf), torch.as_tensor(correct)), 4),
         "precision_coverage_curve": curve,
+        "precision_at_50pct_coverage": round(precision_at(precision, 0.5), 4),
         "mapping": {int(k): int(v) for k, v in mapping.items()},
+        **extra,
     }
 
 

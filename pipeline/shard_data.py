@@ -8,6 +8,7 @@ across versions and a silent default can feed every node the same shards.
 from __future__ import annotations
 
 import io
+import itertools
 import random
 import tarfile
 from collections.abc import Callable
@@ -62,7 +63,97 @@ def read_shard_images(root: str | Path, shard_of: dict[str, str]) -> dict[str, I
     return images
 
 
-def train_loader(
+class TrainStream(torch.utils.data.IterableDataset):
+    """One endless stream of training batches for a whole run, epoch after epoch from ``start_epoch``.
+
+    Each epoch is a function of ``(seed, epoch)`` alone: its shard order and shuffle buffer are
+    seeded by the epoch, and each of the ``W`` loader workers delivers ``ceil(batches_per_epoch / W)``
+    of the epoch's batches (the DataLoader takes batches from its workers in turn, so every epoch
+    starts at worker 0), reading its share of the shards and wrapping around them if they run
+    short; :func:`train_batches` keeps the first ``batches_per_epoch`` of each epoch. So one
+    DataLoader serves every epoch (no worker restart per epoch) and a run resumed at
+    ``start_epoch`` replays that epoch exactly. Samples are decoded and passed through ``transform``
+    under a per-sample seed ``(seed, epoch, worker, position)``; batches are stacked tensors (or
+    tuples of them when ``transform`` returns tuples).
+    """
+
+    def __init__(
+        self,
+        shards: list[str],
+        transform: Callable,
+        batch_size: int,
+        batches_per_epoch: int,
+        shuffle_buffer: int,
+        seed: int,
+        start_epoch: int = 0,
+    ):
+        self.shards, self.transform = sorted(shards), transform
+        self.batch_size, self.batches_per_epoch = batch_size, batches_per_epoch
+        self.shuffle_buffer, self.seed, self.start_epoch = shuffle_buffer, seed, start_epoch
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        rank, world = _rank_world()
+        quota = -(-self.batches_per_epoch // workers)
+        for epoch in itertools.count(self.start_epoch):
+            epoch_seed = self.seed * 100_003 + epoch
+            order = list(self.shards)
+            random.Random(epoch_seed).shuffle(order)
+            order = order[rank::world] or order
+            mine = order[worker::workers] if len(order) >= workers else order
+            keep = None if len(order) >= workers else (worker, workers)  # fewer shards than workers
+            rng = random.Random(epoch_seed * 1_000_003 + worker)
+            samples = self._samples(mine, keep, rng)
+            for index in range(quota):
+                batch = []
+                for position in range(index * self.batch_size, (index + 1) * self.batch_size):
+                    with torch.random.fork_rng(devices=[]):
+                        torch.manual_seed((epoch_seed * 1_000_003 + worker * 10_000_019 + position) % (2**63))
+                        batch.append(self.transform(decode_rgb(next(samples))))
+                yield _stack(batch)
+
+    def _samples(self, shards: list[str], keep, rng: random.Random):
+        """Endless shuffled JPEG bytes of ``shards`` (every ``keep[1]``-th sample from ``keep[0]`` when
+        workers share shards), through a shuffle buffer."""
+        buffer: list[bytes] = []
+        while True:
+            found = False
+            dataset = wds.WebDataset(
+                shards, shardshuffle=False, nodesplitter=_same, workersplitter=_same, empty_check=False
+            )
+            for i, sample in enumerate(dataset):
+                if keep is not None and i % keep[1] != keep[0]:
+                    continue
+                found = True
+                buffer.append(sample["jpg"])
+                if len(buffer) >= self.shuffle_buffer:
+                    j = rng.randrange(len(buffer))
+                    buffer[j], buffer[-1] = buffer[-1], buffer[j]
+                    yield buffer.pop()
+            if not found:
+                raise ShardsNotFound(f"no samples in shards {shards}")
+
+
+def _same(urls):
+    return urls
+
+
+def _rank_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _stack(batch: list):
+    if isinstance(batch[0], tuple):
+        return tuple(torch.stack(parts) for parts in zip(*batch, strict=True))
+    return torch.stack(batch)
+
+
+def train_batches(
     shards: list[str],
     transform: Callable,
     batch_size: int,
@@ -70,40 +161,27 @@ def train_loader(
     workers: int,
     shuffle_buffer: int,
     seed: int,
-) -> torch.utils.data.DataLoader:
-    """One epoch of ``(view1, view2)`` batches: exactly ``batches_per_epoch`` batches.
+    start_epoch: int = 0,
+):
+    """The whole run's training batches from one DataLoader over :class:`TrainStream`, exactly
+    ``batches_per_epoch`` per epoch (the last workers' surplus batches of an epoch are dropped)."""
+    stream = TrainStream(shards, transform, batch_size, batches_per_epoch, shuffle_buffer, seed, start_epoch)
+    per_epoch = -(-batches_per_epoch // max(workers, 1)) * max(workers, 1)
+    for position, batch in enumerate(_loader(stream, workers, seed)):
+        if position % per_epoch < batches_per_epoch:
+            yield batch
 
-    Deterministic for a given ``seed`` (shard order, shuffle buffer, augmentations in every worker),
-    so a resumed run replays the same epoch and skips the batches it already trained on.
-    """
-    dataset = (
-        wds.WebDataset(
-            shards,
-            shardshuffle=len(shards),
-            nodesplitter=wds.split_by_node,
-            workersplitter=wds.split_by_worker,
-            seed=seed,
-            resampled=False,
-            empty_check=False,
-        )
-        .shuffle(shuffle_buffer, rng=random.Random(seed))
-        .to_tuple("jpg")
-        .map(_SeededTransform(transform, seed))
-        .batched(batch_size, partial=False)
-        .repeat()
-    )
-    generator = torch.Generator().manual_seed(seed)
-    # the epoch length is counted in this process: a dataset-level with_epoch counts per loader
-    # worker, and 2 workers would make an "epoch" twice as long
-    return wds.WebLoader(
-        dataset,
+
+def _loader(stream: TrainStream, workers: int, seed: int) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(
+        stream,
         batch_size=None,
         num_workers=workers,
-        generator=generator,
-        persistent_workers=False,
+        generator=torch.Generator().manual_seed(seed),  # never draws from the training process's RNG
         pin_memory=torch.cuda.is_available(),
+        persistent_workers=False,
         multiprocessing_context=_mp_context(workers),
-    ).with_epoch(batches_per_epoch)
+    )
 
 
 def eval_loader(
@@ -143,26 +221,6 @@ class _TransformJpeg:
 
     def __call__(self, sample: tuple):
         return self.transform(decode_rgb(sample[0]))
-
-
-class _SeededTransform(_TransformJpeg):
-    """Augment each sample under its own seed (run seed, loader worker, position in the worker's stream).
-
-    Augmentations then do not touch the training process's global RNG and replay exactly on resume,
-    whatever the number of loader workers.
-    """
-
-    def __init__(self, transform: Callable, seed: int):
-        super().__init__(transform)
-        self.seed, self.count = seed, 0
-
-    def __call__(self, sample: tuple):
-        info = torch.utils.data.get_worker_info()
-        worker = info.id if info is not None else 0
-        self.count += 1
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.seed * 1_000_003 + worker * 10_000_019 + self.count) % (2**63))
-            return self.transform(decode_rgb(sample[0]))
 
 
 class _TransformJpegKeepKey(_TransformJpeg):

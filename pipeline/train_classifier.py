@@ -13,14 +13,14 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from models.backbones import build_backbone
 from models.optim import warmup_cosine
 from models.ups import pseudo_label_loss
 from pipeline.atomic import atomic_write, atomic_write_bytes
 from pipeline.augment import classifier_transform, eval_transform
 from pipeline.config import TrainClassifierConfig, check_choice
+from pipeline.devices import autocast, compute_device
+from pipeline.encoders import Encoder, load_encoder, random_encoder
 from pipeline.labeled_shards import LabeledShards
-from pipeline.pretrain import _autocast, compute_device, init_backbone_from
 from pipeline.shard_data import eval_loader, list_shards
 from pipeline.truth import attach_keys, read_label_csv
 
@@ -39,6 +39,16 @@ def holdout_keys(root: Path, config: TrainClassifierConfig):
     return attach_keys(root, table).drop_duplicates("key")
 
 
+def classifier_backbone(root: Path, config: TrainClassifierConfig) -> Encoder:
+    """The backbone to train: ``init_from`` (a timm:/torchvision: name, a pretrain run or a state-dict
+    file for ``backbone``/``stem``) or a fresh ``backbone``."""
+    if config.init_from:
+        return load_encoder(
+            root, config.init_from, config.init_weights, config.backbone, config.stem, config.image_size
+        )
+    return random_encoder(config.backbone, config.stem == "small", config.image_size or 32, config.seed)
+
+
 def train_classifier(
     root: str | Path, config: TrainClassifierConfig | None = None, device: str | None = None
 ) -> dict:
@@ -46,6 +56,8 @@ def train_classifier(
     check_choice("stem", config.stem, STEMS)
     root = Path(root)
     started = time.perf_counter()
+    torch.manual_seed(config.seed)
+    encoder = classifier_backbone(root, config)
     holdout = holdout_keys(root, config)
     excluded = set(holdout.key) if holdout is not None else set()  # the hold-out never trains
     data = LabeledShards(
@@ -53,7 +65,7 @@ def train_classifier(
         config.labels,
         dest=config.labels_dest,
         classes=config.classes,
-        transform=classifier_transform(config.image_size),
+        transform=classifier_transform(encoder.image_size, encoder.mean, encoder.std),
         exclude_keys=excluded,
         confidence_weighting=config.confidence_weighting,
         shuffle=config.shuffle_buffer,
@@ -64,11 +76,7 @@ def train_classifier(
             f"label run has {len(data)} trainable images (after the hold-out), fewer than a batch"
         )
     dev = compute_device(device)
-    torch.manual_seed(config.seed)
-    backbone, dim = build_backbone(config.backbone, small_images=config.stem == "small")
-    if config.init_from:
-        init_backbone_from(backbone, config.init_from)
-    model = nn.Sequential(backbone, nn.Linear(dim, len(data.classes))).to(dev)
+    model = nn.Sequential(encoder.module, nn.Linear(encoder.dim, len(data.classes))).to(dev)
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     steps_per_epoch = max(1, len(data) // config.batch_size)
@@ -94,7 +102,7 @@ def train_classifier(
                 batch["negatives"].to(dev),
                 batch["weight"].to(dev),
             )
-            with _autocast(config.precision, dev):
+            with autocast(config.precision, dev):
                 logits = model(x).float()
             loss = pseudo_label_loss(logits, label, negatives, weight, config.negative_weight)
             optimizer.zero_grad(set_to_none=True)
@@ -114,9 +122,13 @@ def train_classifier(
         "train_seconds": round(train_seconds, 1),
         "history": history,
         "device": str(dev),
+        "init_from": {k: v for k, v in encoder.describe().items() if k != "encoder"}
+        | {"encoder": encoder.name}
+        if config.init_from
+        else None,
     }
     if holdout is not None:
-        metrics["holdout"] = evaluate_holdout(root, model, data.classes, holdout, config, dev)
+        metrics["holdout"] = evaluate_holdout(root, model, data.classes, holdout, config, dev, encoder)
     out = root / "classifiers" / config.run_name
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "model.pt", lambda f: torch.save(model.state_dict(), f))
@@ -128,17 +140,23 @@ def train_classifier(
 
 
 @torch.no_grad()
-def evaluate_holdout(root: Path, model: nn.Module, classes: list[str], holdout, config, dev) -> dict:
+def evaluate_holdout(
+    root: Path, model: nn.Module, classes: list[str], holdout, config, dev, encoder: Encoder
+) -> dict:
     """Top-1 accuracy (overall and per class) on hold-out images whose class is among ``classes``."""
     holdout = holdout[holdout.label_name.isin(classes)]
     truth = dict(zip(holdout.key, holdout.label_name, strict=True))
     model.eval()
     correct: dict[str, list[int]] = {c: [0, 0] for c in classes}
     loader = eval_loader(
-        list_shards(root), eval_transform(config.image_size), 256, config.workers, set(truth)
+        list_shards(root),
+        eval_transform(encoder.image_size, encoder.mean, encoder.std),
+        256,
+        config.workers,
+        set(truth),
     )
     for images, keys in loader:
-        with _autocast(config.precision, dev):
+        with autocast(config.precision, dev):
             pred = model(images.to(dev)).float().argmax(1).cpu().tolist()
         for key, p in zip(keys, pred, strict=True):
             name = truth[key]

@@ -132,3 +132,48 @@ def test_every_pretrain_flag_reaches_the_config():
         }
     )
     assert not missing, f"pretrain options without a flag: {missing}"
+
+
+def test_ingest_on_a_terminal_shows_its_bar_and_succeeds(tmp_path: Path):
+    """stderr on a pseudo-terminal: the progress bar is drawn (a tqdm without a total once crashed
+    `if bar:` in every interactive terminal)."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    lake = tmp_path / "lake"
+    make_plain_lake(lake, 12)
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))  # a new pty is 0 × 0
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flows.cli",
+            "ingest",
+            str(lake),
+            "--out",
+            str(tmp_path / "root"),
+            "--workers",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=follower,
+        timeout=300,
+    )
+    os.close(follower)
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    os.close(leader)
+    assert proc.returncode == 0, drawn.decode(errors="replace")
+    assert json.loads(proc.stdout)["sharded"] == 12
+    assert b"ingest" in drawn and b"file" in drawn

@@ -17,9 +17,9 @@ from flows.cli import main
 from pipeline.cluster import cluster, read_assignments
 from pipeline.config import ClusterConfig, EmbedConfig, IngestConfig
 from pipeline.embed import embed, load_encoder, read_embeddings
+from pipeline.encoders import CheckpointError
 from pipeline.evaluate import evaluate_clusters
 from pipeline.ingest import read_manifest, run_ingest
-from pipeline.pretrain import CheckpointError
 
 
 def test_embed_parts_follow_the_contract_and_resume(cifar_root, tmp_path) -> None:

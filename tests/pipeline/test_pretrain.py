@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from pipeline.config import IngestConfig, PretrainConfig
+from pipeline.encoders import CheckpointError
 from pipeline.ingest import read_manifest, run_ingest
-from pipeline.pretrain import CheckpointError, Pretrainer, pretrain
+from pipeline.pretrain import Pretrainer, pretrain
 from tests.lakes import make_plain_lake
 
 
@@ -95,6 +96,10 @@ def test_epochs_are_counted_once_whatever_the_loader_workers(shard_root):
         "backbone": "resnet18",
         "small_stem": False,
         "image_size": 16,
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+        "init_from": None,
+        "init_weights_sha256": None,
         "method": "simsiam",
         "loss": "default",
         "steps": 2 * spe,
@@ -125,3 +130,40 @@ def test_bad_options_are_named(shard_root):
         Pretrainer(shard_root, _config(optimizer="adam"))
     with pytest.raises(ValueError, match="exceeds the 96 images"):
         Pretrainer(shard_root, _config(batch_size=200))
+
+
+def test_one_stream_serves_every_epoch_and_restarts_exactly_at_an_epoch(shard_root):
+    """The run's single loader: epoch e of the continuous stream equals a stream started at epoch e,
+    with 2 loader workers; epochs differ from each other."""
+    from pipeline.augment import DecodeUint8
+    from pipeline.shard_data import list_shards, train_batches
+
+    shards, spe = list_shards(shard_root), 5  # 2 workers: 3 batches each per epoch, 1 dropped
+    make = lambda start: train_batches(shards, DecodeUint8(16), 8, spe, 2, 16, seed=4, start_epoch=start)  # noqa: E731
+    continuous = [b for _, b in zip(range(3 * spe), make(0), strict=False)]
+    restarted = [b for _, b in zip(range(spe), make(2), strict=False)]
+    assert all(torch.equal(a, b) for a, b in zip(continuous[2 * spe :], restarted, strict=True))
+    assert not torch.equal(continuous[0], continuous[spe])
+    assert continuous[0].dtype == torch.uint8 and continuous[0].shape == (8, 3, 16, 16)
+
+
+def test_device_augmentation_per_sample_parameters_deterministic_and_on_recipe():
+    """BatchViews (kornia) on CPU tensors: per-sample parameters, same seed → same views, the
+    recipe's ranges (normalised output, grayscale in about 20 %, BYOL's second view solarized)."""
+    from pipeline.augment import MEAN, STD, BatchViews
+
+    gen = torch.Generator().manual_seed(0)
+    image = torch.randint(0, 256, (1, 3, 40, 40), dtype=torch.uint8, generator=gen)
+    batch = image.repeat(400, 1, 1, 1)  # one image 400 times: any difference is per-sample randomness
+    views = BatchViews("byol", 32)
+    v1, v2 = views(batch, seed=1)
+    assert v1.shape == v2.shape == (400, 3, 32, 32)
+    assert len({tuple(v.flatten()[:16].tolist()) for v in v1}) > 390
+    w1, w2 = views(batch, seed=1)
+    assert torch.equal(v1, w1) and torch.equal(v2, w2) and not torch.equal(v1, views(batch, seed=2)[0])
+    lo = min((0 - m) / s for m, s in zip(MEAN, STD, strict=True))
+    hi = max((1 - m) / s for m, s in zip(MEAN, STD, strict=True))
+    assert v1.min() >= lo - 1e-4 and v1.max() <= hi + 1e-4
+    raw = v1 * torch.tensor(STD).view(1, 3, 1, 1) + torch.tensor(MEAN).view(1, 3, 1, 1)
+    gray = (raw[:, 0] - raw[:, 1]).abs().amax((1, 2)) < 1e-4
+    assert 0.1 < gray.float().mean() < 0.3

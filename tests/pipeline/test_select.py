@@ -56,6 +56,10 @@ def test_select_from_seed_labels_roles_metrics_review(selection_root) -> None:
     assert metrics["evaluated"] == 360  # truth for every non-seed image
     assert 0 <= metrics["accuracy_full_coverage"] <= 1 and 0 <= metrics["ece"] <= 1
     assert [p["coverage"] for p in metrics["precision_coverage_curve"]][-1] == 1.0
+    # same-run baseline on the same embeddings and seeds; calibration measured before and after
+    baseline = metrics["baseline_logreg"]
+    assert 0 <= baseline["accuracy_full_coverage"] <= 1 and 0 <= baseline["precision_at_50pct_coverage"] <= 1
+    assert all(r["temperature"] > 0 for r in summary["rounds"]) and 0 <= metrics["ece_uncalibrated"] <= 1
     # review queue: least certain per class, with thumbnails that open
     review = pd.read_csv(summary["review"]["csv"])
     assert 0 < len(review) <= 30 and set(review.key) == set(table[table.role == "review"].key)
@@ -111,7 +115,7 @@ def test_bad_options_and_cli(selection_root, capsys) -> None:
         select(root, small(method="magic"))
     with pytest.raises(ValueError, match="needs at least one seed-label CSV"):
         select(root, small(labels_from="seed"))
-    with pytest.raises(ValueError, match="valid: kmeans, sinkhorn, head_0"):
+    with pytest.raises(ValueError, match="valid: kmeans, sinkhorn, head_0, scan"):
         select(root, small(cluster_column="head_9"))
     code = main(
         [
@@ -136,6 +140,23 @@ def test_bad_options_and_cli(selection_root, capsys) -> None:
     assert code == 0
     out = json.loads(capsys.readouterr().out)
     assert out["method"] == "confidence" and out["rounds"][0]["negative_labels"] == 0
+
+
+def test_undefined_metrics_are_null_not_perfect(selection_root) -> None:
+    """The confidence rule makes no negative labels: their accuracy is undefined (None), not 1.0."""
+    root, truth, seed_csv = selection_root
+    summary = select(
+        root,
+        small(
+            labels_from="seed",
+            seed_labels=[str(seed_csv)],
+            truth=str(truth),
+            method="confidence",
+            run_name="n",
+        ),
+    )
+    metrics = summary["metrics"]
+    assert metrics["negative_labels"] == 0 and metrics["negative_accuracy"] is None
 
 
 def test_finetune_round_tunes_a_copy_and_reembeds_in_key_order(selection_root) -> None:

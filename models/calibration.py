@@ -1,0 +1,53 @@
+"""Calibration and the linear baseline of selection. Pure compute on tensors.
+
+- Temperature scaling (Guo, Pleiss, Sun & Weinberger, ICML 2017, "On Calibration of Modern Neural
+  Networks"): one scalar T > 0 minimising the NLL of held-out ``logits / T``.
+- Multinomial logistic regression (L2, L-BFGS): the same-run baseline every selection is held to.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, iters: int = 100) -> float:
+    """Temperature T minimising ``cross_entropy(logits / T, labels)`` over held-out rows ``(N, C)``."""
+    if logits.shape[0] != labels.shape[0] or logits.shape[0] == 0:
+        raise ValueError(
+            f"need as many labels as logit rows (> 0); got {logits.shape[0]} and {labels.shape[0]}"
+        )
+    log_t = torch.zeros((), requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=iters, line_search_fn="strong_wolfe")
+    logits, labels = logits.detach().float(), labels.long()
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(logits / log_t.exp(), labels)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return float(log_t.detach().exp().clamp(0.05, 20.0))
+
+
+def logistic_regression(
+    x: torch.Tensor, labels: torch.Tensor, classes: int, l2: float = 1.0, iters: int = 300
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(W (D, C), b (C,))`` minimising the summed cross-entropy of ``x @ W + b`` plus
+    ``l2 / 2 · ‖W‖²`` (scikit-learn's ``C = 1 / l2``), by L-BFGS."""
+    if x.shape[0] != labels.shape[0] or x.shape[0] == 0:
+        raise ValueError(f"need as many labels as rows (> 0); got {x.shape[0]} and {labels.shape[0]}")
+    x, labels = x.detach().float(), labels.long()
+    w = torch.zeros(x.shape[1], classes, requires_grad=True)
+    b = torch.zeros(classes, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=iters, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(x @ w + b, labels, reduction="sum") + 0.5 * l2 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return w.detach(), b.detach()

@@ -1,0 +1,38 @@
+"""Temperature scaling and the logistic-regression baseline (models/calibration.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models.calibration import fit_temperature, logistic_regression
+from models.ups import expected_calibration_error
+from tests.models.test_kmeans import blobs
+
+
+def test_temperature_undoes_overconfidence_and_lowers_ece() -> None:
+    gen = torch.Generator().manual_seed(0)
+    true_logits = torch.randn(4000, 5, generator=gen) * 2
+    labels = torch.distributions.Categorical(logits=true_logits).sample()
+    overconfident = true_logits * 3  # a model 3× too sharp
+    t = fit_temperature(overconfident, labels)
+    assert 2.5 < t < 3.5
+    before = expected_calibration_error(*_conf_correct(overconfident, labels))
+    after = expected_calibration_error(*_conf_correct(overconfident / t, labels))
+    assert after < 0.03 < before
+    with pytest.raises(ValueError, match="as many labels"):
+        fit_temperature(overconfident, labels[:10])
+
+
+def _conf_correct(logits: torch.Tensor, labels: torch.Tensor):
+    conf, pred = logits.softmax(1).max(1)
+    return conf, pred == labels
+
+
+def test_logistic_regression_separates_blobs_from_few_labels() -> None:
+    x, truth = blobs(100, 4, dim=16, spread=0.15, seed=5)
+    x, y = torch.from_numpy(x), torch.from_numpy(truth)
+    few = torch.cat([torch.nonzero(y == c).squeeze(1)[:5] for c in range(4)])
+    w, b = logistic_regression(x[few], y[few], 4, l2=0.1)
+    assert w.shape == (16, 4) and b.shape == (4,)
+    assert float(((x @ w + b).argmax(1) == y).float().mean()) > 0.9
