@@ -98,6 +98,10 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.6, help="LARS base LR for a batch of 256")
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
     parser.add_argument("--throughput-steps", type=int, default=200)
+    parser.add_argument("--warmup-steps", type=int, default=10, help="untimed steps of the bare loop")
+    parser.add_argument(
+        "--stem", default="small", help="small (CIFAR ResNet) | imagenet (cheap CPU smoke runs)"
+    )
     parser.add_argument("--work", type=Path)
     parser.add_argument("--out", type=Path, help="write gpu.json here")
     args = parser.parse_args()
@@ -122,7 +126,7 @@ def main() -> None:
     config = PretrainConfig(
         method=args.method,
         backbone="resnet18",
-        stem="small",
+        stem=args.stem,
         image_size=32,
         batch_size=min(args.batch_size, n // 2),
         optimizer="lars",
@@ -137,7 +141,7 @@ def main() -> None:
     )
     steps = args.throughput_steps
     trainer = Pretrainer(root, config)
-    bare = stage("bare loop", lambda: bare_images_per_s(trainer, steps, warmup=10))
+    bare = stage("bare loop", lambda: bare_images_per_s(trainer, steps, warmup=args.warmup_steps))
     trainer = Pretrainer(root, config.model_copy(update={"run_name": "throughput-data"}))
     real = stage("real data path", lambda: real_images_per_s(trainer, steps))
     spe = n // config.batch_size

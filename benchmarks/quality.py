@@ -268,18 +268,21 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def extract(archive: Path, work: Path, images: int | None) -> None:
-    """The lake into ``work/lake`` (all of it, or the first ``images`` files in archive order)."""
+def extract(archive: Path, work: Path, images: int | None, lake_files: int = 60_000) -> None:
+    """The lake into ``work/lake``: all of it, or about ``images`` files spread over every folder
+    (kept by a hash of the name, so train and test splits both appear)."""
     if images is None:
         subprocess.run(["tar", "xzf", str(archive), "-C", str(work)], check=True)
         return
     import tarfile
+    import zlib
 
     with tarfile.open(archive, "r|gz") as tar:
         for member in tar:
             if images <= 0:
                 break
-            if member.isfile() and member.name.startswith("lake/"):
+            keep = zlib.crc32(member.name.encode()) % lake_files < images * 1.05
+            if member.isfile() and member.name.startswith("lake/") and keep:
                 target = work / member.name
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(tar.extractfile(member).read())

@@ -346,6 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--precision", help="auto | fp32 | bf16")
     p.add_argument(
+        "--augment",
+        help="auto = device (kornia, batched where the model runs) | loader (torchvision per image)",
+    )
+    p.add_argument(
         "--init-from",
         help="adapt a pretrained encoder: timm:<model> | torchvision:<model> (its architecture and input "
         "size), or a state-dict file for --backbone",
@@ -458,6 +462,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--confidence-tau", type=float)
     p.add_argument("--class-balance", action="store_true", default=None)
     p.add_argument("--review-per-class", type=int)
+    p.add_argument("--hidden", type=int, help="classifier hidden width (default 0: linear)")
+    p.add_argument(
+        "--calibrate",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="temperature-scale each round before thresholding (default: on)",
+    )
+    p.add_argument("--neighbours", type=int, help="nearest neighbours for neighbour smoothing (default 10)")
+    p.add_argument(
+        "--neighbour-smoothing",
+        type=float,
+        help="weight of the neighbours' probabilities (default 0.5; 0 = off)",
+    )
     p.add_argument(
         "--finetune",
         action="store_true",

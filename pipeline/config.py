@@ -111,8 +111,8 @@ class PretrainConfig(StrictModel):
     precision: str = Field("auto", description="auto (bf16 on CUDA) | fp32 | bf16")
     augment: str = Field(
         "auto",
-        description="auto (on the device with CUDA, else in the loader) | device (kornia, batched, "
-        "per-sample parameters; loaders only decode) | loader (torchvision per image in the workers)",
+        description="auto = device | device (kornia, batched where the model runs, per-sample "
+        "parameters; loaders only decode) | loader (torchvision per image in the loader workers)",
     )
     channels_last: bool = True
     compile: bool = Field(False, description="torch.compile the model (CUDA).")

@@ -359,6 +359,31 @@ def _html(run_id, record, summary, encoder, timings, per_class, scores, figures)
                 [["precision"] + list(scores["precision_at_coverage"].values())],
             ),
         ]
+    selected = summary.get("metrics") or {}
+    if selected.get("baseline_logreg"):
+        base = selected["baseline_logreg"]
+        parts += [
+            "<h2>Same-run baseline</h2>",
+            "<p>Logistic regression on the same embeddings with the same seed labels, scored on the same "
+            "images (evaluation only). A selection that does not beat it at full coverage is a bug.</p>",
+            _table(
+                ["labels", "accuracy (full coverage)", "precision at 50 % coverage", "ECE (uncalibrated)"],
+                [
+                    [
+                        "this selection",
+                        selected["accuracy_full_coverage"],
+                        selected.get("precision_at_50pct_coverage"),
+                        f"{selected['ece']} ({selected.get('ece_uncalibrated')})",
+                    ],
+                    [
+                        "logistic regression",
+                        base["accuracy_full_coverage"],
+                        base["precision_at_50pct_coverage"],
+                        base["ece"],
+                    ],
+                ],
+            ),
+        ]
     for name, (title, data) in figures.items():
         b64 = base64.b64encode(data).decode()
         parts.append(

@@ -38,6 +38,7 @@ from models.ups import (
 from pipeline.atomic import atomic_write, atomic_write_bytes
 from pipeline.cluster import read_assignments
 from pipeline.config import SelectConfig, check_choice
+from pipeline.devices import cpu_threads
 from pipeline.embed import find_embeddings, read_embeddings
 from pipeline.finetune import finetune_round, load_finetune_encoder
 from pipeline.metrics import COVERAGES, hungarian_accuracy, precision_at, precision_coverage
@@ -95,6 +96,13 @@ def train_classifier(
     x: torch.Tensor, labels: TrainingLabels, classes: int, config: SelectConfig, seed: int
 ) -> DropoutClassifier:
     """A fresh classifier on rows of ``x``: positives (cross-entropy), negatives (negative learning)."""
+    with cpu_threads(1):  # batches of 256 rows: threads only add synchronisation
+        return _train_classifier(x, labels, classes, config, seed)
+
+
+def _train_classifier(
+    x: torch.Tensor, labels: TrainingLabels, classes: int, config: SelectConfig, seed: int
+) -> DropoutClassifier:
     pos_idx, pos_labels, neg_idx, neg_mask = (
         labels.pos_idx,
         labels.pos_labels,

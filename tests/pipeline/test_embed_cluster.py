@@ -111,7 +111,7 @@ def test_cluster_assignments_and_eval(cifar_root, tmp_path) -> None:
 
     result = evaluate_clusters(root, truth)
     assert result["evaluated"] == 400
-    assert set(result["columns"]) == {"kmeans", "sinkhorn", "head_0"}
+    assert set(result["columns"]) == {"kmeans", "sinkhorn", "head_0", "scan"}
     for scores in result["columns"].values():
         assert 0 < scores["acc"] <= 1 and -1 <= scores["ari"] <= 1 and 0 <= scores["nmi"] <= 1
         assert sum(c["size"] for c in scores["clusters"]) == 400

@@ -33,6 +33,7 @@ def _config(**over) -> PretrainConfig:
 
 RESUME_CASES = [
     ("simsiam", "default", 2),
+    ("simclr", "default", 1),  # with augment="loader" below: torchvision views in the loader worker
     ("simsiam", "default", 0),
     ("simsiam", "wasserstein", 0),
     ("byol", "default", 0),
@@ -47,7 +48,12 @@ RESUME_CASES = [
 def test_resume_gives_the_same_next_step_loss(shard_root, method, loss, workers):
     """Every method and loss trains from ingest shards and resumes exactly (same next-step loss)."""
     cfg = dict(
-        method=method, loss=loss, workers=workers, max_steps=5, stem="imagenet" if workers == 0 else "auto"
+        method=method,
+        loss=loss,
+        workers=workers,
+        max_steps=5,
+        stem="imagenet" if workers == 0 else "auto",
+        augment="loader" if workers == 1 else "auto",
     )
     name = f"{method}-{loss}-{workers}"
     full = Pretrainer(shard_root, _config(run_name=f"full-{name}", **cfg))

@@ -37,7 +37,9 @@ def labelled_root(cifar_root, tmp_path_factory):
     root = clustered_copy(cifar_root, tmp, heads=2, epochs=1)
     seed_csv = tmp / "seed.csv"
     pd.read_csv(truth).groupby("label").head(4).to_csv(seed_csv, index=False)
-    small = dict(rounds=1, epochs=1, min_steps=20, passes=3, hidden=32, review_per_class=2, tau_p=0.3)
+    small = dict(
+        rounds=1, epochs=1, min_steps=20, passes=3, hidden=32, review_per_class=2, tau_p=0.1
+    )  # calibrated: a 2-step encoder is near chance
     select(root, SelectConfig(labels_from="seed", seed_labels=[str(seed_csv)], **small))
     record = publish_labels(root)
     return root, truth, record["run_id"]
