@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 #: the shared CIFAR-10 lake (LAKELABEL_CIFAR10 overrides): ../shared next to the checkout
 CIFAR = Path(os.environ.get("LAKELABEL_CIFAR10") or REPO.parent / "shared" / "datasets" / "cifar10")
 
-from benchmarks.quality import extract  # noqa: E402
+from benchmarks.quality import extract, stage_timer  # noqa: E402
 from models.knn import knn_predict  # noqa: E402
 from pipeline.cluster import cluster  # noqa: E402
 from pipeline.config import ClusterConfig, EmbedConfig, IngestConfig, PretrainConfig, SelectConfig  # noqa: E402
@@ -111,14 +111,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     truth, seed_csv, root = str(args.data / "labels.csv.gz"), str(args.data / "seed-250.csv"), work / "root"
     timings: dict[str, float] = {}
-
-    def stage(name, run):
-        t = time.perf_counter()
-        result = run()
-        timings[name] = round(time.perf_counter() - t, 1)
-        print(json.dumps({"stage": name, "seconds": timings[name]}), file=sys.stderr, flush=True)
-        return result
-
+    stage = stage_timer(timings)
     if not (work / "lake").is_dir():
         stage("extract", lambda: extract(args.data / "lake.tar.gz", work, args.images))
     ingest = stage("ingest", lambda: run_ingest(str(work / "lake"), root, IngestConfig()))

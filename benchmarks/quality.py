@@ -105,14 +105,7 @@ def main() -> None:
     config = validate_config(LakelabelConfig, data, args.preset)
     root = Path(config.root)
     timings: dict[str, float] = {}
-
-    def stage(name, run):
-        t = time.perf_counter()
-        result = run()
-        timings[name] = round(time.perf_counter() - t, 1)
-        print(json.dumps({"stage": name, "seconds": timings[name]}), file=sys.stderr, flush=True)
-        return result
-
+    stage = stage_timer(timings)
     if not (work / "lake").is_dir():
         stage("extract", lambda: extract(args.data / "lake.tar.gz", work, args.images))
     ingest = stage("ingest", lambda: run_ingest(config.source, root, config.ingest))
@@ -266,6 +259,19 @@ def main() -> None:
         shutil.copy(report["html"], args.out / "report.html")
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def stage_timer(timings: dict[str, float]):
+    """``stage(name, run)``: calls ``run()``, records its seconds in ``timings`` and logs a JSON line."""
+
+    def stage(name: str, run):
+        t = time.perf_counter()
+        result = run()
+        timings[name] = round(time.perf_counter() - t, 1)
+        print(json.dumps({"stage": name, "seconds": timings[name]}), file=sys.stderr, flush=True)
+        return result
+
+    return stage
 
 
 def extract(archive: Path, work: Path, images: int | None, lake_files: int = 60_000) -> None:

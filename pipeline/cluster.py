@@ -134,20 +134,12 @@ def cluster(
         start = time.perf_counter()
         neighbours = mine_neighbours(x_np, min(config.scan.neighbours, emb.n - 1))
         timings["scan_neighbours_s"] = time.perf_counter() - start
-        s = config.scan
         scan = train_scan(
             x * float(np.sqrt(x.shape[1])),  # unit rows scaled to coordinates of order 1
             torch.from_numpy(neighbours),
             config.k,
-            heads=s.heads,
-            hidden=s.hidden,
-            epochs=s.epochs,
-            entropy_weight=s.entropy_weight,
-            self_label_epochs=s.self_label_epochs,
-            threshold=s.threshold,
-            feature_dropout=s.feature_dropout,
-            batch_size=min(s.batch_size, emb.n),
-            lr=s.lr,
+            **config.scan.model_dump(exclude={"neighbours", "batch_size"}),
+            batch_size=min(config.scan.batch_size, emb.n),
             seed=config.seed,
             log=log,
         )

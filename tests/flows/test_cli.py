@@ -22,21 +22,15 @@ def test_every_subcommand_has_help(capsys):
         assert "usage: lakelabel " + name in capsys.readouterr().out
 
 
+def _ingest_command(lake: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "flows.cli", "ingest", str(lake), "--out", str(out), "--workers", "0"]
+
+
 def test_ingest_cli_prints_one_json_summary_line(tmp_path: Path):
     lake = tmp_path / "lake"
     make_plain_lake(lake, 12)
     out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "flows.cli",
-            "ingest",
-            str(lake),
-            "--out",
-            str(tmp_path / "out"),
-            "--workers",
-            "0",
-        ],
+        _ingest_command(lake, tmp_path / "out"),
         capture_output=True,
         text=True,
         check=True,
@@ -148,17 +142,7 @@ def test_ingest_on_a_terminal_shows_its_bar_and_succeeds(tmp_path: Path):
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))  # a new pty is 0 × 0
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "flows.cli",
-            "ingest",
-            str(lake),
-            "--out",
-            str(tmp_path / "root"),
-            "--workers",
-            "0",
-        ],
+        _ingest_command(lake, tmp_path / "root"),
         stdout=subprocess.PIPE,
         stderr=follower,
         timeout=300,
