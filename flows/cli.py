@@ -238,7 +238,11 @@ def cmd_labels(args: argparse.Namespace) -> int:
     dest = args.dest or default_dest(args.root)
     options = _storage_options(args.storage_option)
     if args.action == "ls":
-        for record in list_runs(dest, options):
+        runs = list_runs(dest, options)
+        if not runs:
+            print(f"lakelabel: no label runs under {dest!r} (run `lakelabel publish ROOT`)", file=sys.stderr)
+            return 1
+        for record in runs:
             print(f"{record['run_id']}  rows={record['rows']}  roles={json.dumps(record['roles'])}")
     elif args.action == "latest":
         print(latest_run(dest, options))
@@ -600,6 +604,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = args.func(args)
     except (ValueError, RuntimeError, FileNotFoundError) as exc:  # ConfigError is a ValueError
         print(f"lakelabel {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as exc:
+        # e.g. ROOT is a file, or lies under one: say which path, not a traceback
+        print(f"lakelabel {args.command}: error: {exc.strerror}: {exc.filename!r}", file=sys.stderr)
         return 2
     if argv is None and args.command == "ingest" and code == 0:
         # The program itself (not a caller of main): every output is closed and renamed and the

@@ -151,7 +151,7 @@ def publish_labels(
         f.write(json.dumps(record, indent=1))
     latest = latest_run(dest, storage_options)
     with fs.open(f"{base}/_latest.tmp", "w") as f:
-        f.write(latest + "\n")
+        f.write(latest)  # no newline: open(".../_latest").read() is the run id as it stands
     fs.mv(f"{base}/_latest.tmp", f"{base}/_latest")
     if fs.exists(f"{base}/_staging"):
         fs.rm(f"{base}/_staging", recursive=True)

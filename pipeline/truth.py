@@ -6,6 +6,7 @@ A CSV has ``path,label`` (optionally ``label_name``, ``split``); ``path`` is rel
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -59,10 +60,32 @@ def read_seed_labels(root: str | Path, csvs: list[str | Path]) -> pd.DataFrame:
                 f"seed-label CSV {str(csv)!r} needs a label column and a path or key column; has {list(df.columns)}"
             )
         df = df.dropna(subset=["label"])
+        ids = pd.to_numeric(df.label, errors="coerce")
+        bad = ids.isna() | (ids != ids.round())
+        if bad.any():
+            row = int(bad.to_numpy().argmax())
+            raise ValueError(
+                f"seed-label CSV {str(csv)!r}, row {row + 2}: column 'label' must hold integer class ids, "
+                f"got {df.label.iloc[row]!r} (put class names in a 'label_name' column)"
+            )
+        df = df.assign(label=ids.astype(int))
         if "key" not in df.columns:
-            df = attach_keys(root, df)
+            matched = attach_keys(root, df)
+            if len(matched) < len(df):
+                missing = sorted(set(df.path) - set(matched.path))
+                warnings.warn(
+                    f"seed-label CSV {str(csv)!r}: {len(missing)} of {len(df)} rows match no ingested image "
+                    f"and are ignored (first: {missing[0]!r})",
+                    stacklevel=2,
+                )
+            df = matched
         if "label_name" not in df.columns:
-            df["label_name"] = df.label.astype(int).astype(str)
+            df["label_name"] = df.label.astype(str)
+        names = df.groupby("label").label_name.nunique()
+        if (names > 1).any():
+            label = int(names.index[(names > 1).to_numpy()][0])
+            found = sorted(map(str, df[df.label == label].label_name.unique()))
+            raise ValueError(f"seed-label CSV {str(csv)!r}: label {label} has several label_names {found}")
         frames.append(df[["key", "label", "label_name"]])
     if not frames:
         return pd.DataFrame({"key": [], "label": [], "label_name": []})

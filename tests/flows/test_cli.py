@@ -161,3 +161,23 @@ def test_ingest_on_a_terminal_shows_its_bar_and_succeeds(tmp_path: Path):
     assert proc.returncode == 0, drawn.decode(errors="replace")
     assert json.loads(proc.stdout)["sharded"] == 12
     assert b"ingest" in drawn and b"file" in drawn
+
+
+def test_malformed_yaml_is_one_line(tmp_path: Path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("pretrain:\n  method: [simclr\n")
+    assert main(["pretrain", str(tmp_path), "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "is not valid YAML at line" in err and "Traceback" not in err
+
+
+def test_root_that_is_a_file_is_one_line(tmp_path: Path, capsys):
+    lake = tmp_path / "lake"
+    make_plain_lake(lake, 3)
+    root = tmp_path / "root"
+    root.write_text("not a folder")
+    for out in (root, root / "below"):
+        assert main(["ingest", str(lake), "--out", str(out), "--workers", "0", "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("lakelabel ingest: error:") and "root" in err and "Traceback" not in err
+    assert root.read_text() == "not a folder"  # nothing lost

@@ -49,7 +49,10 @@ def test_round_trip_and_plain_readers(selected_root, tmp_path) -> None:
         f"SELECT label_name, count(*) AS n FROM read_parquet('{run_dir}/*.parquet') GROUP BY label_name"
     ).df()
     assert counts.n.sum() == 400
-    assert (tmp_path / "labels" / "_latest").read_text().strip() == record["run_id"]
+    latest_file = tmp_path / "labels" / "_latest"
+    assert latest_file.read_text() == record["run_id"]  # no newline: the documented snippet works as is
+    with open(latest_file) as f:  # the documented snippet
+        assert len(pd.read_parquet(f"{dest}/run_id={f.read()}")) == 400
     # unchanged selection → no new version
     assert publish_labels(selected_root, dest=dest)["skipped"] is True
     assert len(list_runs(dest)) == 1
@@ -177,3 +180,8 @@ def test_publish_to_an_s3_label_lake(selected_root, s3_endpoint) -> None:
     assert read_labels(dest, first["run_id"], options).num_rows == 400
     plain = pd.read_parquet(f"{dest}/run_id={second['run_id']}", storage_options=options)
     assert len(plain) == 400 and plain.key.is_unique
+
+
+def test_labels_ls_on_an_empty_root_says_so(tmp_path, capsys) -> None:
+    assert main(["labels", "ls", str(tmp_path)]) == 1
+    assert "no label runs under" in capsys.readouterr().err

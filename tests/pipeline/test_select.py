@@ -221,3 +221,25 @@ def test_select_with_finetune_from_the_cli(selection_root, capsys) -> None:
     table = read_selection(root, "tuned")
     assert len(table) == 400 and table.key.is_unique and table.is_seed.sum() == 40
     assert summary["metrics"]["evaluated"] == 360
+
+
+def test_seed_csv_mistakes_are_named_not_swallowed(selection_root, tmp_path) -> None:
+    """A class name in `label`, two names for one id, rows matching no image: one clear message each."""
+    from pipeline.truth import read_seed_labels
+
+    root, _, seed_csv = selection_root
+    seeds = pd.read_csv(seed_csv)
+    names = seeds.assign(label=seeds.label_name)
+    names.to_csv(tmp_path / "names.csv", index=False)
+    with pytest.raises(ValueError, match=r"names.csv', row 2: column 'label' must hold integer class ids"):
+        read_seed_labels(root, [tmp_path / "names.csv"])
+    clash = seeds.copy()
+    clash.loc[clash.index[1], "label_name"] = "something-else"
+    clash.loc[clash.index[1], "label"] = clash.label.iloc[0]
+    clash.to_csv(tmp_path / "clash.csv", index=False)
+    with pytest.raises(ValueError, match="has several label_names"):
+        read_seed_labels(root, [tmp_path / "clash.csv"])
+    extra = pd.concat([seeds, seeds.head(2).assign(path=["nowhere/a.jpg", "nowhere/b.jpg"])])
+    extra.to_csv(tmp_path / "extra.csv", index=False)
+    with pytest.warns(UserWarning, match="2 of 42 rows match no ingested image"):
+        assert len(read_seed_labels(root, [tmp_path / "extra.csv"])) == 40
