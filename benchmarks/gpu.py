@@ -32,14 +32,14 @@ sys.path.insert(0, str(REPO))
 #: the shared CIFAR-10 lake (LAKELABEL_CIFAR10 overrides): ../shared next to the checkout
 CIFAR = Path(os.environ.get("LAKELABEL_CIFAR10") or REPO.parent / "shared" / "datasets" / "cifar10")
 
-from benchmarks.quality import extract, stage_timer  # noqa: E402
+from benchmarks.quality import extract, selection_row, stage_timer  # noqa: E402
 from models.knn import knn_predict  # noqa: E402
 from pipeline.cluster import cluster  # noqa: E402
 from pipeline.config import ClusterConfig, EmbedConfig, IngestConfig, PretrainConfig, SelectConfig  # noqa: E402
 from pipeline.embed import embed, read_embeddings  # noqa: E402
 from pipeline.evaluate import evaluate_clusters  # noqa: E402
 from pipeline.ingest import run_ingest  # noqa: E402
-from pipeline.pretrain import Pretrainer  # noqa: E402
+from pipeline.pretrain import Pretrainer, pretrain  # noqa: E402
 from pipeline.select import select  # noqa: E402
 from pipeline.truth import attach_keys, read_label_csv  # noqa: E402
 
@@ -145,7 +145,7 @@ def main() -> None:
     run = config.model_copy(
         update={"epochs": epochs, "max_steps": None, "run_name": "gpu", "checkpoint_every": 10**9}
     )
-    pre = stage("pretrain", lambda: _pretrain(root, run))
+    pre = stage("pretrain", lambda: pretrain(root, run))
     emb = stage(
         "embed", lambda: embed(root, EmbedConfig(encoder="gpu", batch_size=1024, workers=args.workers))
     )
@@ -189,8 +189,8 @@ def main() -> None:
         },
         "knn_top1": knn,
         "clusters": {c: {m: v[m] for m in ("acc", "nmi", "ari")} for c, v in cols.items()},
-        "no_labels": _row(unsup["metrics"]),
-        "seed250": _row(seeded["metrics"]),
+        "no_labels": selection_row(unsup["metrics"]),
+        "seed250": selection_row(seeded["metrics"]),
         "timings_s": timings | {"total": total},
     }
     print(json.dumps(result))
@@ -199,23 +199,6 @@ def main() -> None:
         (args.out / "gpu.json").write_text(json.dumps(result, indent=1))
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def _pretrain(root: Path, config: PretrainConfig) -> dict:
-    trainer = Pretrainer(root, config)
-    start = time.perf_counter()
-    trainer.train_steps()
-    return trainer.finish(time.perf_counter() - start)
-
-
-def _row(m: dict) -> dict:
-    return {
-        "accuracy_full_coverage": m["accuracy_full_coverage"],
-        "precision_at_50pct_coverage": m["precision_at_50pct_coverage"],
-        "precision": m["precision"],
-        "coverage": m["coverage"],
-        "ece": m["ece"],
-    }
 
 
 if __name__ == "__main__":

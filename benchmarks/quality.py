@@ -231,8 +231,8 @@ def main() -> None:
         },
         "sinkhorn_iterations": clusters["sinkhorn_iterations"],
         "cluster_timings_s": clusters["timings"],
-        "no_labels": {"cluster_column": unsup["cluster_column"], **_selection_row(um)},
-        "seed250": {rule: _selection_row(v["metrics"]) for rule, v in seeded.items()},
+        "no_labels": {"cluster_column": unsup["cluster_column"], **selection_row(um)},
+        "seed250": {rule: selection_row(v["metrics"]) for rule, v in seeded.items()},
         "baselines_seed250": {"logreg": sm.get("baseline_logreg"), "1nn": one_nn},
         "retrain": {
             "holdout_accuracy": retrained["holdout"]["accuracy"],
@@ -295,7 +295,7 @@ def extract(archive: Path, work: Path, images: int | None, lake_files: int = 60_
                 images -= 1
 
 
-def _selection_row(m: dict) -> dict:
+def selection_row(m: dict) -> dict:
     return {
         "accuracy_full_coverage": m["accuracy_full_coverage"],
         "precision": m["precision"],

@@ -14,10 +14,6 @@ def head_columns(heads: int) -> list[str]:
     return [f"head_{t}" for t in range(heads)]
 
 
-#: Optional SCAN columns (``models/scan.py``): the chosen head's cluster and its probability.
-SCAN_COLUMNS = ("scan", "scan_confidence")
-
-
 def assignments_schema(heads: int, scan: bool = False) -> pa.Schema:
     """key, shard, k-means and Sinkhorn labels of the centroid scores, per head its cluster and
     posterior, then (with ``scan``) the SCAN cluster and its confidence."""

@@ -100,6 +100,13 @@ def _drop_classifier(net: nn.Module) -> int:
     raise ValueError(f"cannot find the classifier of {type(net).__name__}")
 
 
-def named_preprocess(name: str) -> Preprocess:
-    """The pretrained preprocessing of ``timm:``/``torchvision:`` ``name`` (builds it once to read it)."""
-    return build_named(name)[2]
+def build_with_preprocess(
+    name: str, small_images: bool, image_size: int | None = None
+) -> tuple[nn.Module, int, Preprocess]:
+    """:func:`build_backbone` plus what its inputs need: a named model's pretrained preprocessing
+    (``image_size`` overriding its size), else ImageNet normalisation at ``image_size`` (default 32)."""
+    if is_named(name):
+        module, dim, pre = build_named(name)
+        return module, dim, Preprocess(image_size or pre.image_size, pre.mean, pre.std)
+    module, dim = build_backbone(name, small_images)
+    return module, dim, Preprocess(image_size or 32)

@@ -39,10 +39,10 @@ def mine_neighbours(x: np.ndarray, k: int, pca_dims: int = 128, chunk: int = 819
     out = np.empty((x.shape[0], k), dtype=np.int64)
     for start in range(0, x.shape[0], chunk):
         _, idx = index.search(x[start : start + chunk], k + 1)
-        for row, found in enumerate(idx):  # drop the query itself (first unless duplicates tie)
-            own = start + row
-            found = found[found != own][:k]
-            out[start + row] = found
+        # drop the query itself (first unless duplicates tie), else the last: a stable sort moves it last
+        own = np.arange(start, start + len(idx))[:, None]
+        order = np.argsort(idx == own, axis=1, kind="stable")[:, :k]
+        out[start : start + len(idx)] = np.take_along_axis(idx, order, axis=1)
     return out
 
 

@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from models.backbones import IMAGENET_MEAN, IMAGENET_STD, Preprocess, build_backbone, build_named, is_named
+from models.backbones import IMAGENET_MEAN, IMAGENET_STD, build_with_preprocess, is_named
 from models.weights import fit_state_dict
 
 ALLOW_DOWNLOAD_ENV = "LAKELABEL_ALLOW_DOWNLOAD"
@@ -171,35 +171,32 @@ def cached_weights(name: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def load_named(name: str, weights: str | Path | None = None, image_size: int | None = None) -> Encoder:
-    """``timm:<model>`` / ``torchvision:<model>`` with pretrained weights from ``weights`` or the local
-    cache; an uncached name without ``weights`` fails at once saying how to supply them."""
-    module, dim, pre = build_named(name)
+def pretrained_weights(name: str, weights: str | Path | None = None, flag: str = "--weights") -> Path:
+    """The weights file of ``timm:``/``torchvision:`` ``name``: ``weights`` when given, else the local
+    cache; an uncached name fails at once saying how to supply them (``flag``: the option to name)."""
     path = Path(weights) if weights else cached_weights(name)
     if path is None:
         raise CheckpointError(
             f"no pretrained weights for {name!r} in the local caches (torch hub: "
             f"{str(Path(torch.hub.get_dir()) / 'checkpoints')!r}; Hugging Face hub cache): pass a weights "
-            f"file (--weights FILE), or set {ALLOW_DOWNLOAD_ENV}=1 to let the library download them"
+            f"file ({flag} FILE), or set {ALLOW_DOWNLOAD_ENV}=1 to let the library download them"
         )
+    return path
+
+
+def load_named(name: str, weights: str | Path | None = None, image_size: int | None = None) -> Encoder:
+    """``timm:<model>`` / ``torchvision:<model>`` with pretrained weights (:func:`pretrained_weights`)."""
+    module, dim, pre = build_with_preprocess(name, False, image_size)
+    path = pretrained_weights(name, weights)
     init_backbone_from(module, path, complete=True)
     return Encoder(
-        module,
-        name,
-        file_sha256(path),
-        name,
-        False,
-        image_size or pre.image_size,
-        dim,
-        pre.mean,
-        pre.std,
-        str(path),
+        module, name, file_sha256(path), name, False, pre.image_size, dim, pre.mean, pre.std, str(path)
     )
 
 
 def random_encoder(backbone: str, small: bool, image_size: int, seed: int) -> Encoder:
     """A randomly initialised backbone from a private generator (a baseline encoder)."""
-    module, dim = build_backbone(backbone, small_images=small)
+    module, dim, pre = build_with_preprocess(backbone, small, image_size)
     # torchvision's ResNet init (kaiming normal, fan_out; BN weight 1, bias 0), but from a private
     # generator: the global RNG is shared by threads (a DataLoader in another task draws from it)
     generator = torch.Generator().manual_seed(seed)
@@ -208,7 +205,6 @@ def random_encoder(backbone: str, small: bool, image_size: int, seed: int) -> En
             torch.nn.init.kaiming_normal_(
                 layer.weight, mode="fan_out", nonlinearity="relu", generator=generator
             )
-    pre = build_named(backbone)[2] if is_named(backbone) else Preprocess(image_size)
     return Encoder(
         module,
         f"random{seed}",
@@ -248,7 +244,8 @@ def load_encoder(
                 f"{str(meta_path)!r} missing: re-run `lakelabel pretrain` to finish the run"
             )
         meta = json.loads(meta_path.read_text())
-        arch, small, size = meta["backbone"], bool(meta["small_stem"]), int(meta["image_size"])
+        arch, small = meta["backbone"], bool(meta["small_stem"])
+        module, dim, pre = build_with_preprocess(arch, small, image_size or int(meta["image_size"]))
         mean, std = tuple(meta.get("mean", IMAGENET_MEAN)), tuple(meta.get("std", IMAGENET_STD))
         path, name = run_dir / "encoder.pt", encoder
     elif Path(encoder).is_file():
@@ -256,9 +253,8 @@ def load_encoder(
             raise ValueError(
                 f"encoder file {encoder!r} needs --backbone and --stem (small | imagenet) to rebuild it"
             )
-        arch, small, size = backbone, stem == "small", image_size or 32
-        pre = build_named(backbone)[2] if is_named(backbone) else Preprocess(size)
-        size = image_size or pre.image_size
+        arch, small = backbone, stem == "small"
+        module, dim, pre = build_with_preprocess(arch, small, image_size)
         mean, std = pre.mean, pre.std
         path, name = Path(encoder), Path(encoder).stem
     else:
@@ -268,11 +264,8 @@ def load_encoder(
             f"(finished runs: {', '.join(runs) or 'none'}), a file, timm:<model>, torchvision:<model>, "
             "nor 'random'"
         )
-    module, dim = build_backbone(arch, small_images=small)
     try:
         init_backbone_from(module, path, complete=True)
     except CheckpointError as exc:
         raise CheckpointError(f"{exc} ({arch}, small_stem={small})") from None
-    return Encoder(
-        module, name, file_sha256(path), arch, small, image_size or size, dim, mean, std, str(path)
-    )
+    return Encoder(module, name, file_sha256(path), arch, small, pre.image_size, dim, mean, std, str(path))

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data_specs.clusters import label_columns
 from pipeline.cluster import read_assignments
 from pipeline.metrics import cluster_report, clustering_scores
 from pipeline.truth import attach_keys, read_label_csv
@@ -16,7 +17,8 @@ def evaluate_clusters(
 ) -> dict:
     """ACC (Hungarian), NMI, ARI and purity of every label column of a cluster run; per-cluster
     purity and sizes for each column. ``split`` keeps only truth rows of that split (e.g. ``test``)."""
-    table = read_assignments(root, run).to_pandas()
+    assignments = read_assignments(root, run)
+    table = assignments.to_pandas()
     truth = read_label_csv(truth_csv)
     if split is not None:
         if "split" not in truth.columns:
@@ -31,9 +33,7 @@ def evaluate_clusters(
     names = (
         dict(zip(merged.label, merged.label_name, strict=False)) if "label_name" in merged.columns else None
     )
-    columns = [c for c in ["kmeans", "sinkhorn", "scan"] if c in table.columns] + [
-        c for c in table.columns if c.startswith("head_")
-    ]
+    columns = label_columns(assignments)
     truth_labels = merged.label.to_numpy()
     result = {
         "run": run,

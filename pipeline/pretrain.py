@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from data_specs.manifest import MANIFEST_SCHEMA
-from models.backbones import Preprocess, build_backbone, build_named, is_named
+from models.backbones import build_with_preprocess, is_named
 from models.knn import knn_predict
 from models.methods import build_method
 from models.optim import LARS, warmup_cosine
@@ -28,7 +28,7 @@ from pipeline.atomic import atomic_write, atomic_write_bytes
 from pipeline.augment import BatchViews, DecodeUint8, TwoViews, eval_transform, load_size
 from pipeline.config import PretrainConfig, check_choice
 from pipeline.devices import autocast, compute_device
-from pipeline.encoders import CheckpointError, cached_weights, file_sha256, init_backbone_from
+from pipeline.encoders import CheckpointError, file_sha256, init_backbone_from, pretrained_weights
 from pipeline.shard_data import eval_loader, list_shards, train_batches
 from pipeline.truth import attach_keys, read_label_csv
 
@@ -97,15 +97,13 @@ class Pretrainer:
         self.arch, self.small, self.pre, backbone, feat_dim = build_pretrain_backbone(config)
         self.init_report = None
         if config.init_from:
-            weights = config.init_weights if is_named(config.init_from) else config.init_from
-            if is_named(config.init_from) and weights is None:
-                weights = cached_weights(config.init_from)
-                if weights is None:
-                    raise CheckpointError(
-                        f"no pretrained weights for {config.init_from!r} in the local caches: pass "
-                        "init_weights (--init-weights FILE), or set LAKELABEL_ALLOW_DOWNLOAD=1"
-                    )
-            self.init_report = init_backbone_from(backbone, weights, complete=is_named(config.init_from))
+            named = is_named(config.init_from)
+            weights = (
+                pretrained_weights(config.init_from, config.init_weights, "--init-weights")
+                if named
+                else config.init_from
+            )
+            self.init_report = init_backbone_from(backbone, weights, complete=named)
             self.init_report |= {"weights": str(weights), "weights_sha256": file_sha256(weights)}
         self.method = build_method(config.method, backbone, feat_dim, loss=config.loss).to(self.device)
         if config.channels_last:
@@ -348,14 +346,12 @@ def build_pretrain_backbone(config: PretrainConfig):
     ``init_from`` (timm:/torchvision:) brings its own architecture and pretrained input size and
     normalisation; otherwise ``backbone`` with the small stem at ``image_size`` ≤ 64 (``stem: auto``)."""
     if config.init_from and is_named(config.init_from):
-        module, dim, pre = build_named(config.init_from)
-        if config.image_size:
-            pre = Preprocess(config.image_size, pre.mean, pre.std)
+        module, dim, pre = build_with_preprocess(config.init_from, False, config.image_size)
         return config.init_from, False, pre, module, dim
     size = config.image_size or 32
     small = config.stem == "small" or (config.stem == "auto" and size <= 64)
-    module, dim = build_backbone(config.backbone, small_images=small)
-    return config.backbone, small, Preprocess(size), module, dim
+    module, dim, pre = build_with_preprocess(config.backbone, small, size)
+    return config.backbone, small, pre, module, dim
 
 
 def pretrain(root: str | Path, config: PretrainConfig | None = None) -> dict:

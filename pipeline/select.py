@@ -156,21 +156,14 @@ def calibration_temperature(
 ) -> float:
     """Temperature of a round's classifier: out-of-fold logits on labelled ``rows`` (their ``targets``)
     from classifiers trained without each fold; 5 folds up to 5,000 rows, else one held-out fifth."""
-    order = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))]
-    folds = torch.tensor_split(order, 5)
+    folds = torch.tensor_split(torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed)), 5)
     logits, truth = [], []
     for fold in folds if len(rows) <= 5000 else folds[:1]:
-        model = train_classifier(x, _without_rows(labels, fold), classes, config, seed)
+        model = train_classifier(x, _without_rows(labels, rows[fold]), classes, config, seed)
         with torch.no_grad():
-            logits.append(model(x[fold]))
-        truth.append(_targets_of(rows, targets, fold))
+            logits.append(model(x[rows[fold]]))
+        truth.append(targets[fold])
     return fit_temperature(torch.cat(logits), torch.cat(truth))
-
-
-def _targets_of(rows: torch.Tensor, targets: torch.Tensor, wanted: torch.Tensor) -> torch.Tensor:
-    lookup = torch.full((int(rows.max()) + 1,), -1, dtype=torch.long)
-    lookup[rows] = targets
-    return lookup[wanted]
 
 
 def logreg_baseline(x: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor, classes: int) -> torch.Tensor:
@@ -197,7 +190,8 @@ def select(root: str | Path, config: SelectConfig | None = None, log=None, devic
     else:
         emb = read_embeddings(find_embeddings(root, config.embeddings))
     # unit-norm rows scaled by sqrt(dim): coordinates of order 1 for the classifier
-    x = torch.from_numpy(emb.matrix(np.float32)) * float(np.sqrt(emb.meta["dim"]))
+    unit_rows = emb.matrix(np.float32)
+    x = torch.from_numpy(unit_rows) * float(np.sqrt(emb.meta["dim"]))
     n = emb.n
     seeds = read_seed_labels(root, config.seed_labels)
     seed_index = pd.Series(np.arange(n), index=emb.keys).reindex(seeds.key)
@@ -257,7 +251,7 @@ def select(root: str | Path, config: SelectConfig | None = None, log=None, devic
 
     neighbours = torch.empty(0, dtype=torch.long)
     if config.neighbour_smoothing > 0:
-        neighbours = torch.from_numpy(mine_neighbours(emb.matrix(np.float32), min(config.neighbours, n - 1)))
+        neighbours = torch.from_numpy(mine_neighbours(unit_rows, min(config.neighbours, n - 1)))
     rounds = []
     selection: Selection | None = None
     encoder = load_finetune_encoder(root, emb, config) if config.finetune else None

@@ -122,10 +122,7 @@ def train_classifier(
         "train_seconds": round(train_seconds, 1),
         "history": history,
         "device": str(dev),
-        "init_from": {k: v for k, v in encoder.describe().items() if k != "encoder"}
-        | {"encoder": encoder.name}
-        if config.init_from
-        else None,
+        "init_from": encoder.describe() if config.init_from else None,
     }
     if holdout is not None:
         metrics["holdout"] = evaluate_holdout(root, model, data.classes, holdout, config, dev, encoder)

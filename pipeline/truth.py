@@ -63,10 +63,10 @@ def read_seed_labels(root: str | Path, csvs: list[str | Path]) -> pd.DataFrame:
         ids = pd.to_numeric(df.label, errors="coerce")
         bad = ids.isna() | (ids != ids.round())
         if bad.any():
-            row = int(bad.to_numpy().argmax())
+            row = bad.idxmax()  # read_csv's index: the file's line is row + 2 (header, 1-based)
             raise ValueError(
                 f"seed-label CSV {str(csv)!r}, row {row + 2}: column 'label' must hold integer class ids, "
-                f"got {df.label.iloc[row]!r} (put class names in a 'label_name' column)"
+                f"got {df.label[row]!r} (put class names in a 'label_name' column)"
             )
         df = df.assign(label=ids.astype(int))
         if "key" not in df.columns:
