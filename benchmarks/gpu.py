@@ -28,20 +28,21 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO))  # benchmarks.quality, its sibling
 #: the shared CIFAR-10 lake (LAKELABEL_CIFAR10 overrides): ../shared next to the checkout
 CIFAR = Path(os.environ.get("LAKELABEL_CIFAR10") or REPO.parent / "shared" / "datasets" / "cifar10")
 
 from benchmarks.quality import extract, selection_row, stage_timer  # noqa: E402
-from models.knn import knn_predict  # noqa: E402
-from pipeline.cluster import cluster  # noqa: E402
-from pipeline.config import ClusterConfig, EmbedConfig, IngestConfig, PretrainConfig, SelectConfig  # noqa: E402
-from pipeline.embed import embed, read_embeddings  # noqa: E402
-from pipeline.evaluate import evaluate_clusters  # noqa: E402
-from pipeline.ingest import run_ingest  # noqa: E402
-from pipeline.pretrain import Pretrainer, pretrain  # noqa: E402
-from pipeline.select import select  # noqa: E402
-from pipeline.truth import attach_keys, read_label_csv  # noqa: E402
+from lakelabel.data_specs.embeddings import read_embeddings  # noqa: E402
+from lakelabel.models.knn import knn_predict  # noqa: E402
+from lakelabel.pipeline.cluster import cluster  # noqa: E402
+from lakelabel.pipeline.config import ClusterConfig, EmbedConfig, IngestConfig, PretrainConfig, SelectConfig  # noqa: E402
+from lakelabel.pipeline.embed import embed  # noqa: E402
+from lakelabel.pipeline.evaluate import evaluate_clusters  # noqa: E402
+from lakelabel.pipeline.ingest import run_ingest  # noqa: E402
+from lakelabel.pipeline.pretrain import Pretrainer, pretrain  # noqa: E402
+from lakelabel.pipeline.select import select  # noqa: E402
+from lakelabel.pipeline.truth import attach_keys, read_label_csv  # noqa: E402
 
 
 def bare_images_per_s(trainer: Pretrainer, steps: int, warmup: int) -> float:
@@ -151,7 +152,10 @@ def main() -> None:
     )
     emb_dir = emb["embeddings"]
     knn = stage("kNN", lambda: knn_top1(root, emb_dir, truth))
-    stage("cluster", lambda: cluster(root, ClusterConfig(k=10, heads=2, epochs=10), Path(emb_dir).name))
+    stage(
+        "cluster",
+        lambda: cluster(root, ClusterConfig(k=10, sela={"heads": 2, "epochs": 10}), Path(emb_dir).name),
+    )
     scores = evaluate_clusters(root, truth)
     base = dict(embeddings=Path(emb_dir).name, truth=truth, workers=args.workers, review_per_class=5)
     unsup = stage(

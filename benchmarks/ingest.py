@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.ingest_worker import HAS_COMPILED_CORE
+from lakelabel.pipeline.ingest_worker import HAS_COMPILED_CORE
 
 DEFAULT_LAKE = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "cifar10" / "lake.tar.gz"
 
@@ -42,7 +42,7 @@ def _timed(cmd: list[str], **kw) -> tuple[float, subprocess.CompletedProcess]:
 def _ingest(folder: Path, out: Path, *flags: str) -> tuple[float, dict]:
     shutil.rmtree(out, ignore_errors=True)
     seconds, proc = _timed(
-        [sys.executable, "-m", "flows.cli", "ingest", str(folder), "--out", str(out), "--no-progress", *flags]
+        [sys.executable, "-m", "lakelabel", "ingest", str(folder), "--out", str(out), "--no-progress", *flags]
     )
     return seconds, json.loads(proc.stdout.strip().splitlines()[-1])
 

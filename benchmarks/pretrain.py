@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from pipeline.config import IngestConfig, PretrainConfig
-from pipeline.ingest import run_ingest
-from pipeline.pretrain import Pretrainer
+from lakelabel.pipeline.config import IngestConfig, PretrainConfig
+from lakelabel.pipeline.ingest import run_ingest
+from lakelabel.pipeline.pretrain import Pretrainer
 
 DEFAULT_LAKE = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "cifar10" / "lake.tar.gz"
 

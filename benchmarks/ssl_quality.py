@@ -20,9 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.config import IngestConfig, PretrainConfig
-from pipeline.ingest import run_ingest
-from pipeline.pretrain import Pretrainer
+from lakelabel.pipeline.config import IngestConfig, PretrainConfig
+from lakelabel.pipeline.ingest import run_ingest
+from lakelabel.pipeline.pretrain import Pretrainer
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "cifar10"
 RUNS = [
@@ -74,7 +74,7 @@ def main() -> None:
             cmd = [
                 sys.executable,
                 "-m",
-                "flows.cli",
+                "lakelabel",
                 "pretrain",
                 root,
                 "--method",

@@ -4,8 +4,8 @@ The Arrow contracts (``MANIFEST_SCHEMA``, ``STATUSES``, ``validate_manifest``) l
 first use, so that shard names and keys cost no Arrow import.
 """
 
-from data_specs.errors import ContractError
-from data_specs.shards import KEY_RE, SHARD_NAME_RE, key_for_sha256, shard_index, shard_name
+from lakelabel.data_specs.errors import ContractError
+from lakelabel.data_specs.shards import KEY_RE, SHARD_NAME_RE, key_for_sha256, shard_index, shard_name
 
 _FROM_MANIFEST = ("MANIFEST_SCHEMA", "STATUSES", "validate_manifest")
 
@@ -24,7 +24,7 @@ __all__ = [
 
 def __getattr__(name: str):
     if name in _FROM_MANIFEST:
-        from data_specs import manifest
+        from lakelabel.data_specs import manifest
 
         return getattr(manifest, name)
     raise AttributeError(f"module 'data_specs' has no attribute {name!r}")

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-from data_specs.shards import KEY_RE
-from data_specs.validation import ContractError, check_table
+from lakelabel.data_specs.shards import KEY_RE
+from lakelabel.data_specs.validation import ContractError, check_table
 
 EMBEDDINGS_SCHEMA_VERSION = "1"
 #: ``emb-NNNNNN`` mirrors ``shard-NNNNNN.tar``: one part per shard.
@@ -82,3 +84,61 @@ def validate_part(keys: pa.Table, matrix: np.ndarray, meta: dict) -> pa.Table:
         if not KEY_RE.match(key):
             raise ContractError(f"embeddings: key {key!r} is not 32 lowercase hex characters")
     return keys
+
+
+@dataclass
+class Embeddings:
+    """All committed parts of one embeddings directory: ``keys``/``shards`` and a float32 matrix."""
+
+    directory: Path
+    meta: dict
+    keys: np.ndarray
+    shards: np.ndarray
+    parts: list[tuple[str, int]]  # (npy path, rows) in order
+
+    @property
+    def n(self) -> int:
+        return len(self.keys)
+
+    def matrix(self, dtype=np.float32) -> np.ndarray:
+        """Every row in memory (N × dim); for lakes that fit. Use :meth:`chunks` to stream."""
+        return (
+            np.concatenate([np.load(p).astype(dtype, copy=False) for p, _ in self.parts])
+            if self.parts
+            else np.empty((0, self.meta["dim"]), dtype)
+        )
+
+
+def read_embeddings(directory: str | Path, validate: bool = True) -> Embeddings:
+    """Open an embeddings directory (committed parts only, in shard order)."""
+    directory = Path(directory)
+    meta = read_meta(directory)
+    keys, shards, parts = [], [], []
+    for keys_path in sorted(directory.glob("emb-*.parquet")):
+        table = pq.read_table(keys_path)
+        npy = keys_path.with_suffix(".npy")
+        if validate:
+            matrix = np.load(npy, mmap_mode="r")
+            table = validate_part(table, matrix, meta)
+        keys.append(table.column("key").to_numpy(zero_copy_only=False))
+        shards.append(table.column("shard").to_numpy(zero_copy_only=False))
+        parts.append((str(npy), table.num_rows))
+    if not parts:
+        raise FileNotFoundError(
+            f"no committed embedding parts under {str(directory)!r}; run `lakelabel embed`"
+        )
+    return Embeddings(directory, meta, np.concatenate(keys), np.concatenate(shards), parts)
+
+
+def find_embeddings(root: str | Path, encoder: str | None = None) -> Path:
+    """The embeddings directory of ``encoder`` (a run name), or the only/newest one under ROOT."""
+    base = Path(root) / "embeddings"
+    dirs = [d for d in base.glob("*") if (d / "meta.json").is_file()]
+    if encoder:
+        dirs = [d for d in dirs if read_meta(d)["encoder"] == encoder or d.name == encoder]
+    if not dirs:
+        raise FileNotFoundError(
+            f"no embeddings{' of encoder ' + repr(encoder) if encoder else ''} under {str(base)!r}; "
+            "run `lakelabel embed` first"
+        )
+    return max(dirs, key=lambda d: (d / "meta.json").stat().st_mtime)

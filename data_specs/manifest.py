@@ -5,11 +5,13 @@ See ``data_specs/manifest.md`` for the human-readable version of this contract.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 
-from data_specs.columns import string_in, valid_rows
-from data_specs.validation import ContractError, check_table
+from lakelabel.data_specs.columns import string_in, valid_rows
+from lakelabel.data_specs.validation import ContractError, check_table
 
 MANIFEST_SCHEMA_VERSION = "1"
 
@@ -84,3 +86,11 @@ def validate_manifest(table: pa.Table) -> pa.Table:
         i = int(bad[0])
         raise ContractError(f"manifest row {i}: status {status[i].as_py()!r} needs a reason")
     return table
+
+
+def read_manifest(root: str | Path) -> pa.Table:
+    """The whole manifest of ROOT (every committed unit; rejected and duplicate files included,
+    with their reasons), validated against this contract."""
+    import pyarrow.parquet as pq
+
+    return validate_manifest(pq.read_table(Path(root) / "manifest", schema=MANIFEST_SCHEMA))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from data_specs.errors import ContractError
+from lakelabel.data_specs.errors import ContractError
 
 SHARD_SCHEMA_VERSION = "1"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from data_specs.errors import ContractError
+from lakelabel.data_specs.errors import ContractError
 
 __all__ = ["ContractError", "check_table"]
 

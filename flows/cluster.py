@@ -5,8 +5,8 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from pipeline.cluster import cluster
-from pipeline.config import ClusterConfig
+from lakelabel.pipeline.cluster import cluster
+from lakelabel.pipeline.config import ClusterConfig
 
 
 @task(

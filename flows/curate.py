@@ -14,16 +14,15 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from flows.cluster import cluster_flow
-from flows.embed import embed_flow
-from flows.ingest import ingest_flow
-from flows.pretrain import pretrain_flow
-from flows.publish import publish_labels_flow
-from flows.report import report_flow
-from flows.select import select_flow
-from pipeline.config import LakelabelConfig
-from pipeline.demo import demo_seed_csv, demo_truth_csv, make_demo_lake
-from pipeline.faults import maybe_fail
+from lakelabel.flows.cluster import cluster_flow
+from lakelabel.flows.embed import embed_flow
+from lakelabel.flows.ingest import ingest_flow
+from lakelabel.flows.pretrain import pretrain_flow
+from lakelabel.flows.publish import publish_labels_flow
+from lakelabel.flows.report import report_flow
+from lakelabel.flows.select import select_flow
+from lakelabel.pipeline.config import LakelabelConfig
+from lakelabel.pipeline.demo import demo_seed_csv, demo_truth_csv, make_demo_lake
 
 
 @flow(name="curate", persist_result=False)
@@ -45,7 +44,6 @@ def curate_flow(config: LakelabelConfig | None = None) -> dict:
 
     def stage(name: str, run):
         start = time.perf_counter()
-        maybe_fail(name)
         result = run()
         timings[name] = round(time.perf_counter() - start, 2)
         logger.info("stage %s done in %.1f s", name, timings[name])
@@ -92,7 +90,7 @@ def curate_flow(config: LakelabelConfig | None = None) -> dict:
         f"{ingest['rejected']} rejected, {ingest['skipped']} skipped |",
         f"| pretrain | {timings['pretrain']} | {('none: ' + config.embed.encoder) if config.pretrain is None else 'reused' if pretrain.get('skipped') else str(pretrain.get('steps')) + ' steps'} |",
         f"| embed | {timings['embed']} | {embed['shards_embedded']} shards embedded, {embed['shards_skipped']} skipped |",
-        f"| cluster | {timings['cluster']} | K={clusters['k']} x T={clusters['heads']}"
+        f"| cluster | {timings['cluster']} | K={clusters['k']}: {', '.join(clusters['methods'])}"
         f"{' (unchanged, skipped)' if clusters['skipped'] else ''} |",
         f"| select | {timings['select']} | {selection['roles']} |",
         f"| publish | {timings['publish']} | {published['rows']} rows{' (unchanged)' if published['skipped'] else ''} |",
@@ -104,6 +102,9 @@ def curate_flow(config: LakelabelConfig | None = None) -> dict:
             f"Against ground truth: precision {metrics['precision']} at coverage {metrics['coverage']}, "
             f"accuracy at full coverage {metrics['accuracy_full_coverage']}.",
         ]
+    lines += [f"**Warning: {w}**" for w in selection.get("warnings", [])]
+    for warning in selection.get("warnings", []):
+        logger.warning("labels: %s", warning)
     create_markdown_artifact("\n".join(lines), key="curate-summary", description="lakelabel run summary")
     # positive labels per class: the publish subflow's `label-counts` table artifact
     logger.info("labels: %s (run %s)", labels_dest, published["run_id"])
@@ -111,7 +112,7 @@ def curate_flow(config: LakelabelConfig | None = None) -> dict:
         "ingest": ingest,
         "pretrain": pretrain,
         "embed": embed,
-        "cluster": {k: v for k, v in clusters.items() if k != "history"},
+        "cluster": clusters,
         "select": selection,
         "publish": published,
         "timings": timings,

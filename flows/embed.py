@@ -6,10 +6,10 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.runners import make_task_runner
-from pipeline.config import EmbedConfig, RunnerConfig
-from pipeline.embed import embed
-from pipeline.shard_data import list_shards
+from lakelabel.flows.runners import make_task_runner
+from lakelabel.pipeline.config import EmbedConfig, RunnerConfig
+from lakelabel.pipeline.embed import embed
+from lakelabel.pipeline.shard_data import list_shards
 
 
 @task(name="embed-shards", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE, persist_result=False)

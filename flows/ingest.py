@@ -12,11 +12,11 @@ from collections import deque
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.runners import make_task_runner
-from pipeline.config import IngestConfig, RunnerConfig
-from pipeline.ingest import IngestSession, pending_batches
-from pipeline.ingest_worker import BatchResult, WorkerOptions, process_batch
-from pipeline.lake import SourceSpec, iter_lake_chunks
+from lakelabel.flows.runners import make_task_runner
+from lakelabel.pipeline.config import IngestConfig, RunnerConfig
+from lakelabel.pipeline.ingest import IngestSession, pending_batches
+from lakelabel.pipeline.ingest_worker import BatchResult, WorkerOptions, process_batch
+from lakelabel.pipeline.lake import SourceSpec, iter_lake_chunks
 
 
 @task(

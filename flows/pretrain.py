@@ -5,8 +5,8 @@ from __future__ import annotations
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from pipeline.config import PretrainConfig
-from pipeline.pretrain import pretrain
+from lakelabel.pipeline.config import PretrainConfig
+from lakelabel.pipeline.pretrain import pretrain
 
 
 @task(name="pretrain-encoder", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE, persist_result=False)

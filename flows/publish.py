@@ -6,7 +6,8 @@ from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from pipeline.labels import publish_labels, read_labels
+from lakelabel.data_specs.labels import default_dest, read_labels
+from lakelabel.pipeline.labels import publish_labels
 
 
 @task(name="publish-labels", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE, persist_result=False)
@@ -18,7 +19,7 @@ def publish_labels_task(root: str, selection_run: str, dest: str | None) -> dict
 def publish_labels_flow(root: str, selection_run: str = "default", dest: str | None = None) -> dict:
     """Publish ``root``'s selection run; a retry after a crash cleans the staging area and commits again."""
     record = publish_labels_task(root, selection_run, dest)
-    table = read_labels(dest or f"{root}/labels", record["run_id"]).to_pandas()
+    table = read_labels(dest or default_dest(root), record["run_id"]).to_pandas()
     counts = table[table.role == "positive"].label_name.value_counts().sort_index()
     create_table_artifact(
         [{"class": name, "positive_labels": int(n)} for name, n in counts.items()],

@@ -8,7 +8,7 @@ from prefect import flow, task
 from prefect.artifacts import create_link_artifact
 from prefect.cache_policies import NO_CACHE
 
-from pipeline.report import build_report
+from lakelabel.pipeline.report import build_report
 
 
 @task(name="build-report", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE, persist_result=False)

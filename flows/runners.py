@@ -6,7 +6,7 @@ import os
 
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 
-from pipeline.config import RunnerConfig
+from lakelabel.pipeline.config import RunnerConfig
 
 
 def make_task_runner(config: RunnerConfig) -> TaskRunner:

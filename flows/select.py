@@ -6,8 +6,8 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from pipeline.config import SelectConfig
-from pipeline.select import select
+from lakelabel.pipeline.config import SelectConfig
+from lakelabel.pipeline.select import select
 
 
 @task(name="ups-select", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE, persist_result=False)

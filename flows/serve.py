@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from prefect import serve
 
-from flows.curate import curate_flow
-from flows.pretrain import pretrain_flow
-from pipeline.config import LakelabelConfig
+from lakelabel.flows.curate import curate_flow
+from lakelabel.flows.pretrain import pretrain_flow
+from lakelabel.pipeline.config import LakelabelConfig
 
 
 def deployments(config: LakelabelConfig, nightly_cron: str, weekly_cron: str | None):

@@ -7,7 +7,6 @@ Pure compute on arrays; no file I/O.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import faiss
@@ -39,7 +38,7 @@ def spherical_kmeans(
 
     ``max_points_per_centroid`` is always passed on: FAISS silently trains on at most 256 points per
     centroid otherwise. When ``N > k × max_points_per_centroid`` a seeded uniform sample of that size
-    trains the centroids (``trained_on`` says how many); :func:`kmeans_assign` then labels every row.
+    trains the centroids (``trained_on`` says how many); :func:`centroid_scores` then scores every row.
     """
     if x.ndim != 2:
         raise ValueError(f"x must be (N, D), got shape {x.shape}")
@@ -70,20 +69,6 @@ def spherical_kmeans(
     )
     km.train(sample)
     return KMeansResult(np.array(km.centroids, dtype=np.float32), float(km.obj[-1]), len(sample), gpu)
-
-
-def kmeans_assign(
-    chunks: Callable[[], Iterable[torch.Tensor]], centroids: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest centroid (max cosine) of every row, streamed chunk by chunk → ``(labels int64, similarity float32)``."""
-    index = faiss.IndexFlatIP(centroids.shape[1])
-    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
-    labels, sims = [], []
-    for chunk in chunks():
-        s, i = index.search(np.ascontiguousarray(chunk.numpy(), dtype=np.float32), 1)
-        labels.append(i[:, 0])
-        sims.append(s[:, 0])
-    return np.concatenate(labels).astype(np.int64), np.concatenate(sims).astype(np.float32)
 
 
 def centroid_scores(chunk: torch.Tensor, centroids: np.ndarray) -> torch.Tensor:

@@ -14,11 +14,6 @@ def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return -F.cosine_similarity(p, z.detach(), dim=-1).mean()
 
 
-def byol_regression(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """BYOL's normalised MSE ``2 - 2 cos(p, stopgrad(z))`` (Grill et al. 2020, eq. 2). ``(B, D)`` → scalar."""
-    return 2 + 2 * negative_cosine(p, z)
-
-
 def wasserstein_similarity(z: torch.Tensor) -> torch.Tensor:
     """Pairwise similarity ``-W1`` between embeddings seen as distributions over their coordinates.
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.sela import SelaHeads
+from lakelabel.models.sela import SelaHeads
 
 
 def mine_neighbours(x: np.ndarray, k: int, pca_dims: int = 128, chunk: int = 8192) -> np.ndarray:

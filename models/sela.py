@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.sinkhorn import balanced_labels
+from lakelabel.models.sinkhorn import balanced_labels
 
 
 class SelaHeads(nn.Module):

@@ -273,11 +273,6 @@ def sinkhorn_assign(
     return labels, posterior
 
 
-def sinkhorn_plan(scores: torch.Tensor, lam: float, log_scale: torch.Tensor) -> torch.Tensor:
-    """Soft assignment rows ``softmax(λS + b)`` ``(n, K)`` (each row sums to 1)."""
-    return torch.softmax(scores.float() * float(lam) + log_scale, dim=1)
-
-
 @dataclass
 class BalancedLabels:
     labels: torch.Tensor  # (N,) int64

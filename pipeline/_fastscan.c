@@ -5,8 +5,10 @@
  * strict decode at 1/8 scale and encodes its WebDataset sample (<key>.jpg + <key>.json tar
  * members), with the GIL released. It decides only that happy path: every other file (not a JPEG,
  * CMYK or grey, EXIF present, over max_side or max_pixels, damaged, unreadable) is left to the
- * Python path (pipeline.images), which keeps every verdict. The bytes it writes equal those of
- * pipeline.ingest_worker's Python path (tests/pipeline/test_fastscan.py checks that).
+ * Python path (pipeline/images.py), which keeps every verdict. The bytes it writes equal those of
+ * pipeline/ingest_worker.py's Python path, and damaged files get the same verdicts
+ * (tests/pipeline/test_ingest_worker.py checks both). It parses no entropy-coded data itself:
+ * libjpeg's strict decode does (a hand-written Huffman check once here saved 3 % of an ingest).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -148,258 +150,13 @@ static int has_exif(const unsigned char *data, size_t n) {
     return memmem(data, limit, "Exif\0\0", 6) != NULL;
 }
 
-/* ---- entropy check of a baseline Huffman scan ------------------------------------------------
- *
- * libjpeg-turbo re-derives the decoding tables of every Huffman table in every scan
- * (jpeg_make_d_derived_tbl: a third of a worker's CPU on CIFAR-sized files). This check decodes
- * the entropy-coded segment of a single interleaved baseline scan itself, with tables derived
- * once per call (a batch of files) and cached by their contents, after libjpeg has parsed and
- * checked the headers.
- *
- * It is stricter than libjpeg's strict mode, never looser: it answers 1 only when every
- * coefficient decodes with a valid code inside the segment, each restart marker comes in
- * sequence with no extra bytes before it, and the segment ends exactly at EOI; anything else
- * (0) goes to libjpeg's own decode, which decides as before. tests/pipeline/test_ingest_worker.py
- * checks "1 implies libjpeg accepts" on damaged files. (ITU-T T.81 Annex C and F.2.2.) */
-
-#define LOOKAHEAD 9
-
-typedef struct {
-    int used;
-    UINT8 bits[17];
-    UINT8 huffval[256];
-    int32_t maxcode[18];  /* largest code of each length, -1 if none; [17] is a sentinel */
-    int32_t valoffset[17];
-    uint16_t lookup[1 << LOOKAHEAD]; /* (length << 8) | symbol for codes of <= LOOKAHEAD bits; 0: longer */
-    /* AC tables: per LOOKAHEAD-bit prefix, the bits one coefficient takes (its code plus the extra
-     * bits of its value, which validation does not need) | (zig-zag positions it advances << 5):
-     * 0 for end-of-block, 16 for a run of 16 zeros. 0: a longer code, or none. */
-    uint16_t ac_fast[1 << LOOKAHEAD];
-} HuffTable;
-
-/* Derived tables of one call (a batch): per call, not static, since calls run with the GIL
- * released and may overlap (a Prefect thread runner maps batches over threads). */
-#define TABLE_CACHE 8
-typedef struct {
-    HuffTable tables[TABLE_CACHE];
-    int next;
-} TableCache;
-
-/* Figures C.1, C.2 and F.15, with libjpeg's checks (jpeg_make_d_derived_tbl); NULL if invalid. */
-static const HuffTable *derived_table(TableCache *cache, const JHUFF_TBL *htbl, int is_dc) {
-    if (htbl == NULL) return NULL; /* libjpeg would substitute the standard tables: leave it to it */
-    int count = 0;
-    for (int l = 1; l <= 16; l++) count += htbl->bits[l];
-    if (count > 256) return NULL;
-    for (int i = 0; i < TABLE_CACHE; i++) {
-        HuffTable *t = &cache->tables[i];
-        if (t->used == 1 + is_dc && !memcmp(t->bits, htbl->bits, 17) && !memcmp(t->huffval, htbl->huffval, count))
-            return t;
-    }
-    if (is_dc)
-        for (int i = 0; i < count; i++)
-            if (htbl->huffval[i] > 15) return NULL;
-    HuffTable *t = &cache->tables[cache->next];
-    t->used = 0;
-    uint32_t huffcode[257];
-    int32_t code = 0;
-    int p = 0;
-    for (int l = 1; l <= 16; l++) {
-        for (int i = 0; i < htbl->bits[l]; i++) huffcode[p++] = (uint32_t)code++;
-        if (code >= (1 << l) && htbl->bits[l]) return NULL; /* no code may be all ones */
-        code <<= 1;
-    }
-    memset(t->lookup, 0, sizeof t->lookup);
-    p = 0;
-    for (int l = 1; l <= 16; l++) {
-        if (htbl->bits[l]) {
-            t->valoffset[l] = p - (int32_t)huffcode[p];
-            p += htbl->bits[l];
-            t->maxcode[l] = (int32_t)huffcode[p - 1];
-        } else {
-            t->maxcode[l] = -1;
-        }
-    }
-    t->maxcode[17] = 0x7FFFFFFF;
-    p = 0;
-    memset(t->ac_fast, 0, sizeof t->ac_fast);
-    for (int l = 1; l <= LOOKAHEAD; l++)
-        for (int i = 0; i < htbl->bits[l]; i++, p++) {
-            uint32_t first = huffcode[p] << (LOOKAHEAD - l);
-            int rs = htbl->huffval[p], run = rs >> 4, size = rs & 15;
-            int advance = size ? run + 1 : (run == 15 ? 16 : 0);
-            for (uint32_t j = 0; j < (1u << (LOOKAHEAD - l)); j++) {
-                t->lookup[first + j] = (uint16_t)((l << 8) | rs);
-                t->ac_fast[first + j] = (uint16_t)((l + size) | (advance << 5));
-            }
-        }
-    memcpy(t->bits, htbl->bits, 17);
-    memcpy(t->huffval, htbl->huffval, 256);
-    t->used = 1 + is_dc;
-    cache->next = (cache->next + 1) % TABLE_CACHE;
-    return t;
-}
-
-typedef struct {
-    const unsigned char *at, *end;
-    uint64_t acc;   /* bits not yet consumed are the low `nbits` bits */
-    int nbits;      /* bits in acc, padding included */
-    int pad;        /* zero bits appended after a marker or the end of data: never to be consumed */
-    int marker;     /* the marker code that stopped filling (0: none yet) */
-} BitReader;
-
-static void fill(BitReader *b) {
-    while (b->nbits <= 56) {
-        unsigned int c;
-        if (b->marker || b->at >= b->end) {
-            c = 0;
-            b->pad += 8;
-        } else if (b->at[0] != 0xFF) {
-            c = *b->at++;
-        } else {
-            const unsigned char *q = b->at;
-            while (q < b->end && *q == 0xFF) q++; /* fill bytes, as libjpeg skips them */
-            if (q < b->end && *q == 0x00) {        /* a stuffed 0xFF data byte */
-                c = 0xFF;
-                b->at = q + 1;
-            } else {
-                b->marker = q < b->end ? *q : -1; /* a marker (or the data ends in 0xFF bytes) */
-                continue;
-            }
-        }
-        b->acc = (b->acc << 8) | c;
-        b->nbits += 8;
-    }
-}
-
-/* Symbol of a code longer than LOOKAHEAD bits (F.16), or -1 for a code the table lacks;
- * needs 16 bits in the buffer. */
-static int decode_long_code(BitReader *b, const HuffTable *t) {
-    for (int l = LOOKAHEAD + 1; l <= 16; l++) {
-        int32_t code = (int32_t)((b->acc >> (b->nbits - l)) & ((1u << l) - 1));
-        if (code <= t->maxcode[l]) {
-            b->nbits -= l;
-            return t->huffval[t->valoffset[l] + code];
-        }
-    }
-    return -1;
-}
-
-/* Next symbol of table t, or -1; needs 16 bits in the buffer. */
-static inline int decode_symbol(BitReader *b, const HuffTable *t) {
-    unsigned int entry = t->lookup[(b->acc >> (b->nbits - LOOKAHEAD)) & ((1u << LOOKAHEAD) - 1)];
-    if (!entry) return decode_long_code(b, t);
-    b->nbits -= (int)(entry >> 8);
-    return (int)(entry & 0xFF);
-}
-
-/* The s-bit value that follows a DC symbol (F.12); needs s bits in the buffer. */
-static inline int32_t receive_extend(BitReader *b, int s) {
-    b->nbits -= s;
-    int32_t v = (int32_t)((b->acc >> b->nbits) & ((1u << s) - 1));
-    return v < (1 << (s - 1)) ? v - (1 << s) + 1 : v;
-}
-
-/* After the bits of an interval or of the scan: at most the rest of one byte unused, then the
- * marker `want` (fill bytes allowed); consumes it. */
-static int at_marker(BitReader *b, int want) {
-    fill(b);
-    if (b->nbits < b->pad || b->nbits - b->pad >= 8 || b->marker != want) return 0;
-    while (*b->at == 0xFF) b->at++;
-    b->at++;
-    b->acc = 0;
-    b->nbits = b->pad = b->marker = 0;
-    return 1;
-}
-
-static int baseline_entropy_ok(TableCache *cache, j_decompress_ptr cinfo, const unsigned char *data, size_t n) {
-    if (cinfo->progressive_mode || cinfo->arith_code || cinfo->data_precision != 8 || cinfo->comps_in_scan != 3 ||
-        cinfo->comps_in_scan != cinfo->num_components || cinfo->Ss != 0 || cinfo->Se != 63 || cinfo->Ah != 0 ||
-        cinfo->Al != 0)
-        return 0;
-    const HuffTable *dc[3], *ac[3];
-    int hs[3], vs[3];
-    for (int ci = 0; ci < 3; ci++) {
-        const jpeg_component_info *comp = cinfo->cur_comp_info[ci];
-        if (comp->quant_tbl_no < 0 || comp->quant_tbl_no >= NUM_QUANT_TBLS ||
-            cinfo->quant_tbl_ptrs[comp->quant_tbl_no] == NULL || comp->dc_tbl_no < 0 ||
-            comp->dc_tbl_no >= NUM_HUFF_TBLS || comp->ac_tbl_no < 0 || comp->ac_tbl_no >= NUM_HUFF_TBLS)
-            return 0;
-        dc[ci] = derived_table(cache, cinfo->dc_huff_tbl_ptrs[comp->dc_tbl_no], 1);
-        ac[ci] = derived_table(cache, cinfo->ac_huff_tbl_ptrs[comp->ac_tbl_no], 0);
-        hs[ci] = comp->h_samp_factor;
-        vs[ci] = comp->v_samp_factor;
-        if (dc[ci] == NULL || ac[ci] == NULL) return 0;
-    }
-    /* the common sampling layouts only: luma 1x1, 2x1, 1x2 or 2x2, chroma 1x1 */
-    if (hs[0] > 2 || vs[0] > 2 || hs[1] != 1 || vs[1] != 1 || hs[2] != 1 || vs[2] != 1 ||
-        cinfo->max_h_samp_factor != hs[0] || cinfo->max_v_samp_factor != vs[0])
-        return 0;
-    /* a cached table may have been replaced while deriving a later one: derive again if so */
-    for (int ci = 0; ci < 3; ci++) {
-        const jpeg_component_info *comp = cinfo->cur_comp_info[ci];
-        if (memcmp(dc[ci]->bits, cinfo->dc_huff_tbl_ptrs[comp->dc_tbl_no]->bits, 17) ||
-            memcmp(ac[ci]->bits, cinfo->ac_huff_tbl_ptrs[comp->ac_tbl_no]->bits, 17) ||
-            memcmp(dc[ci]->huffval, cinfo->dc_huff_tbl_ptrs[comp->dc_tbl_no]->huffval, 256) ||
-            memcmp(ac[ci]->huffval, cinfo->ac_huff_tbl_ptrs[comp->ac_tbl_no]->huffval, 256))
-            return 0;
-    }
-    long mcu_w = 8L * hs[0], mcu_h = 8L * vs[0];
-    long mcus = ((long)cinfo->image_width + mcu_w - 1) / mcu_w * (((long)cinfo->image_height + mcu_h - 1) / mcu_h);
-    size_t start = n - cinfo->src->bytes_in_buffer;
-    BitReader b = {data + start, data + n, 0, 0, 0, 0};
-    int32_t pred[3] = {0, 0, 0};
-    unsigned int interval = cinfo->restart_interval, left = interval;
-    int next_rst = 0;
-    for (long m = 0; m < mcus; m++) {
-        if (interval && left == 0) {
-            if (!at_marker(&b, 0xD0 + next_rst)) return 0;
-            next_rst = (next_rst + 1) & 7;
-            pred[0] = pred[1] = pred[2] = 0;
-            left = interval;
-        }
-        for (int ci = 0; ci < 3; ci++) {
-            for (int k_block = hs[ci] * vs[ci]; k_block > 0; k_block--) {
-                if (b.nbits < 32) fill(&b);
-                int s = decode_symbol(&b, dc[ci]);
-                if (s < 0) return 0;
-                if (s) pred[ci] += receive_extend(&b, s);
-                if (pred[ci] > (1 << 20) || pred[ci] < -(1 << 20)) return 0;
-                const HuffTable *t = ac[ci];
-                for (int k = 1; k < 64;) { /* a coefficient takes at most 16 + 15 bits */
-                    if (b.nbits < 32) fill(&b);
-                    unsigned int entry = t->ac_fast[(b.acc >> (b.nbits - LOOKAHEAD)) & ((1u << LOOKAHEAD) - 1)];
-                    int advance;
-                    if (entry) {
-                        b.nbits -= (int)(entry & 31);
-                        advance = (int)(entry >> 5);
-                    } else {
-                        int rs = decode_long_code(&b, t);
-                        if (rs < 0) return 0;
-                        b.nbits -= rs & 15;
-                        advance = rs & 15 ? (rs >> 4) + 1 : ((rs >> 4) == 15 ? 16 : 0);
-                    }
-                    if (advance == 0) break; /* end of block */
-                    k += advance;
-                    if (k > 64) return 0; /* past the block's last coefficient */
-                }
-                if (b.nbits < b.pad) return 0; /* it read into the padding: data ran out */
-            }
-        }
-        if (interval) left--;
-    }
-    return at_marker(&b, 0xD9);
-}
-
 /* 1 when data is an upright 3-channel JPEG within the limits that decodes strictly at 1/8 scale.
  *
  * A fresh decompressor per file, as TurboJPEG's tjDecompress gives: a reused one keeps earlier
  * files' quantisation and Huffman tables (libjpeg's "abbreviated datastream" support), so a file
  * whose own tables are damaged would decode with another file's. (Fresh is also faster here.) */
-enum { CHECK_FAST_THEN_LIBJPEG, CHECK_FAST_ONLY, CHECK_LIBJPEG_ONLY };
-
-static int plain_jpeg(Buffer *rowbuf, TableCache *tables, const unsigned char *data, size_t n, long long max_pixels,
-                      long max_side, int *width, int *height, int mode) {
+static int plain_jpeg(Buffer *rowbuf, const unsigned char *data, size_t n, long long max_pixels, long max_side,
+                      int *width, int *height) {
     if (n < 3 || data[0] != 0xFF || data[1] != 0xD8 || data[2] != 0xFF) return 0;
     struct jpeg_decompress_struct cinfo;
     StrictErrors errors;
@@ -424,14 +181,6 @@ static int plain_jpeg(Buffer *rowbuf, TableCache *tables, const unsigned char *d
         (long long)cinfo.image_width * cinfo.image_height > max_pixels ||
         (max_side > 0 && ((long)cinfo.image_width > max_side || (long)cinfo.image_height > max_side)) ||
         has_exif(data, n)) {
-        jpeg_destroy_decompress(&cinfo);
-        return 0;
-    }
-    if (mode != CHECK_LIBJPEG_ONLY && tables != NULL && baseline_entropy_ok(tables, &cinfo, data, n)) {
-        jpeg_destroy_decompress(&cinfo);
-        return 1;
-    }
-    if (mode == CHECK_FAST_ONLY) {
         jpeg_destroy_decompress(&cinfo);
         return 0;
     }
@@ -623,7 +372,6 @@ static PyObject *scan_plain_jpegs(PyObject *self, PyObject *args, PyObject *kwar
 
     Py_BEGIN_ALLOW_THREADS
     Buffer rowbuf = {0};
-    TableCache *tables = calloc(1, sizeof(TableCache)); /* NULL: every file goes to libjpeg */
     DirCache dirs;
     dirs.fd = -1;
     dirs.len = 0;
@@ -636,9 +384,7 @@ static PyObject *scan_plain_jpegs(PyObject *self, PyObject *args, PyObject *kwar
         ssize_t size = read_file(PyBytes_AS_STRING(PyList_GET_ITEM(encoded, i)), &file, &dirs);
         if (size <= 0) continue;
         const unsigned char *data = (const unsigned char *)file.data;
-        if (!plain_jpeg(&rowbuf, tables, data, (size_t)size, max_pixels, max_side, &r->width, &r->height,
-                        CHECK_FAST_THEN_LIBJPEG))
-            continue;
+        if (!plain_jpeg(&rowbuf, data, (size_t)size, max_pixels, max_side, &r->width, &r->height)) continue;
         unsigned char digest[32];
         unsigned int digest_len = 0;
         if (!EVP_DigestInit_ex(hash, sha256, NULL) || !EVP_DigestUpdate(hash, data, (size_t)size) ||
@@ -688,7 +434,6 @@ static PyObject *scan_plain_jpegs(PyObject *self, PyObject *args, PyObject *kwar
         r->end = blob.len;
     }
     EVP_MD_CTX_free(hash);
-    free(tables);
     if (dirs.fd >= 0) close(dirs.fd);
     free(rowbuf.data);
     if (!failed && spool_fd >= 0) {
@@ -755,27 +500,6 @@ done:
     return out;
 }
 
-/* (fast check, libjpeg's strict decode) verdicts of one file, for tests. */
-static PyObject *jpeg_verdicts(PyObject *self, PyObject *args) {
-    (void)self;
-    Py_buffer view;
-    long long max_pixels = 1LL << 40;
-    if (!PyArg_ParseTuple(args, "y*|L", &view, &max_pixels)) return NULL;
-    Buffer rowbuf = {0};
-    int width, height;
-    TableCache *tables = calloc(1, sizeof(TableCache));
-    if (tables == NULL) {
-        PyBuffer_Release(&view);
-        return PyErr_NoMemory();
-    }
-    int fast = plain_jpeg(&rowbuf, tables, view.buf, (size_t)view.len, max_pixels, 0, &width, &height, CHECK_FAST_ONLY);
-    int full = plain_jpeg(&rowbuf, NULL, view.buf, (size_t)view.len, max_pixels, 0, &width, &height, CHECK_LIBJPEG_ONLY);
-    free(tables);
-    free(rowbuf.data);
-    PyBuffer_Release(&view);
-    return Py_BuildValue("(OO)", fast ? Py_True : Py_False, full ? Py_True : Py_False);
-}
-
 /* prctl(PR_SET_PDEATHSIG, sig): the kernel sends sig to this process when its parent dies. */
 static PyObject *set_parent_death_signal(PyObject *self, PyObject *arg) {
     (void)self;
@@ -790,10 +514,6 @@ static PyObject *set_parent_death_signal(PyObject *self, PyObject *arg) {
 }
 
 static PyMethodDef methods[] = {
-    {"jpeg_verdicts", jpeg_verdicts, METH_VARARGS,
-     "jpeg_verdicts(data, max_pixels=2**40)\n--\n\n"
-     "(fast, libjpeg): whether the baseline entropy check and libjpeg's strict 1/8-scale decode each\n"
-     "accept ``data`` as an upright RGB JPEG (tests: fast must never accept what libjpeg rejects)."},
     {"set_parent_death_signal", set_parent_death_signal, METH_O,
      "set_parent_death_signal(sig)\n--\n\n"
      "Have the kernel send ``sig`` to this process when its parent dies (Linux); False elsewhere."},

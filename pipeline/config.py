@@ -7,13 +7,21 @@ parameters and the Prefect UI form. ``extra="forbid"`` everywhere: a misspelt ke
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-import pipeline.ingest_defaults as defaults
+from lakelabel.pipeline.clustering import METHODS
+from lakelabel.pipeline.clustering.kmeans import KMeansSettings
+from lakelabel.pipeline.clustering.scan import ScanSettings
+from lakelabel.pipeline.clustering.sela import SelaSettings
+from lakelabel.pipeline.clustering.sinkhorn import SinkhornSettings
+from lakelabel.pipeline.selection import RULES
+from lakelabel.pipeline.selection.confidence import ConfidenceSettings
+from lakelabel.pipeline.selection.ups import UpsSettings
 
 
 class StrictModel(BaseModel):
@@ -26,16 +34,16 @@ class IngestConfig(StrictModel):
     """Lake → WebDataset shards."""
 
     max_pixels: int = Field(
-        defaults.MAX_PIXELS, gt=0, description="Reject images with more pixels (decompression bombs)."
+        89_478_485, gt=0, description="Reject images with more pixels (decompression bombs)."
     )
     max_side: int | None = Field(
         None, gt=0, description="Resize so the longer side is at most this many pixels."
     )
-    jpeg_quality: int = Field(defaults.JPEG_QUALITY, ge=1, le=100, description="Quality of re-encoded JPEGs.")
-    shard_max_count: int = Field(defaults.SHARD_MAX_COUNT, gt=0, description="Samples per shard at most.")
-    shard_max_bytes: int = Field(defaults.SHARD_MAX_BYTES, gt=0, description="Bytes per shard at most.")
+    jpeg_quality: int = Field(95, ge=1, le=100, description="Quality of re-encoded JPEGs.")
+    shard_max_count: int = Field(5000, gt=0, description="Samples per shard at most.")
+    shard_max_bytes: int = Field(512 * 2**20, gt=0, description="Bytes per shard at most.")
     workers: int | None = Field(None, ge=0, description="Decode processes; None = all cores, 0 = in-process.")
-    batch_size: int = Field(defaults.BATCH_SIZE, gt=0, description="Files per unit of work sent to a worker.")
+    batch_size: int = Field(256, gt=0, description="Files per unit of work sent to a worker.")
     compiled_core: bool = Field(
         True,
         description="Run local upright RGB JPEGs through the compiled core when it is built "
@@ -44,9 +52,7 @@ class IngestConfig(StrictModel):
     storage_options: dict[str, Any] = Field(
         default_factory=dict, description="fsspec options for the source (e.g. endpoint_url)."
     )
-    flow_partition_size: int = Field(
-        defaults.FLOW_PARTITION_SIZE, gt=0, description="Files per mapped Prefect task in ingest_flow."
-    )
+    flow_partition_size: int = Field(2048, gt=0, description="Files per mapped Prefect task in ingest_flow.")
 
     def resolve_flow_window(self) -> int:
         return self.resolved_workers() or 1
@@ -93,7 +99,7 @@ class PretrainConfig(StrictModel):
         "(7x7 stride-2 + max-pool: ~9x cheaper at 32 px, the fast CPU choice)",
     )
     batch_size: int = Field(256, gt=1, description="Per-process batch size.")
-    epochs: int = Field(10, gt=0)
+    epochs: int = Field(10, gt=0, description="Training epochs over the shards.")
     max_steps: int | None = Field(
         None, gt=0, description="Stop after this many steps (budgeted runs, tests)."
     )
@@ -101,20 +107,22 @@ class PretrainConfig(StrictModel):
     lr: float = Field(
         0.05, gt=0, description="Base learning rate for a total batch of 256 (scaled linearly)."
     )
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(5e-4, ge=0)
-    warmup_epochs: float = Field(1.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD/LARS momentum.")
+    weight_decay: float = Field(5e-4, ge=0, description="Weight decay.")
+    warmup_epochs: float = Field(1.0, ge=0, description="Linear LR warm-up, in epochs.")
     workers: int = Field(2, ge=0, description="DataLoader worker processes.")
     shuffle_buffer: int = Field(2000, gt=0, description="Sample shuffle buffer.")
     checkpoint_every: int = Field(200, gt=0, description="Steps between atomic checkpoints.")
-    seed: int = 0
+    seed: int = Field(0, description="Seed of initialisation, augmentation and shuffling.")
     precision: str = Field("auto", description="auto (bf16 on CUDA) | fp32 | bf16")
     augment: str = Field(
         "auto",
         description="auto = device | device (kornia, batched where the model runs, per-sample "
         "parameters; loaders only decode) | loader (torchvision per image in the loader workers)",
     )
-    channels_last: bool = True
+    channels_last: bool = Field(
+        True, description="channels_last memory format (faster convolutions on GPUs)."
+    )
     compile: bool = Field(False, description="torch.compile the model (CUDA).")
     init_from: str | None = Field(
         None,
@@ -127,10 +135,10 @@ class PretrainConfig(StrictModel):
         0.1, gt=0, le=1, description="Learning-rate factor of the pretrained backbone (with init_from)."
     )
     knn_labels: str | None = Field(None, description="Label CSV (path,label[,split]) for the kNN monitor.")
-    knn_k: int = Field(20, gt=0)
-    knn_temperature: float = Field(0.07, gt=0)
-    knn_max_train: int = Field(5000, gt=0)
-    knn_max_test: int = Field(2000, gt=0)
+    knn_k: int = Field(20, gt=0, description="kNN monitor: neighbours.")
+    knn_temperature: float = Field(0.07, gt=0, description="kNN monitor: similarity temperature.")
+    knn_max_train: int = Field(5000, gt=0, description="kNN monitor: labelled images used as memory.")
+    knn_max_test: int = Field(2000, gt=0, description="kNN monitor: labelled images used as queries.")
     run_name: str = Field(
         "default", pattern=r"^[A-Za-z0-9_.-]+$", description="Folder under ROOT/checkpoints."
     )
@@ -153,7 +161,7 @@ class EmbedConfig(StrictModel):
     image_size: int | None = Field(
         None, gt=0, description="Input size; None = the encoder's training (or pretrained) size."
     )
-    batch_size: int = Field(256, gt=0)
+    batch_size: int = Field(256, gt=0, description="Images per forward pass.")
     workers: int = Field(2, ge=0, description="DataLoader decode workers.")
     dtype: str = Field("float16", description="float16 | float32 (stored matrices).")
     precision: str = Field("auto", description="auto (bf16 on CUDA) | fp32 | bf16")
@@ -164,59 +172,66 @@ class EmbedConfig(StrictModel):
     )
 
 
-class ScanConfig(StrictModel):
-    """SCAN (Van Gansbeke et al., ECCV 2020) on the frozen embeddings: mined neighbours, SCAN heads,
-    self-labelling. Writes the ``scan`` column."""
-
-    neighbours: int = Field(20, gt=0, description="Nearest neighbours mined per image (FAISS, cosine).")
-    heads: int = Field(5, gt=0, description="SCAN heads trained; the lowest-loss one is kept.")
-    hidden: int = Field(0, ge=0, description="0 = linear heads, else an MLP with this hidden width.")
-    epochs: int = Field(60, gt=0, description="SCAN-loss epochs.")
-    entropy_weight: float = Field(5.0, ge=0, description="Weight of the cluster-entropy term (SCAN: 5).")
-    self_label_epochs: int = Field(10, ge=0, description="Self-labelling epochs (0 = none).")
-    threshold: float = Field(0.99, gt=0, lt=1, description="Self-labelling: confident when max prob >= this.")
-    feature_dropout: float = Field(0.25, ge=0, lt=1, description="Input dropout while self-labelling.")
-    batch_size: int = Field(512, gt=1)
-    lr: float = Field(1e-3, gt=0, description="Adam learning rate.")
-
-
 class ClusterConfig(StrictModel):
-    """FAISS k-means, Sinkhorn-Knopp equipartition and SeLa heads on the embeddings."""
+    """Clustering methods on the embeddings (registry: ``pipeline/clustering``), each with its own block."""
 
-    k: int = Field(10, gt=1, description="Clusters per head.")
-    heads: int = Field(5, gt=0, description="SeLa heads T (independent clusterings).")
-    lam: float = Field(
-        25.0, gt=0, description="Sinkhorn sharpness λ of the SeLa heads' label updates (SeLa: 25)."
-    )
-    sinkhorn_tol: float = Field(1e-3, gt=0, description="Relative cluster-mass tolerance.")
-    balance: float = Field(
-        0.1,
-        gt=0,
-        description="Hard labels within this relative distance of equal sizes (λ raised until then).",
-    )
-    centroid_temperature: float = Field(
-        0.05, gt=0, description="Centroid similarities enter Sinkhorn as log-softmax(sim / τ): sharp rows."
+    k: int = Field(10, gt=1, description="Clusters per label column.")
+    methods: list[str] = Field(
+        default_factory=lambda: list(METHODS),
+        description="Clustering methods to run, in order: kmeans | sinkhorn | sela | scan.",
     )
     target: list[float] | None = Field(
         None, description="Cluster proportions (K positive numbers) for lakes known to be imbalanced."
     )
-    kmeans_iters: int = Field(30, gt=0)
-    kmeans_redo: int = Field(1, gt=0, description="k-means restarts (best objective kept).")
-    max_points_per_centroid: int = Field(
-        100_000, gt=0, description="Training sample per centroid (faiss silently uses 256 unless set)."
-    )
-    use_gpu: bool | None = Field(None, description="faiss-gpu k-means; None = when available.")
-    head_hidden: int = Field(0, ge=0, description="0 = linear heads, else an MLP with this hidden width.")
-    epochs: int = Field(20, ge=0, description="SeLa head training epochs (0 = k-means + Sinkhorn only).")
-    label_updates: int = Field(5, ge=0, description="Sinkhorn label optimisations spread over the epochs.")
-    batch_size: int = Field(1024, gt=0)
-    lr: float = Field(0.1, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
-    scan: ScanConfig | None = Field(
-        default_factory=ScanConfig, description="SCAN clustering settings; null = no SCAN column."
-    )
-    seed: int = 0
+    kmeans: KMeansSettings = Field(default_factory=KMeansSettings)
+    sinkhorn: SinkhornSettings = Field(default_factory=SinkhornSettings)
+    sela: SelaSettings = Field(default_factory=SelaSettings)
+    scan: ScanSettings = Field(default_factory=ScanSettings)
+    seed: int = Field(0, description="Seed of k-means, SeLa and SCAN (head t of SeLa uses seed + t).")
     run_name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$", description="Folder under ROOT/clusters.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_keys(cls, data: Any) -> Any:
+        """Keys of the flat layout before method blocks (``heads: 2``) still work: moved into their block."""
+        data = _move_flat_keys(data, _FLAT_CLUSTER_KEYS, "cluster")
+        if isinstance(data, dict) and data.get("scan", ...) is None:  # `scan: null` meant "no SCAN"
+            data = {
+                **data,
+                "scan": {},
+                "methods": [m for m in data.get("methods", METHODS) if m != "scan"],
+            }
+        return data
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, methods: list[str]) -> list[str]:
+        unknown = [m for m in methods if m not in METHODS]
+        if unknown or not methods or len(set(methods)) != len(methods):
+            raise ValueError(
+                f"methods {methods!r}: need one or more of {', '.join(METHODS)}, each once"
+                + (f" (unknown: {', '.join(unknown)})" if unknown else "")
+            )
+        return methods
+
+
+_FLAT_CLUSTER_KEYS = {
+    "heads": ("sela", "heads"),
+    "lam": ("sela", "lam"),
+    "head_hidden": ("sela", "hidden"),
+    "epochs": ("sela", "epochs"),
+    "label_updates": ("sela", "label_updates"),
+    "batch_size": ("sela", "batch_size"),
+    "lr": ("sela", "lr"),
+    "weight_decay": ("sela", "weight_decay"),
+    "kmeans_iters": ("kmeans", "iters"),
+    "kmeans_redo": ("kmeans", "redo"),
+    "max_points_per_centroid": ("kmeans", "max_points_per_centroid"),
+    "use_gpu": ("kmeans", "use_gpu"),
+    "centroid_temperature": ("sinkhorn", "centroid_temperature"),
+    "sinkhorn_tol": ("sinkhorn", "tol"),
+    "balance": ("sinkhorn", "balance"),
+}
 
 
 class SelectConfig(StrictModel):
@@ -239,18 +254,16 @@ class SelectConfig(StrictModel):
     naming: str = Field(
         "hungarian", description="Cluster → class naming with seed labels: hungarian | majority"
     )
-    method: str = Field("ups", description="ups | confidence (baseline: max probability only)")
+    method: str = Field("ups", description="Selection rule (registry pipeline/selection): ups | confidence")
     rounds: int = Field(3, gt=0, description="Selection rounds R (classifier re-initialised each round).")
     epochs: int = Field(20, gt=0, description="Classifier epochs per round.")
     min_steps: int = Field(400, gt=0, description="At least this many steps per round (small seed sets).")
     passes: int = Field(10, ge=2, description="MC-dropout passes M.")
-    tau_p: float = Field(0.70, gt=0, le=1, description="Positive: mean max probability >= tau_p ...")
-    kappa_p: float = Field(0.05, gt=0, description="... and its std <= kappa_p.")
-    tau_n: float = Field(0.05, ge=0, lt=1, description="Negative: class probability <= tau_n ...")
-    kappa_n: float = Field(0.005, gt=0, description="... and its std <= kappa_n.")
+    ups: UpsSettings = Field(default_factory=UpsSettings, description="settings of method=ups")
+    confidence: ConfidenceSettings = Field(
+        default_factory=ConfidenceSettings, description="settings of method=confidence"
+    )
     neg_temperature: float = Field(2.0, gt=0, description="Softmax temperature for negative selection.")
-    confidence_tau: float = Field(0.95, gt=0, le=1, description="Threshold of the confidence-only method.")
-    class_balance: bool = Field(False, description="Cap positives per class at the rarest class's count.")
     hidden: int = Field(
         0, ge=0, description="Classifier hidden width; 0 = linear (dropout on the inputs), the best here."
     )
@@ -268,14 +281,16 @@ class SelectConfig(StrictModel):
         description="Temperature-scale each round's classifier on out-of-fold labelled rows (seed labels, "
         "else the cluster labels) before thresholding.",
     )
-    dropout: float = Field(0.3, ge=0, lt=1)
+    dropout: float = Field(
+        0.3, ge=0, lt=1, description="Dropout on the classifier inputs (MC-dropout passes keep it on)."
+    )
     lr: float = Field(1e-3, gt=0, description="Adam learning rate.")
-    weight_decay: float = Field(1e-4, ge=0)
-    batch_size: int = Field(256, gt=1)
+    weight_decay: float = Field(1e-4, ge=0, description="Adam weight decay.")
+    batch_size: int = Field(256, gt=1, description="Rows per classifier step.")
     review_per_class: int = Field(
         20, ge=0, description="Least certain samples per class in the review queue."
     )
-    thumbnail_size: int = Field(96, gt=0)
+    thumbnail_size: int = Field(96, gt=0, description="Side of the review queue thumbnails, pixels.")
     finetune: bool = Field(
         False,
         description="Full fine-tuning (meant for GPUs): each round trains the encoder and a fresh head end "
@@ -287,7 +302,7 @@ class SelectConfig(StrictModel):
         "None = the one that made the embeddings (checked by sha256).",
     )
     finetune_steps: int = Field(500, gt=0, description="Fine-tuning steps per round.")
-    finetune_batch_size: int = Field(128, gt=1)
+    finetune_batch_size: int = Field(128, gt=1, description="Images per fine-tuning step.")
     finetune_lr: float = Field(
         1e-4, gt=0, description="AdamW learning rate of the encoder (the head uses lr)."
     )
@@ -295,10 +310,43 @@ class SelectConfig(StrictModel):
     shuffle_buffer: int = Field(2000, ge=0, description="Sample shuffle buffer of the fine-tuning stream.")
     precision: str = Field("auto", description="auto (bf16 on CUDA) | fp32 | bf16 (fine-tuning)")
     truth: str | None = Field(None, description="Ground-truth CSV, for evaluation only (never trains).")
-    seed: int = 0
+    seed: int = Field(0, description="Seed of training, dropout and fold splits.")
     run_name: str = Field(
         "default", pattern=r"^[A-Za-z0-9_.-]+$", description="Folder under ROOT/selections."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_keys(cls, data: Any) -> Any:
+        return _move_flat_keys(data, _FLAT_SELECT_KEYS, "select")
+
+    @field_validator("method")
+    @classmethod
+    def _known_rule(cls, method: str) -> str:
+        check_choice("selection rule method", method, RULES)
+        return method
+
+
+_FLAT_SELECT_KEYS = {
+    "tau_p": ("ups", "tau_p"),
+    "kappa_p": ("ups", "kappa_p"),
+    "tau_n": ("ups", "tau_n"),
+    "kappa_n": ("ups", "kappa_n"),
+    "class_balance": ("ups", "class_balance"),
+    "confidence_tau": ("confidence", "tau"),
+}
+
+
+def _move_flat_keys(data: Any, keys: dict[str, tuple[str, str]], section: str) -> Any:
+    """Keys of the flat layout before method blocks (``tau_p: 0.3``) move into their block, with a warning."""
+    if not isinstance(data, dict) or not any(key in keys for key in data):
+        return data
+    data = dict(data)
+    for key in [key for key in data if key in keys]:
+        block, name = keys[key]
+        data[block] = {**(data.get(block) or {}), name: data.pop(key)}
+        warnings.warn(f"{section}.{key} is now {section}.{block}.{name}", DeprecationWarning, stacklevel=2)
+    return data
 
 
 class TrainClassifierConfig(StrictModel):
@@ -318,23 +366,31 @@ class TrainClassifierConfig(StrictModel):
     )
     init_weights: str | None = Field(None, description="Weights file for a timm:/torchvision: init_from.")
     image_size: int | None = Field(None, gt=0, description="None = 32, or the size init_from was trained at.")
-    epochs: int = Field(5, gt=0)
-    max_steps: int | None = Field(None, gt=0)
-    batch_size: int = Field(128, gt=1)
+    epochs: int = Field(5, gt=0, description="Training epochs over the labelled images.")
+    max_steps: int | None = Field(None, gt=0, description="Stop after this many steps (None: the epochs).")
+    batch_size: int = Field(128, gt=1, description="Images per step.")
     lr: float = Field(0.1, gt=0, description="SGD learning rate (cosine schedule).")
-    weight_decay: float = Field(5e-4, ge=0)
+    weight_decay: float = Field(5e-4, ge=0, description="Weight decay.")
     negative_weight: float = Field(1.0, ge=0, description="Weight of the negative-learning loss.")
     confidence_weighting: bool = Field(False, description="Weight each positive's loss by its confidence.")
     holdout: str | None = Field(
-        None, description="Labeled hold-out CSV (path,label_name[,split]); never trained on."
+        None,
+        description="Labeled CSV (path,label_name[,split]) to score the classifier on; its hold-out rows "
+        "are never trained on.",
     )
     holdout_split: str | None = Field(
-        "test", description="Only hold-out rows of this split (if the CSV has one)."
+        "test", description="Hold out only the rows of this split, when the CSV has a split column."
     )
-    workers: int = Field(2, ge=0)
-    shuffle_buffer: int = Field(2000, ge=0)
+    holdout_fraction: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Hold out this seeded fraction of those rows (e.g. 0.2 of a plain truth CSV); None: all.",
+    )
+    workers: int = Field(2, ge=0, description="DataLoader decode workers.")
+    shuffle_buffer: int = Field(2000, ge=0, description="Sample shuffle buffer.")
     precision: str = Field("auto", description="auto (bf16 on CUDA) | fp32 | bf16")
-    seed: int = 0
+    seed: int = Field(0, description="Seed of initialisation, augmentation and shuffling.")
     run_name: str = Field(
         "default", pattern=r"^[A-Za-z0-9_.-]+$", description="Folder under ROOT/classifiers."
     )

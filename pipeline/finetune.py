@@ -18,14 +18,14 @@ from pathlib import Path
 
 import torch
 
-from models.optim import warmup_cosine
-from models.ups import DropoutClassifier, EncoderClassifier, TrainingLabels, pseudo_label_loss
-from pipeline.augment import MEAN, STD, classifier_transform, eval_transform
-from pipeline.config import SelectConfig, check_choice
-from pipeline.devices import PRECISIONS, autocast, compute_device
-from pipeline.embed import Embeddings
-from pipeline.encoders import Encoder, load_encoder
-from pipeline.shard_data import KeyedShards, eval_loader
+from lakelabel.data_specs.embeddings import Embeddings
+from lakelabel.models.optim import warmup_cosine
+from lakelabel.models.ups import DropoutClassifier, EncoderClassifier, TrainingLabels, pseudo_label_loss
+from lakelabel.pipeline.augment import MEAN, STD, classifier_transform, eval_transform
+from lakelabel.pipeline.config import SelectConfig, check_choice
+from lakelabel.pipeline.devices import PRECISIONS, autocast, compute_device
+from lakelabel.pipeline.encoders import Encoder, load_encoder
+from lakelabel.pipeline.shard_data import KeyedShards, eval_loader
 
 
 def load_finetune_encoder(root: str | Path, emb: Embeddings, config: SelectConfig) -> Encoder:

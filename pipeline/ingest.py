@@ -20,7 +20,6 @@ from __future__ import annotations
 import fcntl
 import functools
 import gc
-import itertools
 import json
 import os
 import pickle
@@ -40,12 +39,11 @@ from datetime import datetime, timedelta, timezone
 from multiprocessing import get_context
 from multiprocessing.connection import wait
 from pathlib import Path
-from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
-from data_specs.shards import KEY_HEX_CHARS, SHARD_NAME_RE, shard_name
-from pipeline.atomic import atomic_write, atomic_write_bytes, fsync_dir, temp_path
-from pipeline.ingest_worker import (
+from lakelabel.data_specs.shards import KEY_HEX_CHARS, SHARD_NAME_RE, shard_name
+from lakelabel.pipeline.atomic import atomic_write, atomic_write_bytes, fsync_dir, temp_path
+from lakelabel.pipeline.ingest_worker import (
     END,
     HEIGHT,
     NBYTES,
@@ -59,15 +57,15 @@ from pipeline.ingest_worker import (
     process_batch,
     set_parent_death_signal,
 )
-from pipeline.lake import LakeFile, SourceSpec, file_uri, iter_lake_chunks, resolve_source
-from pipeline.lake_index import INDEX_DIR, IndexedUnit, LakeIndex, uri_digests
-from pipeline.tario import END_OF_ARCHIVE
+from lakelabel.pipeline.lake import LakeFile, SourceSpec, file_uri, iter_lake_chunks, resolve_source
+from lakelabel.pipeline.lake_index import INDEX_DIR, IndexedUnit, LakeIndex, uri_digests
+from lakelabel.pipeline.tario import END_OF_ARCHIVE
 
 if TYPE_CHECKING:
     import numpy as np
     import pyarrow as pa
 
-    from pipeline.config import IngestConfig
+    from lakelabel.pipeline.config import IngestConfig
 
 MANIFEST_PART_RE = SHARD_NAME_RE.pattern.replace("shard-", "part-").replace(r"\.tar", r"\.parquet")
 WorkItem = tuple[str, str | None, bytes | None]
@@ -98,13 +96,10 @@ class LakeState:
     index_sync: dict[str, int] = field(default_factory=dict)
 
 
-def recover(root: Path, keep_spools: bool = False) -> LakeState:
+def recover(root: Path) -> LakeState:
     """Clean up after a crash, bring ROOT's index up to its manifest, return the committed state.
 
-    ``keep_spools`` leaves spool files alone: only for a ROOT that no run had touched before
-    (:class:`EarlyStart`), where every spool file is this run's.
-
-    Memory does not grow with the lake: the index lives on disk (:mod:`pipeline.lake_index`);
+    Memory does not grow with the lake: the index lives on disk (:mod:`lakelabel.pipeline.lake_index`);
     only the part numbers are listed.
     """
     shards, manifest = root / "shards", root / "manifest"
@@ -113,8 +108,6 @@ def recover(root: Path, keep_spools: bool = False) -> LakeState:
     removed: list[str] = []
     for folder in (shards, manifest, manifest / "_runs"):
         for tmp in folder.glob(".*.tmp"):
-            if keep_spools and tmp.name.startswith(".spool-"):
-                continue  # this run's workers, started early on a fresh ROOT, are writing them
             tmp.unlink()
             removed.append(str(tmp))
     committed = sorted(int(p.name[5:11]) for p in manifest.glob("part-*.parquet"))
@@ -231,14 +224,14 @@ class _UnitRows:
         import numpy as np
         import pyarrow as pa
 
-        from data_specs.columns import (
+        from lakelabel.data_specs.columns import (
             arrow_array,
             fixed_width_strings,
             integers,
             repeated_string,
             strings_by_code,
         )
-        from data_specs.manifest import MANIFEST_SCHEMA, validate_manifest
+        from lakelabel.data_specs.manifest import MANIFEST_SCHEMA, validate_manifest
 
         n = self.n
         uris: list[str] = []
@@ -376,7 +369,7 @@ class ShardCommitter:
     Committing a unit (fsync, rename, the manifest part, the index) runs on one background
     thread, in unit order, while the next unit fills: the disk waits leave the critical path. At
     most ``_MAX_CLOSED_UNITS`` units wait for it. Units go into the index several at a time, as one
-    sorted run (see :meth:`_index_batch_rows`); until a unit is indexed its keys stay in
+    sorted run (see :attr:`INDEX_BATCH_ROWS`); until a unit is indexed its keys stay in
     ``_pending_keys`` and still count for de-duplication.
     """
 
@@ -575,14 +568,6 @@ class ShardCommitter:
         if self._error is not None:
             raise IngestError(f"committing a unit failed: {self._error!r}") from self._error
 
-    def _index_batch_rows(self) -> int:
-        """Index rows (kept keys + URIs) to gather into one index run.
-
-        Fewer, larger runs mean fewer merges and fewer runs per lookup; the cap bounds the keys
-        held in memory (``_pending_keys``) until they are indexed.
-        """
-        return self.INDEX_BATCH_ROWS
-
     def _commit_loop(self) -> None:
         waiting: list[_ClosedUnit] = []  # on disk, not yet indexed
         prepared: list[IndexedUnit] = []
@@ -603,7 +588,7 @@ class ShardCommitter:
                         unit.rows = None  # the manifest part holds them now
                     except BaseException as exc:  # noqa: BLE001 - handed to the ingest thread
                         self._error = exc
-            if unit is None or self._error is not None or rows >= self._index_batch_rows():
+            if unit is None or self._error is not None or rows >= self.INDEX_BATCH_ROWS:
                 if prepared and self._error is None:
                     try:
                         self.lake_index.add_units(prepared)
@@ -654,7 +639,7 @@ def pending_batches(
 ) -> Iterator[list[WorkItem]]:
     """Group the lake files still to do into work batches; record skips on the way.
 
-    ``chunks`` come from :func:`~pipeline.lake.iter_lake_chunks`. Files that earlier runs
+    ``chunks`` come from :func:`~lakelabel.pipeline.lake.iter_lake_chunks`. Files that earlier runs
     resolved are dropped, a chunk at a time against the index (a fresh ROOT skips the lookup).
     Files committed during this run are never listed twice.
     """
@@ -733,7 +718,9 @@ class LocalPool:
     memory does not grow with the lake. The calling thread sends pickled batches (to the worker
     with the fewest in flight) and reads pickled results itself. There are no feeder or result
     threads and no futures: with ``ProcessPoolExecutor`` their hand-offs took the GIL from the
-    writer, and the 60k-file ingest ran ~10 % slower. A worker's exception is re-raised here; a
+    writer, and the 60k-file ingest ran ~10 % slower; ``multiprocessing.Pool.imap`` (with a
+    semaphore for the window) ran it 22 % slower (0.37× tar against 0.47×, benchmarks/ingest.py,
+    2026-12-01) and waits forever when a worker is killed. A worker's exception is re-raised here; a
     worker that dies raises :class:`IngestError`; if the caller stops early, the workers are
     terminated.
     """
@@ -949,14 +936,12 @@ class IngestSession:
         root: str | Path,
         config: IngestConfig | None = None,
         run_id: str | None = None,
-        early: EarlyStart | None = None,
     ):
         if config is None:
-            from pipeline.config import IngestConfig
+            from lakelabel.pipeline.config import IngestConfig
 
             config = IngestConfig()
         self.config = config
-        self.early = early
         self.spec = resolve_source(src, self.config.storage_options)
         self.root = Path(root).expanduser().resolve()
         if self.spec.kind == "local":
@@ -965,17 +950,16 @@ class IngestSession:
                 raise IngestError(
                     f"output root {str(self.root)!r} must not be inside the source {self.spec.url!r}"
                 )
-        self.run_id = early.options.run_id if early else run_id or new_run_id()
-        self.options = early.options if early else _worker_options(self.run_id, self.config)
-        self._lock = early.lock if early else RootLock(self.root)
+        self.run_id = run_id or new_run_id()
+        self.options = _worker_options(self.run_id, self.config)
+        self._lock = RootLock(self.root)
         self.started = 0.0
 
     def __enter__(self) -> IngestSession:
-        if self.early is None:
-            self._lock.__enter__()
-        self.started = self.early.started if self.early else time.perf_counter()
+        self._lock.__enter__()
+        self.started = time.perf_counter()
         try:
-            self.state = recover(self.root, keep_spools=self.early is not None)
+            self.state = recover(self.root)
         except BaseException:
             self._lock.__exit__()
             raise
@@ -990,8 +974,7 @@ class IngestSession:
             self._lock.__exit__(*exc)
 
     def batches(self) -> Iterator[list[WorkItem]]:
-        chunks = self.early.chunks if self.early else iter_lake_chunks(self.spec)
-        return pending_batches(chunks, self.committer, self.config.batch_size)
+        return pending_batches(iter_lake_chunks(self.spec), self.committer, self.config.batch_size)
 
     def add(self, results: BatchResult) -> None:
         self.committer.add_batch(results)
@@ -1042,127 +1025,8 @@ def _few_gc_passes() -> Iterator[None]:
         gc.unfreeze()
 
 
-@dataclass
-class EarlyStart:
-    """Workers started on the command line's options before the config is validated.
-
-    Loading pydantic and validating the config take ~0.1 s of one core before any worker could
-    start; :func:`start_early` uses that time. It runs only where nothing can go wrong that a
-    validation error would have prevented: a local folder, a ROOT that no run has touched (no
-    ``manifest/``: nothing to recover, no index to ask), workers forked from this process. It
-    takes ROOT's lock, starts the pool with the options the flags give (defaults from
-    :mod:`pipeline.ingest_defaults`), and submits the first batches of plain files, up to the
-    window. Nothing but the lock and spool files is written before :func:`run_ingest` takes
-    over; :meth:`abandon` removes those if the config turns out invalid or different.
-    """
-
-    src: str
-    root: Path
-    options: WorkerOptions
-    settings: dict[str, object]  # the option values the workers run with, as the config names them
-    pool: LocalPool
-    lock: RootLock
-    created: list[Path]  # folders made for it (removed again, if empty, by abandon())
-    chunks: Iterator[tuple[list[str], list[LakeFile]]]  # the listing from where it stopped
-    sent: deque[list[str]]  # URIs of the batches submitted, in order
-    started: float
-
-    def matches(self, src: str, root: str | Path, config: IngestConfig | None) -> bool:
-        if config is None or src != self.src or Path(root).expanduser().resolve() != self.root:
-            return False
-        if config.storage_options:
-            return False
-        values = {name: getattr(config, name) for name in self.settings if name != "workers"}
-        values["workers"] = config.resolved_workers()
-        return values == self.settings
-
-    def abandon(self) -> None:
-        """Stop the workers and remove what the early start wrote (the config was not as assumed)."""
-        self.pool.close(abort=True)
-        for spool in (self.root / "shards").glob(".spool-*.tmp"):
-            spool.unlink(missing_ok=True)
-        self.lock.__exit__()
-        if self.root in self.created:
-            self.lock.path.unlink(missing_ok=True)
-        for folder in reversed(self.created):
-            with suppress(OSError):
-                folder.rmdir()  # only if still empty
-
-
-def start_early(
-    src: str,
-    root: str | Path,
-    *,
-    workers: int,
-    batch_size: int,
-    max_pixels: int,
-    max_side: int | None,
-    jpeg_quality: int,
-    compiled_core: bool,
-) -> EarlyStart | None:
-    """Start ingest workers before the config is validated (see :class:`EarlyStart`); None
-    where that is not safe (the run then starts normally)."""
-    if (
-        workers <= 0
-        or batch_size <= 0
-        or max_pixels <= 0
-        or (max_side is not None and max_side <= 0)
-        or not 1 <= jpeg_quality <= 100
-        or "://" in src
-        or not os.path.isdir(src)
-        or not fork_is_safe()
-    ):
-        return None
-    root_path = Path(root).expanduser().resolve()
-    src_root = Path(src).resolve()
-    if (root_path / "manifest").exists() or root_path == src_root or src_root in root_path.parents:
-        return None
-    created = [p for p in (*reversed(root_path.parents), root_path, root_path / "shards") if not p.exists()]
-    lock = RootLock(root_path)
-    try:
-        lock.__enter__()
-    except (IngestError, OSError):
-        return None
-    started = time.perf_counter()
-    (root_path / "shards").mkdir(exist_ok=True)
-    spec = resolve_source(src)
-    window = _window(workers, batch_size)
-    settings = {
-        "workers": workers,
-        "batch_size": batch_size,
-        "max_pixels": max_pixels,
-        "max_side": max_side,
-        "jpeg_quality": jpeg_quality,
-        "compiled_core": compiled_core,
-    }
-    options = _spooling(_worker_options(new_run_id(), SimpleNamespace(**settings)), root_path, window)
-    pool = LocalPool(_work, workers, _init_worker, (spec, options), window)
-    early = EarlyStart(src, root_path, options, settings, pool, lock, created, iter(()), deque(), started)
-    # Whole batches of plain files from the first folders, as pending_batches would cut them,
-    # until the window is full or a folder holds anything else (skips need the writer).
-    chunks = iter_lake_chunks(spec)
-    waiting: list[str] = []
-    rest: list[tuple[list[str], list[LakeFile]]] = []
-    for plain, others in chunks:
-        if others:
-            rest.append((plain, others))
-            break
-        waiting += plain
-        at = 0
-        while len(waiting) - at >= batch_size and pool.has_room():
-            batch = [(_FILE_PREFIX + path, path, None) for path in waiting[at : at + batch_size]]
-            at += batch_size
-            pool.submit(batch)
-            early.sent.append([item[0] for item in batch])
-        waiting = waiting[at:]
-        if not pool.has_room():
-            break
-    early.chunks = itertools.chain([(waiting, [])] if waiting else [], rest, chunks)
-    return early
-
-
-def _worker_options(run_id: str, values: IngestConfig | SimpleNamespace) -> WorkerOptions:
-    """The options a run's workers get from its config (or, for an early start, from the flags)."""
+def _worker_options(run_id: str, values: IngestConfig) -> WorkerOptions:
+    """The options a run's workers get from its config."""
     return WorkerOptions(
         run_id=run_id,
         max_pixels=values.max_pixels,
@@ -1191,54 +1055,33 @@ def run_ingest(
     root: str | Path,
     config: IngestConfig | None = None,
     progress: Callable[[int], None] | None = None,
-    early: EarlyStart | None = None,
 ) -> dict:
-    """Ingest ``src`` into ``root`` with a local process pool; return the run summary.
+    """Ingest ``src`` into ``root`` with a local process pool; return the run summary."""
+    session = IngestSession(src, root, config)
+    with _few_gc_passes(), session:
+        workers = session.config.resolved_workers()
+        window = _window(workers, session.config.batch_size)
+        if workers > 0:
+            session.options = _spooling(session.options, session.root, window)
+        sent: deque[list[str]] = deque()  # URIs of the batches in flight
 
-    ``early``: workers :func:`start_early` started before ``config`` was validated; taken over
-    when they ran with exactly the options ``config`` gives, else stopped and cleaned away.
-    """
-    if early is not None and not early.matches(src, root, config):
-        early.abandon()
-        early = None
-    try:
-        session = IngestSession(src, root, config, early=early)
-    except BaseException:
-        if early is not None:
-            early.abandon()
-        raise
-    try:
-        with _few_gc_passes(), session:
-            workers = session.config.resolved_workers()
-            window = _window(workers, session.config.batch_size)
-            if workers > 0 and early is None:  # (an early start's options already spool)
-                session.options = _spooling(session.options, session.root, window)
-            sent: deque[list[str]] = early.sent if early else deque()  # URIs of the batches in flight
+        def batches() -> Iterator[list[WorkItem]]:
+            for batch in session.batches():
+                sent.append([item[0] for item in batch])
+                yield batch
 
-            def batches() -> Iterator[list[WorkItem]]:
-                for batch in session.batches():
-                    sent.append([item[0] for item in batch])
-                    yield batch
-
-            if early is not None:
-                pool_results = early.pool.results(batches())
-            else:
-                pool_results = map_ordered(
-                    _work, batches(), workers, _init_worker, (session.spec, session.options), window=window
-                )
-            for results in pool_results:
-                results.uris = sent.popleft()
-                session.add(results)
-                if progress:
-                    progress(len(results))
-            if workers > 0:  # the workers have exited: their spool rings go (a crash leaves them)
-                for spool in (session.root / "shards").glob(".spool-*.tmp"):
-                    spool.unlink(missing_ok=True)
-            return session.finish()
-    except BaseException:
-        if early is not None:
-            early.pool.close(abort=True)  # the run failed: stop its workers (recovery removes the rest)
-        raise
+        pool_results = map_ordered(
+            _work, batches(), workers, _init_worker, (session.spec, session.options), window=window
+        )
+        for results in pool_results:
+            results.uris = sent.popleft()
+            session.add(results)
+            if progress:
+                progress(len(results))
+        if workers > 0:  # the workers have exited: their spool rings go (a crash leaves them)
+            for spool in (session.root / "shards").glob(".spool-*.tmp"):
+                spool.unlink(missing_ok=True)
+        return session.finish()
 
 
 def _write_part(table: pa.Table, f) -> None:
@@ -1251,12 +1094,3 @@ def _write_part(table: pa.Table, f) -> None:
 
 #: manifest columns with few distinct values per part
 _DICTIONARY_COLUMNS = ["status", "reason", "shard", "format", "reencoded", "run_id"]
-
-
-def read_manifest(root: str | Path) -> pa.Table:
-    """The whole manifest of ROOT (every committed unit), validated against the contract."""
-    import pyarrow.parquet as pq
-
-    from data_specs.manifest import MANIFEST_SCHEMA, validate_manifest
-
-    return validate_manifest(pq.read_table(Path(root) / "manifest", schema=MANIFEST_SCHEMA))

@@ -9,13 +9,13 @@ import os
 from array import array
 from dataclasses import dataclass
 
-from data_specs.shards import key_for_sha256
-from pipeline.lake import SourceSpec
-from pipeline.lake_index import uri_digests
-from pipeline.tario import SampleEncoder
+from lakelabel.data_specs.shards import key_for_sha256
+from lakelabel.pipeline.lake import SourceSpec
+from lakelabel.pipeline.lake_index import uri_digests
+from lakelabel.pipeline.tario import SampleEncoder
 
 try:  # the compiled core of the common case (pipeline/_fastscan.c): read, hash, validate, encode
-    from pipeline import _fastscan
+    from lakelabel.pipeline import _fastscan
 except ImportError:  # pragma: no cover - installed without a C compiler or libjpeg/OpenSSL headers
     _fastscan = None
 
@@ -73,7 +73,7 @@ class BatchResult:
     uris: list[str] | None = None
     #: the worker reuses the spool file (a ring of ``spool_slots``): the writer must not delete it
     spool_kept: bool = False
-    #: :func:`~pipeline.lake_index.uri_digest` of each URI, concatenated (what the index stores)
+    #: :func:`~lakelabel.pipeline.lake_index.uri_digest` of each URI, concatenated (what the index stores)
     uri_digests: bytes | None = None
 
     def __len__(self) -> int:
@@ -132,7 +132,7 @@ class WorkerOptions:
     #: Rewriting a file in place skips allocating and freeing its pages; the caller must size the
     #: ring beyond the batches in flight, so a file is rewritten only after the writer copied it.
     spool_slots: int = 0
-    #: use the compiled core (:mod:`pipeline._fastscan`) for local upright RGB JPEGs when built
+    #: use the compiled core (:mod:`lakelabel.pipeline._fastscan`) for local upright RGB JPEGs when built
     compiled: bool = True
 
 
@@ -290,7 +290,7 @@ def _python_samples(
     Samples are numbered from byte ``offset`` on. This loop runs once per file when the compiled
     core is missing, so it is kept flat.
     """
-    from pipeline.images import check_image, check_plain_jpeg  # PIL loads only when a file needs it
+    from lakelabel.pipeline.images import check_image, check_plain_jpeg  # PIL loads only when a file needs it
 
     reasons, hexes, numbers, formats, reencoded = columns
     parts: list[bytes] = []

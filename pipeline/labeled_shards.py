@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline.labels import default_dest, read_labels
-from pipeline.shard_data import KeyedShards
+from lakelabel.data_specs.labels import default_dest, read_labels
+from lakelabel.pipeline.shard_data import KeyedShards
 
 TRAIN_ROLES = ("positive", "negative_only")
 

@@ -1,7 +1,12 @@
-"""The label lake: publish a selection run as a versioned, atomically committed Parquet table.
+"""Publish a selection run to the label table: a Delta Lake table (``deltalake``, no JVM) at
+``ROOT/labels`` or any URL delta-rs writes (``s3://bucket/labels``), one commit per run.
 
-Destination: ``ROOT/labels`` or any fsspec URL (``s3://bucket/labels``). Layout and commit protocol
-in ``data_specs/labels.md``. Publishing the same selection again is a no-op (same content hash).
+Each publish appends the run's rows (``run_id`` is a column and the partition) in one Delta commit
+whose metadata carries the run's lineage. Concurrent publishes land as separate versions (delta-rs
+commits optimistically and retries an append that lost the race; on S3 through conditional puts).
+Publishing the same selection again is a no-op (same content hash). Readers, retention and the
+conversion of the pre-Delta layout: ``data_specs/labels.py``, :func:`vacuum_labels`,
+:func:`migrate_labels`. Contract and reading recipes: ``data_specs/labels.md``.
 """
 
 from __future__ import annotations
@@ -11,30 +16,30 @@ import io
 import json
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-import fsspec
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data_specs.labels import LABELS_SCHEMA, validate_labels
-from data_specs.manifest import MANIFEST_SCHEMA
-from pipeline.select import read_selection
+from lakelabel.data_specs.labels import (
+    COMMIT_KEY,
+    LABELS_SCHEMA,
+    LABELS_SCHEMA_VERSION,
+    TABLE_DESCRIPTION,
+    TABLE_NAME,
+    LabelsNotFound,
+    default_dest,
+    delta_options,
+    has_old_layout,
+    open_label_table,
+    read_commit,
+    run_ids,
+    validate_labels,
+)
+from lakelabel.data_specs.manifest import MANIFEST_SCHEMA
 
-PART = "part-00000.parquet"
-
-
-class LabelsNotFound(FileNotFoundError):
-    """No committed label run (or not the one asked for)."""
-
-
-def _fs(dest: str, storage_options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
-    fs, path = fsspec.core.url_to_fs(dest, **(storage_options or {}))
-    return fs, path.rstrip("/")
-
-
-def default_dest(root: str | Path) -> str:
-    return str(Path(root) / "labels")
+__all__ = ["LabelsNotFound", "build_label_table", "migrate_labels", "publish_labels", "vacuum_labels"]
 
 
 def build_label_table(root: str | Path, selection_run: str = "default", run_id: str = "pending") -> pa.Table:
@@ -94,25 +99,62 @@ def _content_hash(table: pa.Table) -> str:
     return hashlib.sha256(buffer.getvalue()).hexdigest()[:8]
 
 
+def _existing(dest: str, storage_options: dict | None):
+    """The label table at ``dest``, or None where none was created yet."""
+    try:
+        return open_label_table(dest, storage_options)
+    except LabelsNotFound:
+        return None
+
+
+def _append(dest: str, table: pa.Table, record: dict, storage_options: dict | None, existing) -> int:
+    """Append one validated run as one Delta commit with ``record`` as its lineage to ``existing``
+    (the open table, or None to create it); returns the commit's version."""
+    from deltalake import CommitProperties, write_deltalake
+
+    before = existing.version() if existing is not None else -1
+    write_deltalake(
+        existing if existing is not None else dest,
+        validate_labels(table),
+        mode="append",  # the schema must match the table's: a difference is an error, never a merge
+        partition_by=["run_id"],
+        name=TABLE_NAME if existing is None else None,
+        description=TABLE_DESCRIPTION.format(version=LABELS_SCHEMA_VERSION) if existing is None else None,
+        storage_options=delta_options(storage_options),
+        commit_properties=CommitProperties(custom_metadata={COMMIT_KEY: record}, max_commit_retries=50),
+    )
+    return _version_of(dest, record["run_id"], storage_options, before)
+
+
+def _version_of(dest: str, run_id: str, storage_options: dict | None, after: int) -> int:
+    """The first table version after ``after`` that holds ``run_id``: its commit (other publishers
+    may have committed before and after it)."""
+    table = open_label_table(dest, storage_options)
+    for version in range(after + 1, table.version() + 1):
+        table.load_as_version(version)
+        if run_id in run_ids(table):
+            return version
+    raise RuntimeError(f"label run {run_id} was written to {dest!r} but no version holds it")
+
+
 def publish_labels(
     root: str | Path,
     selection_run: str = "default",
     dest: str | None = None,
-    fail_before_commit: bool = False,
     storage_options: dict | None = None,
-) -> dict:
-    """Publish ``ROOT/selections/<selection_run>`` as a new label run; returns the commit record.
-
-    ``fail_before_commit`` is fault injection for tests: it stops after staging, as a crash would.
-    """
+) -> dict[str, Any]:
+    """Publish ``ROOT/selections/<selection_run>`` as a new run (one Delta commit); returns its
+    lineage record with the table ``version`` it landed as."""
     dest = dest or default_dest(root)
-    fs, base = _fs(dest, storage_options)
+    if has_old_layout(dest, storage_options):
+        migrate_labels(dest, storage_options)
     table = build_label_table(root, selection_run)
     digest = _content_hash(table)
-    runs = list_runs(dest, storage_options)
-    for record in runs:
-        if record["content_sha256"] == digest:
-            return {**record, "skipped": True}
+    existing = _existing(dest, storage_options)
+    if existing is not None:
+        same = [run for run in run_ids(existing) if run.endswith(f"-{digest}")]
+        if same:
+            return {**read_commit(dest, same[-1], storage_options), "skipped": True}
     created = datetime.now(UTC)
     created = created.replace(microsecond=created.microsecond // 1000 * 1000)
     run_id = f"{created.strftime('%Y%m%dT%H%M%S%fZ')}-{digest}"
@@ -124,17 +166,7 @@ def publish_labels(
         "created_at",
         pa.array([created] * table.num_rows, pa.timestamp("ms", tz="UTC")),
     )
-    table = validate_labels(table)
-    _clean_staging(fs, base, {r["run_id"] for r in runs})
-    staging = f"{base}/_staging/{run_id}"
-    fs.makedirs(staging, exist_ok=True)
-    with fs.open(f"{staging}/{PART}", "wb") as f:
-        pq.write_table(table, f)
-    if fail_before_commit:
-        raise RuntimeError(f"fault injected before committing label run {run_id}")
-    final = f"{base}/run_id={run_id}"
-    fs.makedirs(final, exist_ok=True)
-    fs.mv(f"{staging}/{PART}", f"{final}/{PART}")  # a rename locally; copy + delete on object stores
+    summary = json.loads((Path(root) / "selections" / selection_run / "summary.json").read_text())
     roles = pd.Series(table.column("role").to_pylist()).value_counts().to_dict()
     record = {
         "run_id": run_id,
@@ -143,68 +175,92 @@ def publish_labels(
         "selection_run": selection_run,
         "content_sha256": digest,
         "encoder_sha256": table.column("encoder_sha256")[0].as_py() if table.num_rows else None,
+        "thresholds": json.loads(table.column("thresholds")[0].as_py()) if table.num_rows else None,
+        "selection_config": summary.get("config"),
         "created_at": created.isoformat(),
-        "path": final,
+        "schema_version": LABELS_SCHEMA_VERSION,
     }
-    fs.makedirs(f"{base}/_commits", exist_ok=True)
-    with fs.open(f"{base}/_commits/{run_id}.json", "w") as f:  # the commit marker
-        f.write(json.dumps(record, indent=1))
-    latest = latest_run(dest, storage_options)
-    with fs.open(f"{base}/_latest.tmp", "w") as f:
-        f.write(latest)  # no newline: open(".../_latest").read() is the run id as it stands
-    fs.mv(f"{base}/_latest.tmp", f"{base}/_latest")
-    if fs.exists(f"{base}/_staging"):
-        fs.rm(f"{base}/_staging", recursive=True)
-    return {**record, "skipped": False}
+    version = _append(dest, table, record, storage_options, existing)
+    return {**record, "version": version, "skipped": False}
 
 
-def _clean_staging(fs, base: str, committed: set[str]) -> None:
-    """Remove interrupted publishes: the staging area and run folders that never got their marker."""
-    if fs.exists(f"{base}/_staging"):
-        fs.rm(f"{base}/_staging", recursive=True)
-    for path in fs.glob(f"{base}/run_id=*"):
-        if path.rsplit("run_id=", 1)[1] not in committed:
-            fs.rm(path, recursive=True)
+def vacuum_labels(dest: str, keep: int, storage_options: dict | None = None) -> dict[str, Any]:
+    """Keep the newest ``keep`` runs (at least 1: the newest run is never removed): one Delta commit
+    deletes the older runs' rows, then their files (and any left by a crashed publish) are removed.
+    Versions from before the vacuum can no longer be read."""
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        raise ValueError(
+            f"keep must be a whole number of runs, at least 1 (the newest run stays), got {keep!r}"
+        )
+    from deltalake import CommitProperties
+
+    table = open_label_table(dest, storage_options)
+    runs = run_ids(table)
+    drop = runs[:-keep]
+    if drop:
+        listed = ", ".join(f"'{run}'" for run in drop)  # run ids are [0-9A-Za-z-]: nothing to escape
+        table.delete(
+            f"run_id IN ({listed})",
+            commit_properties=CommitProperties(
+                custom_metadata={COMMIT_KEY: {"operation": "vacuum", "removed_runs": drop}}
+            ),
+        )
+    deleted = table.vacuum(retention_hours=0, enforce_retention_duration=False, dry_run=False, full=True)
+    return {
+        "kept": runs[len(drop) :],
+        "removed_runs": drop,
+        "files_deleted": len(deleted),
+        "version": table.version(),
+    }
 
 
-def list_runs(dest: str, storage_options: dict | None = None) -> list[dict]:
-    """Commit records of every committed run, oldest first."""
-    fs, base = _fs(dest, storage_options)
+def migrate_labels(dest: str, storage_options: dict | None = None) -> dict[str, Any]:
+    """Convert runs of the pre-Delta layout (``run_id=<RUN>/part-00000.parquet`` with
+    ``_commits/<RUN>.json`` markers and ``_latest``) into the Delta table at ``dest``, one commit
+    per run in run order, their lineage kept. Safe to re-run: runs already converted are skipped,
+    and the old files are removed only after every run is in the table (``_commits/`` last)."""
+    import fsspec
+
+    fs, base = fsspec.core.url_to_fs(dest, **(storage_options or {}))
+    base = base.rstrip("/")
     if not fs.exists(f"{base}/_commits"):
-        return []
+        return {"migrated": [], "already_delta": True}
     records = []
     for path in sorted(fs.glob(f"{base}/_commits/*.json")):
         with fs.open(path) as f:
             records.append(json.loads(f.read()))
-    return sorted(records, key=lambda r: r["run_id"])
+    records.sort(key=lambda r: r["run_id"])
+    existing = _existing(dest, storage_options)
+    done = set(run_ids(existing)) if existing is not None else set()
+    migrated = []
+    for old in records:
+        if old["run_id"] in done:
+            continue
+        with fs.open(f"{base}/run_id={old['run_id']}/part-00000.parquet") as f:
+            table = pq.read_table(f)
+        if existing is None and migrated:
+            existing = _existing(dest, storage_options)  # the first append created the table
+        record = {k: v for k, v in old.items() if k != "path"} | {
+            "migrated_from": "pre-Delta layout (_commits/)"
+        }
+        _append(dest, table, record, storage_options, existing)  # (``existing`` moves to the new version)
+        migrated.append(old["run_id"])
+    for old in records:
+        part = f"{base}/run_id={old['run_id']}/part-00000.parquet"
+        if fs.exists(part):  # (a conversion stopped here before: some are gone already)
+            fs.rm(part)
+    for leftover in ("_latest", "_latest.tmp", "_staging"):
+        if fs.exists(f"{base}/{leftover}"):
+            fs.rm(f"{base}/{leftover}", recursive=True)
+    fs.rm(f"{base}/_commits", recursive=True)  # the marker of an unfinished conversion goes last
+    return {"migrated": migrated, "runs": [r["run_id"] for r in records], "already_delta": False}
 
 
-def latest_run(dest: str, storage_options: dict | None = None) -> str:
-    """The newest committed run id: the largest commit-marker name (one listing, no record read).
-
-    Not ``_latest``: a crash between a commit marker and ``_latest`` leaves that file one run behind.
-    """
-    fs, base = _fs(dest, storage_options)
-    markers = fs.glob(f"{base}/_commits/*.json") if fs.exists(f"{base}/_commits") else []
-    if not markers:
-        raise LabelsNotFound(f"no committed label run under {dest!r}; run `lakelabel publish` first")
-    return max(path.rsplit("/", 1)[-1].removesuffix(".json") for path in markers)
-
-
-def read_commit(dest: str, run_id: str | None = None, storage_options: dict | None = None) -> dict:
-    """The commit record of one committed run (``None``: the latest)."""
-    fs, base = _fs(dest, storage_options)
-    run_id = run_id or latest_run(dest, storage_options)
-    if not fs.exists(f"{base}/_commits/{run_id}.json"):
-        known = ", ".join(r["run_id"] for r in list_runs(dest, storage_options)) or "none"
-        raise LabelsNotFound(f"label run {run_id!r} is not committed under {dest!r} (committed: {known})")
-    with fs.open(f"{base}/_commits/{run_id}.json") as f:
-        return json.loads(f.read())
-
-
-def read_labels(dest: str, run_id: str | None = None, storage_options: dict | None = None) -> pa.Table:
-    """One committed run (``None``: the latest), validated against the contract."""
-    fs, base = _fs(dest, storage_options)
-    run_id = read_commit(dest, run_id, storage_options)["run_id"]
-    with fs.open(f"{base}/run_id={run_id}/{PART}") as f:
-        return validate_labels(pq.read_table(f))
+def read_selection(root: str | Path, run: str = "default") -> pd.DataFrame:
+    """The committed ``ROOT/selections/<run>/selection.parquet`` (what publish turns into a label run)."""
+    path = Path(root) / "selections" / run / "selection.parquet"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"no committed selection run {run!r} under {str(path.parent.parent)!r}; run `lakelabel select`"
+        )
+    return pq.read_table(path).to_pandas()

@@ -37,8 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from data_specs.shards import key_for_sha256
-from pipeline.atomic import atomic_write, fsync_dir, temp_path
+from lakelabel.data_specs.shards import key_for_sha256
+from lakelabel.pipeline.atomic import atomic_write, fsync_dir, temp_path
 
 if TYPE_CHECKING:
     import numpy as np
@@ -53,7 +53,6 @@ MERGE_BLOCK = 1 << 18
 SYNC_BATCH_ROWS = 1_000_000
 _MAGIC = b"LLINDEX2"  # 2: URI digests are SHA-256 (1 was BLAKE2b)
 _HEADER = struct.Struct("<8s4q24x")  # magic, tier, parts, keys, URIs; 64 bytes
-_LEGACY_FILES = ("_index.sqlite", "_index.sqlite-wal", "_index.sqlite-shm")
 
 
 def uri_digest(uri: str) -> bytes:
@@ -207,7 +206,7 @@ def merge_sorted_blocks(
 
 
 class KeyFilter:
-    """Fixed-size Bloom filter over sample keys, so that most new keys skip the SQLite lookup.
+    """Fixed-size Bloom filter over sample keys, so that most new keys skip the index lookup.
 
     Keys are the leading 128 bits of a sha256, already uniform: their four 32-bit words, shifted
     to ``bits`` wide, are the four probe positions (no hashing). Memory is fixed at
@@ -304,8 +303,6 @@ class LakeIndex:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
-        for name in _LEGACY_FILES:  # the SQLite index of earlier versions: superseded
-            (self.path.parent / name).unlink(missing_ok=True)
         for tmp in self.path.glob(".*.tmp"):  # a run being written when a run stopped
             tmp.unlink()
         self._runs: list[_Run] = []
@@ -398,10 +395,6 @@ class LakeIndex:
         """What :meth:`add_units` stores for one committed unit: its kept keys (hex) and the
         digests of every URI it resolved, each as one blob (no sorting or writing yet)."""
         return IndexedUnit(part, bytes.fromhex("".join(keys)), uri_digests(uris))
-
-    def add_unit(self, part: int, keys: Iterable[str], uris: Iterable[str]) -> None:
-        """Index one committed unit (see :meth:`add_units`)."""
-        self.add_units([self.prepare_unit(part, keys, uris)])
 
     def add_units(self, units: Sequence[IndexedUnit]) -> None:
         """Index committed units as one new run (sorted in memory, written atomically), then

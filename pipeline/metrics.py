@@ -113,3 +113,25 @@ def precision_coverage(correct: np.ndarray, confidence: np.ndarray) -> np.ndarra
 def precision_at(curve: np.ndarray, coverage: float) -> float:
     """The curve's precision at ``coverage`` (at least one prediction)."""
     return float(curve[max(1, int(round(coverage * len(curve)))) - 1])
+
+
+def quality_warnings(metrics: dict, classes: int) -> list[str]:
+    """Plain-language warnings when labels scored against ground truth are not worth training on:
+    near chance, confidences far from accuracy (ECE), or below the same-run logistic regression."""
+    out = []
+    accuracy, ece = metrics.get("accuracy_full_coverage"), metrics.get("ece")
+    chance = 1 / max(classes, 1)
+    if accuracy is not None and accuracy < chance + 0.25 * (1 - chance):  # a quarter of the way from chance
+        out.append(
+            f"labels near chance: accuracy {accuracy:.2f} with {classes} classes (chance {chance:.2f})"
+        )
+    if ece is not None and ece > 0.15:
+        out.append(
+            f"confidences are off: expected calibration error {ece:.2f} (their stated confidence is not their accuracy)"
+        )
+    baseline = (metrics.get("baseline_logreg") or {}).get("accuracy_full_coverage")
+    if accuracy is not None and baseline is not None and accuracy < baseline - 0.01:  # beyond noise
+        out.append(
+            f"below the same-run baseline: accuracy {accuracy:.2f} < logistic regression {baseline:.2f}"
+        )
+    return out

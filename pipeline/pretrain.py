@@ -12,6 +12,7 @@ import json
 import os
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,18 +20,18 @@ import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
 
-from data_specs.manifest import MANIFEST_SCHEMA
-from models.backbones import build_with_preprocess, is_named
-from models.knn import knn_predict
-from models.methods import build_method
-from models.optim import LARS, warmup_cosine
-from pipeline.atomic import atomic_write, atomic_write_bytes
-from pipeline.augment import BatchViews, DecodeUint8, TwoViews, eval_transform, load_size
-from pipeline.config import PretrainConfig, check_choice
-from pipeline.devices import autocast, compute_device
-from pipeline.encoders import CheckpointError, file_sha256, init_backbone_from, pretrained_weights
-from pipeline.shard_data import eval_loader, list_shards, train_batches
-from pipeline.truth import attach_keys, read_label_csv
+from lakelabel.data_specs.manifest import MANIFEST_SCHEMA
+from lakelabel.models.backbones import build_with_preprocess, is_named
+from lakelabel.models.knn import knn_predict
+from lakelabel.models.methods import build_method
+from lakelabel.models.optim import LARS, warmup_cosine
+from lakelabel.pipeline.atomic import atomic_write, atomic_write_bytes
+from lakelabel.pipeline.augment import BatchViews, DecodeUint8, TwoViews, eval_transform, load_size
+from lakelabel.pipeline.config import PretrainConfig, check_choice
+from lakelabel.pipeline.devices import autocast, compute_device
+from lakelabel.pipeline.encoders import CheckpointError, file_sha256, init_backbone_from, pretrained_weights
+from lakelabel.pipeline.shard_data import eval_loader, list_shards, train_batches
+from lakelabel.pipeline.truth import attach_keys, read_label_csv
 
 OPTIMIZERS = ("sgd", "lars")
 AUGMENT = ("auto", "device", "loader")
@@ -139,6 +140,7 @@ class Pretrainer:
         self.step = 0
         self.steps_run = 0
         self.step_times: list[float] = []
+        self.progress: Callable[[int, int], None] | None = None
         self.history: list[dict] = []
         check_choice("augment", config.augment, AUGMENT)
         self.device_augment = config.augment in ("auto", "device")  # batched kornia: faster on CPU too
@@ -216,6 +218,8 @@ class Pretrainer:
             else:
                 x1, x2 = batch
             losses.append(self._step(x1, x2))
+            if self.progress:
+                self.progress(self.step, self.total_steps)
             if self.step % cfg.checkpoint_every == 0 or self.step == self.total_steps:
                 self.save()
             if self.step % self.steps_per_epoch == 0 or self.step >= self.total_steps:
@@ -354,13 +358,19 @@ def build_pretrain_backbone(config: PretrainConfig):
     return config.backbone, small, pre, module, dim
 
 
-def pretrain(root: str | Path, config: PretrainConfig | None = None) -> dict:
-    """Train (or resume) the encoder described by ``config`` on ROOT's shards; returns a summary."""
+def pretrain(
+    root: str | Path, config: PretrainConfig | None = None, progress: Callable[[int, int], None] | None = None
+) -> dict:
+    """Train (or resume) the encoder described by ``config`` on ROOT's shards; returns a summary.
+    ``progress(step, total_steps)`` is called after every step (on the main process)."""
     trainer = Pretrainer(root, config or PretrainConfig())
-    trainer.resume()
+    trainer.progress = progress if trainer.dist.main else None
+    resumed_at = trainer.step if trainer.resume() else None
     start = time.perf_counter()
     trainer.train_steps()
     summary = trainer.finish(time.perf_counter() - start)
+    if resumed_at is not None:
+        summary["resumed_from_step"] = resumed_at
     if trainer.dist.world > 1:
         dist.barrier()
         dist.destroy_process_group()

@@ -24,11 +24,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
-from pipeline.atomic import atomic_write_bytes  # noqa: E402
-from pipeline.labels import default_dest, read_commit, read_labels  # noqa: E402
-from pipeline.metrics import COVERAGES, hungarian_accuracy, precision_at, precision_coverage  # noqa: E402
-from pipeline.shard_data import read_shard_images  # noqa: E402
-from pipeline.truth import attach_keys, read_label_csv  # noqa: E402
+from lakelabel.data_specs.labels import ROLE_MEANINGS, ROLES, default_dest, read_commit, read_labels  # noqa: E402  # noqa: E402
+from lakelabel.pipeline.atomic import atomic_write_bytes  # noqa: E402
+from lakelabel.pipeline.metrics import COVERAGES, hungarian_accuracy, precision_at, precision_coverage  # noqa: E402
+from lakelabel.pipeline.shard_data import read_shard_images  # noqa: E402
+from lakelabel.pipeline.truth import attach_keys, read_label_csv  # noqa: E402
 
 TILE = 48  # px per montage tile
 STAGES = ("ingest", "pretrain", "embed", "cluster", "select", "publish", "report")
@@ -232,10 +232,20 @@ def build_report(
             pick = rng.choice(len(keys), size=min(per_row, len(keys)), replace=False)
             cluster_rows.append((f"head 0 / {c} ({len(keys):,})", sorted(keys[pick].tolist())))
     review = table[table.role == "review"].sort_values("uncertainty", ascending=False)
-    review_rows = [
-        (f"review {i // per_row + 1}", review.key.iloc[i : i + per_row].tolist())
-        for i in range(0, min(len(review), 3 * per_row), per_row)
-    ]
+    review_csv = selection_dir / "review" / "review.csv"
+    predicted = (
+        pd.read_csv(review_csv, usecols=["key", "predicted_name"]).set_index("key").predicted_name
+        if review_csv.exists()
+        else pd.Series(dtype=str)
+    )
+    candidate = review.key.map(predicted).fillna("?").astype(str)
+    review_rows = [  # one row per predicted class, most uncertain first
+        (
+            f"{name}? ({len(group):,}, confidence ~{group.confidence.median():.2f})",
+            group.key.iloc[:per_row].tolist(),
+        )
+        for name, group in review.groupby(candidate, sort=True)
+    ][:6]
     wanted_keys = {k for _, keys in class_rows + cluster_rows + review_rows for k in keys}
     shard_of = table.set_index("key").shard
     images = read_shard_images(root, {k: shard_of[k] for k in wanted_keys})
@@ -253,7 +263,8 @@ def build_report(
         )
     if review_rows:
         figures["montage_review"] = (
-            "Review queue, most uncertain first",
+            "Review queue by candidate class, most uncertain first: fill the label column of "
+            f"selections/{record['selection_run']}/review/review.csv and pass it back with --seed-labels",
             _image_png(montage(review_rows, images, per_row)),
         )
     non_seed = table[~table.is_seed]
@@ -313,6 +324,17 @@ def build_report(
     return meta
 
 
+def _flat(config: dict, prefix: str = "") -> dict:
+    """``{"ups": {"tau_p": 0.7}}`` → ``{"ups.tau_p": 0.7}`` (lists and scalars as they are)."""
+    out: dict = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
 def _table(header: list[str], rows: list[list]) -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
@@ -333,8 +355,20 @@ def _html(run_id, record, summary, encoder, timings, per_class, scores, figures)
         f"<p>{record['rows']:,} images · selection <code>{esc(record['selection_run'])}</code> "
         f"({esc(summary.get('labels_from', ''))}, {esc(summary.get('method', ''))}) · created "
         f"{esc(record.get('created_at', ''))} · table <code>{esc(record.get('path', ''))}</code></p>",
+        *(
+            [
+                "<div style='border:2px solid #c00;padding:4px 12px;background:#fee'><h2>Warnings</h2><ul>",
+                *(f"<li>{esc(w)}</li>" for w in summary["warnings"]),
+                "</ul></div>",
+            ]
+            if summary.get("warnings")
+            else []
+        ),
         "<h2>Roles</h2>",
-        _table(["role", "images"], [[k, f"{v:,}"] for k, v in sorted(roles.items())]),
+        _table(
+            ["role", "images", "meaning"],
+            [[k, f"{roles.get(k, 0):,}", ROLE_MEANINGS[k]] for k in ROLES],
+        ),
         "<h2>Positive labels per class</h2>",
         _table(["class", "positives"], [[k, f"{v:,}"] for k, v in per_class.items()]),
     ]
@@ -402,12 +436,12 @@ def _html(run_id, record, summary, encoder, timings, per_class, scores, figures)
         if summary.get("rounds")
         else "",
         "<h2>Selection config</h2>",
-        f"<pre>{esc(json.dumps(summary.get('config', {}), indent=1, default=str))}</pre>",
-        # the page checks its own figures: a broken image shows up as a count, in a browser
-        "<p id='render-check'>figures: not checked (scripts off)</p>",
+        _table(["setting", "value"], [[k, v] for k, v in _flat(summary.get("config", {})).items()]),
+        # the page counts its own decoded figures into data attributes (read by the tests; not shown)
+        "<p id='render-check' hidden></p>",
         "<script>window.addEventListener('load',()=>{const im=[...document.images];"
         "const ok=im.filter(i=>i.complete&&i.naturalWidth>0).length;const p=document.getElementById('render-check');"
-        "p.dataset.rendered=ok;p.dataset.total=im.length;p.textContent=`figures rendered: ${ok} of ${im.length}`;});"
+        "p.dataset.rendered=ok;p.dataset.total=im.length;});"
         "</script></body></html>",
     ]
     return "\n".join(parts)

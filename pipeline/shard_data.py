@@ -18,7 +18,7 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from data_specs.shards import SHARD_NAME_RE
+from lakelabel.data_specs.shards import SHARD_NAME_RE
 
 
 class ShardsNotFound(FileNotFoundError):

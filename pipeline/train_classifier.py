@@ -8,35 +8,53 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import pandas as pd
 import torch
 import torch.nn as nn
 
-from models.optim import warmup_cosine
-from models.ups import pseudo_label_loss
-from pipeline.atomic import atomic_write, atomic_write_bytes
-from pipeline.augment import classifier_transform, eval_transform
-from pipeline.config import TrainClassifierConfig, check_choice
-from pipeline.devices import autocast, compute_device
-from pipeline.encoders import Encoder, load_encoder, random_encoder
-from pipeline.labeled_shards import LabeledShards
-from pipeline.shard_data import eval_loader, list_shards
-from pipeline.truth import attach_keys, read_label_csv
+from lakelabel.models.optim import warmup_cosine
+from lakelabel.models.ups import pseudo_label_loss
+from lakelabel.pipeline.atomic import atomic_write, atomic_write_bytes
+from lakelabel.pipeline.augment import classifier_transform, eval_transform
+from lakelabel.pipeline.config import TrainClassifierConfig, check_choice
+from lakelabel.pipeline.devices import autocast, compute_device
+from lakelabel.pipeline.encoders import Encoder, load_encoder, random_encoder
+from lakelabel.pipeline.labeled_shards import LabeledShards
+from lakelabel.pipeline.shard_data import eval_loader, list_shards
+from lakelabel.pipeline.truth import attach_keys, read_label_csv
 
 STEMS = ("small", "imagenet")
 
 
-def holdout_keys(root: Path, config: TrainClassifierConfig):
-    """Hold-out rows (key, label_name) from the CSV, restricted to its split when it has one."""
+def holdout_keys(root: Path, config: TrainClassifierConfig) -> tuple[pd.DataFrame | None, str | None]:
+    """Hold-out rows (key, label_name) of the CSV and a sentence saying which rows they are: the
+    ``holdout_split`` rows when the CSV has a split column, else every row; then a seeded
+    ``holdout_fraction`` of them."""
     if not config.holdout:
-        return None
+        return None, None
     table = read_label_csv(config.holdout)
     if "label_name" not in table.columns:
         raise ValueError(f"hold-out CSV {config.holdout!r} needs a label_name column to match class names")
+    rows = len(table)
     if config.holdout_split and "split" in table.columns:
-        table = table[table.split == config.holdout_split]
-    return attach_keys(root, table).drop_duplicates("key")
+        chosen = table[table.split == config.holdout_split]
+        if chosen.empty:
+            splits = sorted(map(str, set(table.split)))
+            raise ValueError(
+                f"hold-out CSV {config.holdout!r} has no rows of split {config.holdout_split!r} "
+                f"(its splits: {', '.join(splits)}); set holdout_split or holdout_fraction"
+            )
+        table = chosen
+        which = f"the {len(table):,} rows of split {config.holdout_split!r} of {rows:,}"
+    else:
+        which = f"all {rows:,} rows"
+    if config.holdout_fraction is not None and config.holdout_fraction < 1:
+        table = table.sample(frac=config.holdout_fraction, random_state=config.seed)
+        which = f"a {config.holdout_fraction:g} sample (seed {config.seed}, {len(table):,} rows) of {which}"
+    return attach_keys(root, table).drop_duplicates("key"), f"held out {which} of {config.holdout}"
 
 
 def classifier_backbone(root: Path, config: TrainClassifierConfig) -> Encoder:
@@ -50,15 +68,19 @@ def classifier_backbone(root: Path, config: TrainClassifierConfig) -> Encoder:
 
 
 def train_classifier(
-    root: str | Path, config: TrainClassifierConfig | None = None, device: str | None = None
+    root: str | Path,
+    config: TrainClassifierConfig | None = None,
+    device: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict:
+    """Train on ROOT's shards joined to a label run; ``progress(step, total_steps)`` after every step."""
     config = config or TrainClassifierConfig()
     check_choice("stem", config.stem, STEMS)
     root = Path(root)
     started = time.perf_counter()
     torch.manual_seed(config.seed)
     encoder = classifier_backbone(root, config)
-    holdout = holdout_keys(root, config)
+    holdout, holdout_rows = holdout_keys(root, config)
     excluded = set(holdout.key) if holdout is not None else set()  # the hold-out never trains
     data = LabeledShards(
         root,
@@ -109,6 +131,8 @@ def train_classifier(
             loss.backward()
             optimizer.step()
             step += 1
+            if progress:
+                progress(step, total)
             epoch_loss, batches = epoch_loss + float(loss.detach()), batches + 1
             if step >= total:
                 break
@@ -125,7 +149,10 @@ def train_classifier(
         "init_from": encoder.describe() if config.init_from else None,
     }
     if holdout is not None:
-        metrics["holdout"] = evaluate_holdout(root, model, data.classes, holdout, config, dev, encoder)
+        metrics["holdout"] = {
+            "rows": holdout_rows,
+            **evaluate_holdout(root, model, data.classes, holdout, config, dev, encoder),
+        }
     out = root / "classifiers" / config.run_name
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "model.pt", lambda f: torch.save(model.state_dict(), f))

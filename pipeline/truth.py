@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 
-from data_specs.manifest import MANIFEST_SCHEMA
+from lakelabel.data_specs.manifest import MANIFEST_SCHEMA
 
 
 def read_label_csv(csv: str | Path) -> pd.DataFrame:

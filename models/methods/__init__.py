@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from models.methods.barlow_twins import BarlowTwins
-from models.methods.base import SSLMethod
-from models.methods.byol import BYOL
-from models.methods.simclr import SimCLR
-from models.methods.simsiam import SimSiam
+from lakelabel.models.methods.barlow_twins import BarlowTwins
+from lakelabel.models.methods.base import SSLMethod
+from lakelabel.models.methods.byol import BYOL
+from lakelabel.models.methods.simclr import SimCLR
+from lakelabel.models.methods.simsiam import SimSiam
 
 METHODS: dict[str, type[SSLMethod]] = {
     "simsiam": SimSiam,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from models import losses
+from lakelabel.models import losses
 
 SIMILARITY_LOSSES: tuple[str, ...] = ("default", "wasserstein")
 

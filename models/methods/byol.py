@@ -7,8 +7,8 @@ import math
 
 import torch
 
-from models.heads import mlp
-from models.methods.base import SSLMethod
+from lakelabel.models.heads import mlp
+from lakelabel.models.methods.base import SSLMethod
 
 
 class BYOL(SSLMethod):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from models import losses
-from models.heads import mlp
-from models.methods.base import SSLMethod
+from lakelabel.models import losses
+from lakelabel.models.heads import mlp
+from lakelabel.models.methods.base import SSLMethod
 
 
 class SimCLR(SSLMethod):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from models.heads import mlp
-from models.methods.base import SSLMethod
+from lakelabel.models.heads import mlp
+from lakelabel.models.methods.base import SSLMethod
 
 
 class SimSiam(SSLMethod):

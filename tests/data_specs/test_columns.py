@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from data_specs.columns import (
+from lakelabel.data_specs.columns import (
     arrow_array,
     fixed_width_strings,
     integers,
@@ -98,8 +98,8 @@ import sys
 from array import array
 from datetime import datetime, timezone
 import pyarrow.parquet as pq
-from pipeline.ingest import _UnitRows, _write_part, SHARDED, REJECTED
-from pipeline.ingest_worker import BatchResult
+from lakelabel.pipeline.ingest import _UnitRows, _write_part, SHARDED, REJECTED
+from lakelabel.pipeline.ingest_worker import BatchResult
 batch = BatchResult(
     hexes=b"ab" * 32 + b"cd" * 32, numbers=array("q", [4, 3, 10, 0, 9, -1, -1, 5, 9, 9]).tobytes(),
     reasons=[None, "truncated"], formats=["JPEG", "PNG"], reencoded=[False, None], blob=b"",

@@ -5,7 +5,7 @@ from datetime import datetime, timezone
 import pyarrow as pa
 import pytest
 
-from data_specs import (
+from lakelabel.data_specs import (
     MANIFEST_SCHEMA,
     ContractError,
     key_for_sha256,
@@ -13,7 +13,7 @@ from data_specs import (
     shard_name,
     validate_manifest,
 )
-from data_specs.shards import SAMPLE_JSON_FIELDS, validate_sample_json
+from lakelabel.data_specs.shards import SAMPLE_JSON_FIELDS, validate_sample_json
 
 
 def _row(**over):

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.cli import build_parser, main
+from lakelabel.cli import build_parser, main
 from tests.lakes import make_plain_lake
 
 
@@ -23,7 +24,7 @@ def test_every_subcommand_has_help(capsys):
 
 
 def _ingest_command(lake: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "flows.cli", "ingest", str(lake), "--out", str(out), "--workers", "0"]
+    return [sys.executable, "-m", "lakelabel", "ingest", str(lake), "--out", str(out), "--workers", "0"]
 
 
 def test_ingest_cli_prints_one_json_summary_line(tmp_path: Path):
@@ -57,7 +58,7 @@ def test_bad_inputs_fail_with_one_clear_message(tmp_path: Path, capsys):
 def test_example_config_loads_with_every_section():
     import yaml
 
-    from pipeline.config import SECTIONS, LakelabelConfig, load_config
+    from lakelabel.pipeline.config import SECTIONS, LakelabelConfig, load_config
 
     path = Path(__file__).resolve().parents[2] / "flows" / "configs" / "example.yaml"
     config = load_config(path)
@@ -70,35 +71,29 @@ def test_example_config_loads_with_every_section():
         assert set(raw[section]) == set(model.model_fields), section
         assert getattr(config, section) == model(), section
     demo = load_config(Path(__file__).resolve().parents[2] / "flows" / "configs" / "demo.yaml")
-    assert demo.cluster.k == 4 and demo.pretrain.run_name == "demo"
+    assert (
+        demo.cluster.k == 4 and demo.pretrain is None and demo.embed.encoder == "timm:tf_efficientnet_lite0"
+    )
 
 
 def test_every_pretrain_flag_reaches_the_config():
-    from flows.cli import _pretrain_config
+    from lakelabel.cli import _pretrain_config
 
-    args = build_parser().parse_args(
-        [
-            "pretrain",
-            "ROOT",
-            "--stem",
-            "imagenet",
-            "--method",
-            "byol",
-            "--loss",
-            "wasserstein",
-            "--image-size",
-            "48",
-            "--max-steps",
-            "7",
-            "--lr",
-            "0.3",
-            "--optimizer",
-            "lars",
-            "--run-name",
-            "x",
-        ]
-    )
-    config = _pretrain_config(args)
+    argv = ["pretrain", "ROOT", "--stem", "imagenet", "--method", "byol", "--loss", "wasserstein"]
+    argv += [
+        "--image-size",
+        "48",
+        "--max-steps",
+        "7",
+        "--lr",
+        "0.3",
+        "--optimizer",
+        "lars",
+        "--run-name",
+        "x",
+    ]
+    argv += ["--no-channels-last", "--knn-k", "5"]
+    config = _pretrain_config(build_parser(argv).parse_args(argv))
     assert (config.stem, config.method, config.loss, config.image_size) == (
         "imagenet",
         "byol",
@@ -106,58 +101,45 @@ def test_every_pretrain_flag_reaches_the_config():
         48,
     )
     assert (config.max_steps, config.lr, config.optimizer, config.run_name) == (7, 0.3, "lars", "x")
-    flags = {a.dest for a in build_parser()._subparsers._group_actions[0].choices["pretrain"]._actions}
-    from pipeline.config import PretrainConfig
+    assert (config.channels_last, config.knn_k) == (False, 5)
 
-    missing = (
-        set(PretrainConfig.model_fields)
-        - flags
-        - {
-            "momentum",
-            "weight_decay",
-            "warmup_epochs",
-            "shuffle_buffer",
-            "channels_last",
-            "compile",
-            "knn_k",
-            "knn_temperature",
-            "knn_max_train",
-            "knn_max_test",
-        }
+
+@pytest.mark.parametrize(
+    ("command", "model"),
+    [
+        ("pretrain", "PretrainConfig"),
+        ("embed", "EmbedConfig"),
+        ("cluster", "ClusterConfig"),
+        ("select", "SelectConfig"),
+        ("train-classifier", "TrainClassifierConfig"),
+    ],
+)
+def test_flags_are_generated_from_the_config_with_help_and_default(command, model, capsys):
+    """One flag per config field (settings blocks as --block-field), each with its default in --help."""
+    import lakelabel.pipeline.config as configs
+
+    actions = build_parser([command])._subparsers._group_actions[0].choices[command]._actions
+    dests = {a.dest for a in actions}
+    fields = getattr(configs, model).model_fields
+    for name, field in fields.items():
+        sub = getattr(field.annotation, "model_fields", None)
+        wanted = {f"{name}.{s}" for s in sub} if isinstance(sub, dict) else {name}
+        assert wanted <= dests, (command, wanted - dests)
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    assert all(
+        "(default:" in a.help for a in actions if a.dest in dests and "." in a.dest or a.dest in fields
     )
-    assert not missing, f"pretrain options without a flag: {missing}"
 
 
 def test_ingest_on_a_terminal_shows_its_bar_and_succeeds(tmp_path: Path):
     """stderr on a pseudo-terminal: the progress bar is drawn (a tqdm without a total once crashed
     `if bar:` in every interactive terminal)."""
-    import fcntl
-    import os
-    import pty
-    import struct
-    import termios
+    from tests.terminal import run_on_a_terminal
 
     lake = tmp_path / "lake"
     make_plain_lake(lake, 12)
-    leader, follower = pty.openpty()
-    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))  # a new pty is 0 × 0
-    proc = subprocess.run(
-        _ingest_command(lake, tmp_path / "root"),
-        stdout=subprocess.PIPE,
-        stderr=follower,
-        timeout=300,
-    )
-    os.close(follower)
-    drawn = b""
-    while True:
-        try:
-            chunk = os.read(leader, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        drawn += chunk
-    os.close(leader)
+    proc, drawn = run_on_a_terminal(_ingest_command(lake, tmp_path / "root"))
     assert proc.returncode == 0, drawn.decode(errors="replace")
     assert json.loads(proc.stdout)["sharded"] == 12
     assert b"ingest" in drawn and b"file" in drawn
@@ -181,3 +163,25 @@ def test_root_that_is_a_file_is_one_line(tmp_path: Path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("lakelabel ingest: error:") and "root" in err and "Traceback" not in err
     assert root.read_text() == "not a folder"  # nothing lost
+
+
+def test_summaries_are_key_lines_on_a_terminal_and_json_when_piped_or_asked(capsys, monkeypatch):
+    from lakelabel.cli import _emit
+
+    summary = {
+        "sharded": 12,
+        "rejected": 0,
+        "reasons": {"too_small": 2},
+        "config": {"k": 1},
+        "seconds": 1.23456,
+    }
+    monkeypatch.setattr("sys.stdout.isatty", lambda: True)
+    _emit(summary, argparse.Namespace(json=False))
+    out = capsys.readouterr().out
+    assert "sharded: 12\n" in out and "reasons: too_small=2" in out and "seconds: 1.235" in out
+    assert "config" not in out and "{" not in out
+    _emit(summary, argparse.Namespace(json=True))
+    assert json.loads(capsys.readouterr().out) == summary
+    monkeypatch.setattr("sys.stdout.isatty", lambda: False)
+    _emit(summary, argparse.Namespace(json=False))
+    assert json.loads(capsys.readouterr().out) == summary

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.labels import list_runs
+from lakelabel.data_specs.labels import list_runs
 from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,7 +39,7 @@ TINY = {
     "ingest": {"workers": 0, "shard_max_count": 300},
     "pretrain": {"method": "simclr", "stem": "imagenet", "batch_size": 32, "max_steps": 2, "workers": 0},
     "embed": {"workers": 0},
-    "cluster": {"k": 4, "heads": 1, "epochs": 1},
+    "cluster": {"k": 4, "sela": {"heads": 1, "epochs": 1}},
     "select": {"rounds": 1, "epochs": 1, "min_steps": 10, "passes": 3, "hidden": 32, "review_per_class": 1},
 }
 
@@ -147,3 +147,16 @@ def test_lakelabel_serve_registers_and_runs_deployments(prefect_server, tmp_path
     finally:
         os.killpg(serve.pid, 15)
         serve.wait(timeout=30)
+
+
+def test_prefect_yaml_names_the_installed_prefect_and_schedules_no_demo_lake() -> None:
+    """Deploying as shipped must not start labelling the demo lake every night."""
+    import prefect
+    import yaml
+
+    spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    assert spec["prefect-version"] == prefect.__version__
+    for deployment in spec["deployments"]:
+        config = deployment["parameters"].get("config", {})
+        active = any(s.get("active", True) for s in deployment.get("schedules", []))
+        assert not (active and ("demo" in str(deployment["parameters"]) or config.get("source", "") is None))

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 from prefect.testing.utilities import prefect_test_harness
 
-from flows.cluster import cluster_flow
-from flows.embed import embed_flow
-from pipeline.cluster import read_assignments
-from pipeline.config import ClusterConfig, EmbedConfig, IngestConfig, RunnerConfig
-from pipeline.embed import read_embeddings
-from pipeline.ingest import run_ingest
+from lakelabel.data_specs.clusters import read_assignments
+from lakelabel.data_specs.embeddings import read_embeddings
+from lakelabel.flows.cluster import cluster_flow
+from lakelabel.flows.embed import embed_flow
+from lakelabel.pipeline.config import ClusterConfig, EmbedConfig, IngestConfig, RunnerConfig
+from lakelabel.pipeline.ingest import run_ingest
 from tests.cifar import cifar_subset
 
 
@@ -26,7 +26,7 @@ def test_embed_and_cluster_flows(tmp_path):
         again = embed_flow(str(root), config, RunnerConfig(kind="threads", max_workers=2))
         assert again["shards_embedded"] == 0 and again["shards_skipped"] == 5
         assert read_embeddings(summary["embeddings"]).n == 250
-        clusters = cluster_flow(str(root), ClusterConfig(k=5, heads=2, epochs=2))
+        clusters = cluster_flow(str(root), ClusterConfig(k=5, sela={"heads": 2, "epochs": 2}))
         assert clusters["skipped"] is False and clusters["images"] == 250
-        assert cluster_flow(str(root), ClusterConfig(k=5, heads=2, epochs=2))["skipped"] is True
+        assert cluster_flow(str(root), ClusterConfig(k=5, sela={"heads": 2, "epochs": 2}))["skipped"] is True
     assert read_assignments(root).num_rows == 250

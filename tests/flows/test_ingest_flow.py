@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from prefect.testing.utilities import prefect_test_harness
 
-from flows.ingest import ingest_flow
-from pipeline.config import IngestConfig, RunnerConfig
-from pipeline.ingest import read_manifest
+from lakelabel.data_specs.manifest import read_manifest
+from lakelabel.flows.ingest import ingest_flow
+from lakelabel.pipeline.config import IngestConfig, RunnerConfig
 from tests.lakes import make_bad_lake
 from tests.pipeline.test_ingest import assert_accounted, lake_uris
 
@@ -56,7 +56,7 @@ def test_ingest_flow_on_local_dask_cluster(prefect_server, tmp_path: Path):
 
 
 def test_unknown_runner_kind_lists_valid_choices():
-    from pipeline.config import ConfigError
+    from lakelabel.pipeline.config import ConfigError
 
     with pytest.raises(ConfigError, match="valid: threads, processes, dask"):
         RunnerConfig(kind="spark").resolved_kind()

@@ -3,7 +3,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from models.methods import build_method
+from lakelabel.models.methods import build_method
 
 
 def tiny_backbone() -> tuple[nn.Module, int]:

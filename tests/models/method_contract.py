@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.backbones import build_backbone
-from models.methods import METHODS, build_method
+from lakelabel.models.backbones import build_backbone
+from lakelabel.models.methods import METHODS, build_method
 from tests.models.helpers import loss_falls, two_views
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.methods import build_method
+from lakelabel.models.methods import build_method
 from tests.models.helpers import loss_falls, tiny_backbone
 from tests.models.method_contract import MethodContract
 

@@ -4,7 +4,7 @@ import ot
 import pytest
 import torch
 
-from models import losses
+from lakelabel.models import losses
 
 
 def _pair(seed=0, b=32, d=16):
@@ -56,8 +56,8 @@ def test_sliced_wasserstein_properties_and_agreement_with_pot():
 
 
 def test_unknown_backbone_and_method_list_valid_choices():
-    from models.backbones import build_backbone
-    from models.methods import build_method
+    from lakelabel.models.backbones import build_backbone
+    from lakelabel.models.methods import build_method
 
     with pytest.raises(ValueError, match="valid: resnet18, resnet34, resnet50"):
         build_backbone("vit", small_images=True)

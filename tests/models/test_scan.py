@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from models.scan import mine_neighbours, scan_loss, train_scan
-from pipeline.metrics import hungarian_accuracy
+from lakelabel.models.scan import mine_neighbours, scan_loss, train_scan
+from lakelabel.pipeline.metrics import hungarian_accuracy
 from tests.models.test_kmeans import blobs
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from models.sela import label_update_epochs, train_sela
-from pipeline.metrics import hungarian_accuracy
+from lakelabel.models.sela import label_update_epochs, train_sela
+from lakelabel.pipeline.metrics import hungarian_accuracy
 from tests.models.test_kmeans import blobs
 
 

@@ -9,7 +9,17 @@ import ot
 import pytest
 import torch
 
-from models.sinkhorn import balanced_labels, sinkhorn_assign, sinkhorn_knopp, sinkhorn_plan, tensor_chunks
+from lakelabel.models.sinkhorn import (
+    balanced_labels,
+    sinkhorn_assign,
+    sinkhorn_knopp,
+    tensor_chunks,
+)
+
+
+def _plan(scores: torch.Tensor, lam: float, log_scale: torch.Tensor) -> torch.Tensor:
+    """The soft assignment rows ``softmax(λS + b)`` of a solve (each row sums to 1)."""
+    return torch.softmax(scores.float() * float(lam) + log_scale, dim=1)
 
 
 def log_probs(n: int, k: int, seed: int = 0, scale: float = 2.0) -> torch.Tensor:
@@ -20,7 +30,7 @@ def log_probs(n: int, k: int, seed: int = 0, scale: float = 2.0) -> torch.Tensor
 
 
 def column_mass(scores: torch.Tensor, lam: float, result) -> torch.Tensor:
-    return sinkhorn_plan(scores, lam, result.log_scale).sum(0)
+    return _plan(scores, lam, result.log_scale).sum(0)
 
 
 @pytest.mark.parametrize("lam", [1.0, 10.0, 25.0])
@@ -62,7 +72,7 @@ def test_agrees_with_pot() -> None:
     n, k, lam = 500, 6, 5.0
     scores = log_probs(n, k, seed=3).double()
     result = sinkhorn_knopp(scores, lam, tol=1e-6, max_iter=5000)
-    ours = (sinkhorn_plan(scores, lam, result.log_scale) / n).double().numpy()
+    ours = (_plan(scores, lam, result.log_scale) / n).double().numpy()
     pot = ot.sinkhorn(np.full(n, 1 / n), np.full(k, 1 / k), -scores.numpy(), 1 / lam, stopThr=1e-12)
     assert np.abs(ours - pot).max() < 1e-4 * pot.max()
     assert np.allclose(ours.sum(1), 1 / n, rtol=1e-5)

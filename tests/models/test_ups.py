@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from models.ups import (
+from lakelabel.models.ups import (
     DropoutClassifier,
     McStats,
     balance_classes,

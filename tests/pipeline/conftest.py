@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cluster import cluster
-from pipeline.config import ClusterConfig, EmbedConfig, IngestConfig, PretrainConfig
-from pipeline.embed import embed
-from pipeline.ingest import run_ingest
-from pipeline.pretrain import pretrain
+from lakelabel.pipeline.cluster import cluster
+from lakelabel.pipeline.config import ClusterConfig, EmbedConfig, IngestConfig, PretrainConfig
+from lakelabel.pipeline.embed import embed
+from lakelabel.pipeline.ingest import run_ingest
+from lakelabel.pipeline.pretrain import pretrain
 from tests.cifar import cifar_subset
 
 
@@ -36,7 +36,7 @@ def clustered_copy(cifar_root: tuple[Path, Path, Path], folder: Path, heads: int
     root = folder / "root"
     shutil.copytree(cifar_root[0], root)
     embed(root, EmbedConfig(encoder="tiny", workers=0))
-    cluster(root, ClusterConfig(k=10, heads=heads, epochs=epochs))
+    cluster(root, ClusterConfig(k=10, sela={"heads": heads, "epochs": epochs}))
     return root
 
 

@@ -11,15 +11,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from data_specs.clusters import validate_assignments
-from data_specs.validation import ContractError
-from flows.cli import main
-from pipeline.cluster import cluster, read_assignments
-from pipeline.config import ClusterConfig, EmbedConfig, IngestConfig
-from pipeline.embed import embed, load_encoder, read_embeddings
-from pipeline.encoders import CheckpointError
-from pipeline.evaluate import evaluate_clusters
-from pipeline.ingest import read_manifest, run_ingest
+from lakelabel.cli import main
+from lakelabel.data_specs.clusters import read_assignments, validate_assignments
+from lakelabel.data_specs.embeddings import read_embeddings
+from lakelabel.data_specs.manifest import read_manifest
+from lakelabel.data_specs.validation import ContractError
+from lakelabel.pipeline.cluster import cluster
+from lakelabel.pipeline.config import ClusterConfig, EmbedConfig, IngestConfig
+from lakelabel.pipeline.embed import embed, load_encoder
+from lakelabel.pipeline.encoders import CheckpointError
+from lakelabel.pipeline.evaluate import evaluate_clusters
+from lakelabel.pipeline.ingest import run_ingest
 
 
 def test_embed_parts_follow_the_contract_and_resume(cifar_root, tmp_path) -> None:
@@ -85,10 +87,12 @@ def test_cluster_assignments_and_eval(cifar_root, tmp_path) -> None:
     root = tmp_path / "root"
     shutil.copytree(src, root)
     embed(root, EmbedConfig(encoder="tiny", workers=0))
-    config = ClusterConfig(k=10, heads=2, epochs=3, label_updates=2, batch_size=64)
+    config = ClusterConfig(k=10, sela={"heads": 2, "epochs": 3, "label_updates": 2, "batch_size": 64})
     summary = cluster(root, config)
     assert summary["skipped"] is False and summary["images"] == 400
-    assert summary["kmeans_trained_on"] == 400  # every point, not faiss's silent 256-per-centroid sample
+    assert (
+        summary["methods"]["kmeans"]["trained_on"] == 400
+    )  # every point, not faiss's silent 256-per-centroid sample
     table = read_assignments(root)
     assert table.num_rows == 400 and table.column_names[:5] == [
         "key",
@@ -107,11 +111,21 @@ def test_cluster_assignments_and_eval(cifar_root, tmp_path) -> None:
         == b"clusters"
     )
     assert cluster(root, config)["skipped"] is True
-    assert cluster(root, config.model_copy(update={"heads": 1}))["skipped"] is False
+    fewer = cluster(root, config.model_copy(update={"methods": ["kmeans", "scan"]}))
+    assert fewer["skipped"] is False and list(fewer["methods"]) == ["kmeans", "scan"]
+    assert read_assignments(root).column_names == [
+        "key",
+        "shard",
+        "kmeans",
+        "kmeans_similarity",
+        "scan",
+        "scan_confidence",
+    ]
+    cluster(root, config)
 
     result = evaluate_clusters(root, truth)
     assert result["evaluated"] == 400
-    assert set(result["columns"]) == {"kmeans", "sinkhorn", "head_0", "scan"}
+    assert set(result["columns"]) == {"kmeans", "sinkhorn", "head_0", "head_1", "scan"}
     for scores in result["columns"].values():
         assert 0 < scores["acc"] <= 1 and -1 <= scores["ari"] <= 1 and 0 <= scores["nmi"] <= 1
         assert sum(c["size"] for c in scores["clusters"]) == 400
@@ -120,7 +134,7 @@ def test_cluster_assignments_and_eval(cifar_root, tmp_path) -> None:
     with pytest.raises(ContractError, match="outside"):
         validate_assignments(bad, k=10)
     with pytest.raises(ContractError, match="missing column"):
-        validate_assignments(table.drop_columns(["sinkhorn"]))
+        validate_assignments(table.drop_columns(["kmeans_similarity"]))  # a method's columns come together
 
 
 def test_cli_embed_cluster_eval(cifar_root, tmp_path, capsys) -> None:
@@ -128,9 +142,16 @@ def test_cli_embed_cluster_eval(cifar_root, tmp_path, capsys) -> None:
     root = tmp_path / "root"
     shutil.copytree(src, root)
     assert main(["embed", str(root), "--encoder", "random", "--stem", "imagenet", "--workers", "0"]) == 0
-    out = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
     assert out["encoder"] == "random0" and out["images_embedded"] == 400
-    assert main(["cluster", str(root), "--k", "5", "--heads", "1", "--epochs", "1", "--run-name", "r5"]) == 0
+    assert "embed: 400 of 400 images" in captured.err  # progress as plain lines off a terminal
+    assert (
+        main(
+            ["cluster", str(root), "--k", "5", "--sela-heads", "1", "--sela-epochs", "1", "--run-name", "r5"]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["k"] == 5
     assert main(["eval", str(root), "--truth", str(truth), "--run", "r5"]) == 0
     printed = capsys.readouterr().out

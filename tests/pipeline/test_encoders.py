@@ -11,12 +11,19 @@ import pandas as pd
 import pytest
 import torch
 
-from models.backbones import build_named
-from models.weights import fit_state_dict
-from pipeline.config import EmbedConfig, LakelabelConfig, PretrainConfig, SelectConfig, TrainClassifierConfig
-from pipeline.embed import embed, read_embeddings
-from pipeline.encoders import CheckpointError, file_sha256, load_encoder
-from pipeline.pretrain import Pretrainer
+from lakelabel.data_specs.embeddings import read_embeddings
+from lakelabel.models.backbones import build_named
+from lakelabel.models.weights import fit_state_dict
+from lakelabel.pipeline.config import (
+    EmbedConfig,
+    LakelabelConfig,
+    PretrainConfig,
+    SelectConfig,
+    TrainClassifierConfig,
+)
+from lakelabel.pipeline.embed import embed
+from lakelabel.pipeline.encoders import CheckpointError, file_sha256, load_encoder
+from lakelabel.pipeline.pretrain import Pretrainer
 
 TINY = "timm:test_efficientnet"  # ~0.1 M parameters: a real timm EfficientNet, fast on a CPU
 
@@ -154,20 +161,22 @@ def test_adapt_mode_starts_from_the_weights_and_resumes_exactly(cifar_root, tiny
 
 
 def test_named_encoder_in_select_finetuning_and_train_classifier(cifar_root, tiny_weights, tmp_path) -> None:
-    from pipeline.cluster import cluster
-    from pipeline.config import ClusterConfig
-    from pipeline.labels import publish_labels
-    from pipeline.select import select
-    from pipeline.train_classifier import train_classifier
+    from lakelabel.pipeline.cluster import cluster
+    from lakelabel.pipeline.config import ClusterConfig
+    from lakelabel.pipeline.labels import publish_labels
+    from lakelabel.pipeline.select import select
+    from lakelabel.pipeline.train_classifier import train_classifier
 
     _, truth, _ = cifar_root
     root = tmp_path / "root"
     shutil.copytree(cifar_root[0], root)
     embed(root, EmbedConfig(encoder=TINY, weights=str(tiny_weights), image_size=32, workers=0))
-    cluster(root, ClusterConfig(k=10, heads=1, epochs=1))
+    cluster(root, ClusterConfig(k=10, sela={"heads": 1, "epochs": 1}))
     seed_csv = tmp_path / "seed.csv"
     pd.read_csv(truth).groupby("label").head(3).to_csv(seed_csv, index=False)
-    small = dict(rounds=1, epochs=1, min_steps=10, passes=3, hidden=32, review_per_class=1, tau_p=0.2)
+    small = dict(
+        rounds=1, epochs=1, min_steps=10, passes=3, hidden=32, review_per_class=1, ups={"tau_p": 0.2}
+    )
     summary = select(
         root,
         SelectConfig(

@@ -5,7 +5,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from pipeline.images import check_image
+from lakelabel.pipeline.images import check_image
 from tests.lakes import bomb_png, exif_rotated_jpeg, rng_image
 
 LIMIT = 89_478_485
@@ -87,7 +87,7 @@ def test_scaled_validation_accepts_exactly_what_a_full_decode_accepts():
 
     import simplejpeg
 
-    from pipeline.images import check_plain_jpeg
+    from lakelabel.pipeline.images import check_plain_jpeg
 
     rng = random.Random(0)
     verdicts = {True: 0, False: 0}

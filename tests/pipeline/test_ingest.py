@@ -17,10 +17,11 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
-import pipeline.ingest as ingest
-from data_specs.shards import KEY_RE, validate_sample_json
-from pipeline.config import IngestConfig
-from pipeline.ingest import IngestError, map_ordered, read_manifest, recover, run_ingest
+import lakelabel.pipeline.ingest as ingest
+from lakelabel.data_specs.manifest import read_manifest
+from lakelabel.data_specs.shards import KEY_RE, validate_sample_json
+from lakelabel.pipeline.config import IngestConfig
+from lakelabel.pipeline.ingest import IngestError, map_ordered, recover, run_ingest
 from tests.lakes import make_bad_lake, make_plain_lake
 
 
@@ -229,7 +230,7 @@ def _alive(pid: int) -> bool:
 
 def _ingest_command(lake: Path, root: Path, *flags: str) -> list[str]:
     """``lakelabel ingest LAKE --out ROOT FLAGS...`` as a subprocess command."""
-    return [sys.executable, "-m", "flows.cli", "ingest", str(lake), "--out", str(root), *flags]
+    return [sys.executable, "-m", "lakelabel", "ingest", str(lake), "--out", str(root), *flags]
 
 
 @pytest.mark.slow
@@ -273,7 +274,7 @@ def test_root_inside_source_and_concurrent_ingest_are_refused(tmp_path):
     make_plain_lake(lake, 3)
     with pytest.raises(IngestError, match="must not be inside the source"):
         run_ingest(str(lake), lake / "out")
-    from pipeline.ingest import RootLock
+    from lakelabel.pipeline.ingest import RootLock
 
     with RootLock(tmp_path / "out"), pytest.raises(IngestError, match="another ingest holds the lock"):
         run_ingest(str(lake), tmp_path / "out")
@@ -307,11 +308,9 @@ def test_workers_fork_only_in_a_single_threaded_process_without_faiss_or_torch()
     import sys
     import threading
 
-    from pipeline.ingest import fork_is_safe
+    from lakelabel.pipeline.ingest import fork_is_safe
 
-    code = (
-        "import sys; from pipeline.ingest import fork_is_safe; print(fork_is_safe(), 'torch' in sys.modules)"
-    )
+    code = "import sys; from lakelabel.pipeline.ingest import fork_is_safe; print(fork_is_safe(), 'torch' in sys.modules)"
     fresh = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert fresh.stdout.split() == ["True", "False"]  # what `lakelabel ingest` sees
     stop = threading.Event()
@@ -326,19 +325,19 @@ def test_workers_fork_only_in_a_single_threaded_process_without_faiss_or_torch()
 
 def test_row_columns_are_the_manifest_schema_and_the_cli_path_loads_no_arrow():
     """ingest names the manifest columns itself so that pyarrow loads after the workers start."""
-    from data_specs.manifest import MANIFEST_SCHEMA, STATUSES
-    from pipeline.ingest import _ROW_COLUMNS, STATUS_CODES
+    from lakelabel.data_specs.manifest import MANIFEST_SCHEMA, STATUSES
+    from lakelabel.pipeline.ingest import _ROW_COLUMNS, STATUS_CODES
 
     assert [*_ROW_COLUMNS, "run_id", "ingested_at"] == MANIFEST_SCHEMA.names
     assert STATUS_CODES == STATUSES
-    code = "import sys, flows.cli, pipeline.ingest; print(sorted({'pyarrow', 'numpy', 'PIL', 'fsspec'} & set(sys.modules)))"
+    code = "import sys, lakelabel.cli, lakelabel.pipeline.ingest; print(sorted({'pyarrow', 'numpy', 'PIL', 'fsspec'} & set(sys.modules)))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
 
 
 def test_spooled_samples_are_copied_without_copy_file_range(tmp_path, monkeypatch):
     """Where the OS lacks copy_file_range (macOS) or refuses it, the writer reads and writes."""
-    import pipeline.ingest as ingest
+    import lakelabel.pipeline.ingest as ingest
 
     def refuse(*args, **kwargs):
         raise OSError("not here")
@@ -459,64 +458,7 @@ def test_map_ordered_stops_its_workers_at_once_when_the_caller_stops():
     assert not _worker_pids()
 
 
-_EARLY_RUN = """
-import json, sys
-from pipeline.config import IngestConfig
-from pipeline.ingest import run_ingest, start_early
-lake, root, early_batch, config_batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-early = start_early(lake, root, workers=2, batch_size=early_batch, max_pixels=89_478_485, max_side=None,
-                    jpeg_quality=95, compiled_core=True)
-assert early is not None, "no early start"
-submitted = len(early.sent)
-summary = run_ingest(lake, root, IngestConfig(workers=2, batch_size=config_batch, shard_max_count=40), early=early)
-print(json.dumps({"submitted": submitted, **summary}))
-"""
-
-
-def _early_run(lake: Path, root: Path, early_batch: int, config_batch: int) -> dict:
-    done = subprocess.run(
-        [sys.executable, "-c", _EARLY_RUN, str(lake), str(root), str(early_batch), str(config_batch)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=300,
-    )
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-COUNTED = ("found", "sharded", "duplicate", "rejected", "skipped")
-
-
-def test_an_early_start_gives_the_run_it_would_have_had(tmp_path):
-    """Workers started before the config is validated (fresh ROOT, local folder): the run takes
-    them over and ends exactly as a normal run does, bad cases included."""
-    lake = tmp_path / "lake"
-    make_plain_lake(lake, 300)
-    make_bad_lake(lake / "zz-bad", tmp_path / "outside")
-    early = _early_run(lake, tmp_path / "early", 8, 8)
-    assert early["submitted"] == 300 // 8  # whole batches of the plain folders, up to the bad one
-    normal = run_ingest(
-        str(lake), tmp_path / "normal", IngestConfig(workers=0, batch_size=8, shard_max_count=40)
-    )
-    assert {k: early[k] for k in COUNTED} == {k: normal[k] for k in COUNTED}
-    assert assert_accounted(tmp_path / "early", lake_uris(lake)) == assert_accounted(
-        tmp_path / "normal", lake_uris(lake)
-    )
-    assert not list((tmp_path / "early" / "shards").glob(".spool-*"))
-    again = run_ingest(str(lake), tmp_path / "early", IngestConfig(workers=2))  # and it re-runs as usual
-    assert (again["found"], again["already_ingested"]) == (0, normal["found"])
-
-
-def test_an_early_start_with_other_options_is_abandoned(tmp_path):
-    lake = tmp_path / "lake"
-    make_plain_lake(lake, 120)
-    summary = _early_run(lake, tmp_path / "out", 8, 16)  # the config's batch size differs
-    assert summary["submitted"] > 0 and summary["sharded"] == 120
-    assert assert_accounted(tmp_path / "out", lake_uris(lake)) == {"sharded": 120}
-    assert not list((tmp_path / "out" / "shards").glob(".spool-*"))
-
-
-def test_an_early_start_leaves_nothing_when_the_config_is_invalid(tmp_path):
+def test_an_invalid_config_fails_before_anything_is_written(tmp_path):
     lake, root = tmp_path / "lake", tmp_path / "deep" / "out"
     make_plain_lake(lake, 50)
     done = subprocess.run(
@@ -526,26 +468,4 @@ def test_an_early_start_leaves_nothing_when_the_config_is_invalid(tmp_path):
         timeout=120,
     )
     assert done.returncode == 2 and "shard_max_count" in done.stderr
-    assert not (tmp_path / "deep").exists()  # the folders it made for its spool files are gone
-
-
-def test_no_early_start_where_a_run_has_been(tmp_path):
-    from pipeline.ingest import start_early
-
-    lake = tmp_path / "lake"
-    make_plain_lake(lake, 5)
-    run_ingest(str(lake), tmp_path / "out", IngestConfig(workers=0))
-    options = dict(
-        workers=2, batch_size=8, max_pixels=10**6, max_side=None, jpeg_quality=95, compiled_core=True
-    )
-    assert start_early(str(lake), tmp_path / "out", **options) is None  # ROOT has a manifest: recover first
-    assert start_early(f"file://{lake}", tmp_path / "other", **options) is None  # a URL
-    assert start_early(str(lake), lake / "inside", **options) is None  # ROOT inside the source
-    assert start_early(str(lake), tmp_path / "other", **{**options, "workers": 0}) is None
-
-
-def test_the_ingest_command_loads_pydantic_only_to_validate():
-    """The CLI and the ingest module import without pydantic, so the early start begins before it."""
-    code = "import sys, flows.cli, pipeline.ingest; print('pydantic' in sys.modules)"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == "False"
+    assert not (tmp_path / "deep").exists()

@@ -8,8 +8,9 @@ from pathlib import Path
 import boto3
 import pytest
 
-from pipeline.config import IngestConfig
-from pipeline.ingest import read_manifest, run_ingest
+from lakelabel.data_specs.manifest import read_manifest
+from lakelabel.pipeline.config import IngestConfig
+from lakelabel.pipeline.ingest import run_ingest
 from tests.lakes import make_bad_lake
 from tests.pipeline.test_ingest import shard_keys
 

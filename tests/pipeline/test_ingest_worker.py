@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.ingest_worker import HAS_COMPILED_CORE, BatchResult, WorkerOptions, process_batch
-from pipeline.lake import iter_lake, resolve_source
-from pipeline.lake_index import uri_digest, uri_digests
+from lakelabel.pipeline.ingest_worker import HAS_COMPILED_CORE, BatchResult, WorkerOptions, process_batch
+from lakelabel.pipeline.lake import iter_lake, resolve_source
+from lakelabel.pipeline.lake_index import uri_digest, uri_digests
 from tests.lakes import make_bad_lake
 
 needs_core = pytest.mark.skipif(not HAS_COMPILED_CORE, reason="compiled core not built")
@@ -29,7 +29,7 @@ def test_compiled_core_is_built_where_required():
     """CI sets LAKELABEL_REQUIRE_COMPILED_CORE: there a silently skipped build is a failure."""
     if os.environ.get("LAKELABEL_REQUIRE_COMPILED_CORE") and not HAS_COMPILED_CORE:
         pytest.fail(
-            "pipeline._fastscan is not built: install gcc, libjpeg-dev and libssl-dev, then reinstall"
+            "lakelabel.pipeline._fastscan is not built: install gcc, libjpeg-dev and libssl-dev, then reinstall"
         )
 
 
@@ -121,7 +121,7 @@ def test_compiled_core_matches_python_path(tmp_path):
 
 @needs_core
 def test_compiled_core_decides_only_plain_upright_jpegs(tmp_path):
-    from pipeline import _fastscan
+    from lakelabel.pipeline import _fastscan
 
     lake = _lake(tmp_path)
     items = _items(lake)
@@ -167,7 +167,7 @@ def test_spooled_samples_equal_inline_ones(tmp_path):
 def test_core_arguments_are_checked():
     if not HAS_COMPILED_CORE:
         pytest.skip("compiled core not built")
-    from pipeline import _fastscan
+    from lakelabel.pipeline import _fastscan
 
     with pytest.raises(ValueError, match="differ in length"):
         _fastscan.scan_plain_jpegs(["a"], [], 1, 0, 0, "r")
@@ -186,26 +186,30 @@ def test_core_arguments_are_checked():
 
 @needs_core
 def test_damaged_jpegs_get_the_same_verdicts_and_bytes_on_both_paths(tmp_path):
-    """Truncated, bit-flipped, zeroed and randomised variants of baseline and progressive JPEGs."""
+    """Truncated, bit-flipped, zeroed, randomised and spliced variants of JPEGs of every layout
+    (baseline and progressive; 4:4:4, 4:2:2, 4:2:0; restart intervals; optimised tables): the
+    compiled core (libjpeg's strict decode) keeps exactly what the Python path keeps."""
     rng = np.random.default_rng(7)
     lake = tmp_path / "damaged"
     lake.mkdir()
-    originals = [_jpeg(200 + i, (40 + 8 * (i % 3), 32), progressive=bool(i % 2)) for i in range(6)]
-    for i in range(240):
+    originals = _jpeg_kinds()
+    for i in range(600):
         raw = bytearray(originals[i % len(originals)])
-        kind, at = i % 4, int(rng.integers(2, len(raw) - 4))
+        kind, at = i % 5, int(rng.integers(2, len(raw) - 4))
         if kind == 0:
             raw = raw[:at]
         elif kind == 1:
             raw[at] ^= 1 << int(rng.integers(0, 8))
         elif kind == 2:
             raw[at : at + 16] = bytes(len(raw[at : at + 16]))
-        else:
+        elif kind == 3:
             raw[at : at + 3] = rng.integers(0, 256, 3, dtype=np.uint8).tobytes()
+        else:
+            raw[at:at] = bytes([int(rng.choice([0xFF, 0x00, int(rng.integers(0, 256))]))])
         (lake / f"variant-{i:03d}.jpg").write_bytes(bytes(raw))
     python, _ = _both_paths_agree(lake)
-    reasons = set(python.reasons)
-    assert None in reasons and len(reasons - {None}) >= 1  # some kept, some rejected
+    reasons = [r for r in python.reasons]
+    assert reasons.count(None) > 100 and len(reasons) - reasons.count(None) > 100  # both outcomes
 
 
 def _without_quant_table_1(jpeg: bytes) -> bytes:
@@ -242,7 +246,7 @@ def test_a_file_never_borrows_tables_from_the_file_before_it(tmp_path):
 
 _DIES_WITH_PARENT = """
 import os, signal, sys, time
-import pipeline.ingest_worker as worker
+import lakelabel.pipeline.ingest_worker as worker
 if sys.argv[1] == "python":
     worker._fastscan = None  # the ctypes fallback
 pid = os.fork()
@@ -279,8 +283,8 @@ def test_a_worker_is_signalled_when_its_parent_dies(core):
 
 
 def _jpeg_kinds() -> list[bytes]:
-    """Baseline JPEGs of each layout the entropy check takes (4:4:4, 4:2:2, 4:2:0; restart
-    intervals; optimised tables; tiny and odd sizes) and progressive ones it leaves to libjpeg."""
+    """JPEGs of each layout: baseline 4:4:4, 4:2:2, 4:2:0; restart intervals; optimised tables;
+    tiny and odd sizes; some progressive."""
     kinds = []
     for i in range(24):
         size = ((8, 8), (32, 32), (37, 21), (90, 64))[i % 4]
@@ -296,45 +300,12 @@ def _jpeg_kinds() -> list[bytes]:
 
 
 @needs_core
-def test_the_entropy_check_never_accepts_what_libjpeg_rejects():
-    """The compiled core checks baseline scans with its own Huffman decoder and leaves anything it
-    is unsure of to libjpeg: on intact files both accept; on damaged ones it must never say yes
-    where libjpeg's strict decode says no (a looser check would keep a file Python rejects)."""
-    from pipeline import _fastscan
-
-    kinds = _jpeg_kinds()
-    for raw in kinds:
-        progressive = b"\xff\xc2" in raw[: raw.index(b"\xff\xda")]
-        assert _fastscan.jpeg_verdicts(raw) == (not progressive, True)
-    rng = np.random.default_rng(11)
-    verdicts: dict[tuple[bool, bool], int] = {}
-    for i in range(6000):
-        raw = bytearray(kinds[i % len(kinds)])
-        at = int(rng.integers(2, len(raw)))
-        kind = i % 5
-        if kind == 0:
-            raw = raw[:at]
-        elif kind == 1:
-            raw[at] ^= 1 << int(rng.integers(0, 8))
-        elif kind == 2:
-            raw[at : at + 4] = bytes(len(raw[at : at + 4]))
-        elif kind == 3:
-            raw[at : at + 2] = rng.integers(0, 256, 2, dtype=np.uint8).tobytes()
-        else:
-            raw[at:at] = bytes([int(rng.choice([0xFF, 0x00, int(rng.integers(0, 256))]))])
-        fast, full = _fastscan.jpeg_verdicts(bytes(raw))
-        assert full or not fast, f"variant {i}: the entropy check accepted what libjpeg rejects"
-        verdicts[fast, full] = verdicts.get((fast, full), 0) + 1
-    assert verdicts[True, True] > 500 and verdicts[False, False] > 500  # both outcomes were exercised
-
-
-@needs_core
 def test_the_compiled_core_gives_the_same_answers_from_concurrent_threads(tmp_path):
     """It runs with the GIL released (a Prefect thread runner maps batches over threads): calls that
     overlap must not share state. JPEGs with optimised (per-image) Huffman tables, some damaged."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from pipeline import _fastscan
+    from lakelabel.pipeline import _fastscan
 
     paths = []
     for i in range(48):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pipeline.lake import LakeFile, file_uri, iter_lake, iter_lake_chunks, resolve_source
+from lakelabel.pipeline.lake import LakeFile, file_uri, iter_lake, iter_lake_chunks, resolve_source
 from tests.lakes import make_bad_lake
 
 

@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import pipeline.lake_index as lake_index
-from pipeline.config import IngestConfig
-from pipeline.ingest import ShardCommitter, read_manifest, run_ingest
-from pipeline.lake_index import INDEX_DIR, LakeIndex, find_sorted, merge_sorted_blocks
+import lakelabel.pipeline.lake_index as lake_index
+from lakelabel.data_specs.manifest import read_manifest
+from lakelabel.pipeline.config import IngestConfig
+from lakelabel.pipeline.ingest import ShardCommitter, run_ingest
+from lakelabel.pipeline.lake_index import INDEX_DIR, LakeIndex, find_sorted, merge_sorted_blocks
 from tests.lakes import make_plain_lake
 from tests.pipeline.test_ingest import assert_accounted, lake_uris
 
@@ -26,7 +27,7 @@ INDEX_BATCHES = [None, 25, 10**9]
 @pytest.fixture(params=INDEX_BATCHES, ids=["index-batch-default", "index-batch-25-rows", "index-at-close"])
 def index_batch(request, monkeypatch):
     if request.param is not None:
-        monkeypatch.setattr(ShardCommitter, "_index_batch_rows", lambda self: request.param)
+        monkeypatch.setattr(ShardCommitter, "INDEX_BATCH_ROWS", request.param)
     return request.param
 
 
@@ -117,7 +118,7 @@ def test_runs_merge_tier_by_tier_and_every_row_stays_findable(tmp_path, monkeypa
     for part in range(10):
         keys = _random_keys(rng, 7)
         part_uris = [f"file:///lake/{part}/{i}.jpg" for i in range(9)]
-        index.add_unit(part, keys, part_uris)
+        index.add_units([index.prepare_unit(part, keys, part_uris)])
         kept.update(dict.fromkeys(keys, part))
         uris += part_uris
     # FANOUT 3: units 0-8 became 3 runs of tier 1, then one of tier 2; unit 9 is a run of tier 0
@@ -134,8 +135,8 @@ def test_runs_merge_tier_by_tier_and_every_row_stays_findable(tmp_path, monkeypa
         assert np.all(np.diff(key_hi.astype(np.float64)) >= 0) and np.all(
             np.diff(uri_hi.astype(np.float64)) >= 0
         )
-    index.add_unit(10, _random_keys(rng, 7), [])
-    index.add_unit(11, _random_keys(rng, 7), [])  # 3 runs of tier 0 → one of tier 1
+    index.add_units([index.prepare_unit(10, _random_keys(rng, 7), [])])
+    index.add_units([index.prepare_unit(11, _random_keys(rng, 7), [])])  # 3 runs of tier 0 → one of tier 1
     assert sorted(run.tier for run in index._runs) == [1, 2]
     reopened = LakeIndex(tmp_path / INDEX_DIR)
     assert reopened.sync(tmp_path, list(range(12))) == {"indexed_parts": 0, "rebuilt": 0}
@@ -145,10 +146,12 @@ def test_runs_merge_tier_by_tier_and_every_row_stays_findable(tmp_path, monkeypa
 def test_a_merge_cut_short_leaves_its_inputs_which_the_next_start_drops(tmp_path, monkeypatch):
     monkeypatch.setattr(lake_index, "FANOUT", 2)
     index = LakeIndex(tmp_path / INDEX_DIR)
-    index.add_unit(0, ["ab" * 16], ["file:///a.jpg"])
+    index.add_units([index.prepare_unit(0, ["ab" * 16], ["file:///a.jpg"])])
     (first,) = [run.path for run in index._runs]
     saved = first.read_bytes()
-    index.add_unit(1, ["cd" * 16], ["file:///b.jpg"])  # merges both into one run of tier 1
+    index.add_units(
+        [index.prepare_unit(1, ["cd" * 16], ["file:///b.jpg"])]
+    )  # merges both into one run of tier 1
     assert [run.tier for run in index._runs] == [1] and not first.exists()
     first.write_bytes(saved)  # as if the process died before removing the merge's inputs
     reopened = LakeIndex(tmp_path / INDEX_DIR)
@@ -217,7 +220,7 @@ def test_duplicates_of_earlier_batches_and_units_are_found(tmp_path, index_batch
 
 
 def test_key_bytes_decode_the_key_digits_of_the_valid_rows():
-    from pipeline.ingest import _key_bytes
+    from lakelabel.pipeline.ingest import _key_bytes
 
     hexes = bytes.fromhex("00" * 64) + b"0123456789abcdef" * 4 + b"fedcba9876543210" * 4
     assert _key_bytes(hexes, np.array([1, 2])) == bytes.fromhex(

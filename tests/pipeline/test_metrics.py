@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.metrics import (
+from lakelabel.pipeline.metrics import (
     ari,
     cluster_report,
     clustering_scores,

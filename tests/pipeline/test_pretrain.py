@@ -7,10 +7,11 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.config import IngestConfig, PretrainConfig
-from pipeline.encoders import CheckpointError
-from pipeline.ingest import read_manifest, run_ingest
-from pipeline.pretrain import Pretrainer, pretrain
+from lakelabel.data_specs.manifest import read_manifest
+from lakelabel.pipeline.config import IngestConfig, PretrainConfig
+from lakelabel.pipeline.encoders import CheckpointError
+from lakelabel.pipeline.ingest import run_ingest
+from lakelabel.pipeline.pretrain import Pretrainer, pretrain
 from tests.lakes import make_plain_lake
 
 
@@ -113,7 +114,7 @@ def test_epochs_are_counted_once_whatever_the_loader_workers(shard_root):
 
 
 def test_init_from_user_checkpoint_and_pickled_code_refused(shard_root, tmp_path):
-    from models.backbones import build_backbone
+    from lakelabel.models.backbones import build_backbone
 
     backbone, _ = build_backbone("resnet18", small_images=True)
     torch.nn.init.constant_(backbone.conv1.weight, 0.25)
@@ -141,8 +142,8 @@ def test_bad_options_are_named(shard_root):
 def test_one_stream_serves_every_epoch_and_restarts_exactly_at_an_epoch(shard_root):
     """The run's single loader: epoch e of the continuous stream equals a stream started at epoch e,
     with 2 loader workers; epochs differ from each other."""
-    from pipeline.augment import DecodeUint8
-    from pipeline.shard_data import list_shards, train_batches
+    from lakelabel.pipeline.augment import DecodeUint8
+    from lakelabel.pipeline.shard_data import list_shards, train_batches
 
     shards, spe = list_shards(shard_root), 5  # 2 workers: 3 batches each per epoch, 1 dropped
     make = lambda start: train_batches(shards, DecodeUint8(16), 8, spe, 2, 16, seed=4, start_epoch=start)  # noqa: E731
@@ -156,7 +157,7 @@ def test_one_stream_serves_every_epoch_and_restarts_exactly_at_an_epoch(shard_ro
 def test_device_augmentation_per_sample_parameters_deterministic_and_on_recipe():
     """BatchViews (kornia) on CPU tensors: per-sample parameters, same seed → same views, the
     recipe's ranges (normalised output, grayscale in about 20 %, BYOL's second view solarized)."""
-    from pipeline.augment import MEAN, STD, BatchViews
+    from lakelabel.pipeline.augment import MEAN, STD, BatchViews
 
     gen = torch.Generator().manual_seed(0)
     image = torch.randint(0, 256, (1, 3, 40, 40), dtype=torch.uint8, generator=gen)
@@ -173,3 +174,31 @@ def test_device_augmentation_per_sample_parameters_deterministic_and_on_recipe()
     raw = v1 * torch.tensor(STD).view(1, 3, 1, 1) + torch.tensor(MEAN).view(1, 3, 1, 1)
     gray = (raw[:, 0] - raw[:, 1]).abs().amax((1, 2)) < 1e-4
     assert 0.1 < gray.float().mean() < 0.3
+
+
+def test_pretrain_on_a_terminal_shows_its_bar_and_says_when_it_resumes(shard_root, tmp_path):
+    """stderr on a pseudo-terminal: a step bar; the second run resumes and says so in one line."""
+    import shutil
+    import sys
+
+    from tests.terminal import run_on_a_terminal
+
+    root = tmp_path / "root"
+    shutil.copytree(shard_root, root)
+    argv = [
+        sys.executable,
+        "-m",
+        "lakelabel",
+        "pretrain",
+        str(root),
+        "--method",
+        "simclr",
+        "--stem",
+        "imagenet",
+    ]
+    argv += ["--image-size", "32", "--batch-size", "16", "--workers", "0", "--run-name", "tty"]
+    proc, drawn = run_on_a_terminal([*argv, "--max-steps", "2"])
+    assert proc.returncode == 0, drawn.decode(errors="replace")
+    assert b"pretrain" in drawn and b"step" in drawn and b"2/2" in drawn
+    proc, drawn = run_on_a_terminal([*argv, "--max-steps", "3"])
+    assert proc.returncode == 0 and b"resumed from step 2" in drawn, drawn.decode(errors="replace")

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import IngestConfig
-from pipeline.ingest import run_ingest
+from lakelabel.pipeline.config import IngestConfig
+from lakelabel.pipeline.ingest import run_ingest
 from tests.lakes import make_plain_lake
 
 
@@ -27,7 +27,7 @@ def test_torchrun_gloo_world_size_2(tmp_path: Path):
         "--nproc_per_node",
         "2",
         "-m",
-        "flows.cli",
+        "lakelabel",
         "pretrain",
         str(root),
         "--batch-size",

@@ -13,12 +13,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from flows.cli import main
-from pipeline.config import SelectConfig
-from pipeline.labels import publish_labels, read_labels
-from pipeline.report import build_report
-from pipeline.select import select
-from pipeline.truth import attach_keys, read_label_csv
+from lakelabel.cli import main
+from lakelabel.data_specs.labels import read_labels
+from lakelabel.pipeline.config import SelectConfig
+from lakelabel.pipeline.labels import publish_labels
+from lakelabel.pipeline.report import build_report
+from lakelabel.pipeline.select import select
+from lakelabel.pipeline.truth import attach_keys, read_label_csv
 from tests.pipeline.conftest import clustered_copy
 
 
@@ -38,7 +39,7 @@ def labelled_root(cifar_root, tmp_path_factory):
     seed_csv = tmp / "seed.csv"
     pd.read_csv(truth).groupby("label").head(4).to_csv(seed_csv, index=False)
     small = dict(
-        rounds=1, epochs=1, min_steps=20, passes=3, hidden=32, review_per_class=2, tau_p=0.1
+        rounds=1, epochs=1, min_steps=20, passes=3, hidden=32, review_per_class=2, ups={"tau_p": 0.1}
     )  # calibrated: a 2-step encoder is near chance
     select(root, SelectConfig(labels_from="seed", seed_labels=[str(seed_csv)], **small))
     record = publish_labels(root)
@@ -89,9 +90,11 @@ def test_report_renders_in_headless_chromium(labelled_root, tmp_path) -> None:
         s.startswith("data:image/png;base64,") for s in sources
     )
     assert "http://" not in page and "https://" not in page  # self-contained
+    assert "label them in review.csv" in page and "surely is not" in page  # roles explained
+    assert "<td>ups.tau_p</td>" in page and "figures rendered" not in page  # config as a table
 
     dom, screenshot = render(html_path, tmp_path)
-    check = re.search(r'id="render-check" data-rendered="(\d+)" data-total="(\d+)"', dom)
+    check = re.search(r'id="render-check"[^>]*data-rendered="(\d+)" data-total="(\d+)"', dom)
     assert check, "the page's load handler did not run"
     assert int(check[1]) == int(check[2]) == meta["images_inlined"]
     assert screenshot.std() > 10  # not a blank page

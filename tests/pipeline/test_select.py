@@ -9,10 +9,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from flows.cli import main
-from pipeline.config import SelectConfig
-from pipeline.select import read_selection, select
-from pipeline.truth import attach_keys
+from lakelabel.cli import main
+from lakelabel.pipeline.config import SelectConfig
+from lakelabel.pipeline.labels import read_selection
+from lakelabel.pipeline.select import select
+from lakelabel.pipeline.truth import attach_keys
 from tests.pipeline.conftest import clustered_copy
 
 
@@ -36,7 +37,7 @@ def small(**over) -> SelectConfig:
 def test_select_from_seed_labels_roles_metrics_review(selection_root) -> None:
     root, truth, seed_csv = selection_root
     summary = select(
-        root, small(labels_from="seed", seed_labels=[str(seed_csv)], truth=str(truth), tau_p=0.3)
+        root, small(labels_from="seed", seed_labels=[str(seed_csv)], truth=str(truth), ups={"tau_p": 0.3})
     )
     table = read_selection(root)
     assert len(table) == 400 and table.key.is_unique
@@ -68,7 +69,7 @@ def test_select_from_seed_labels_roles_metrics_review(selection_root) -> None:
             assert max(im.size) <= 96
     assert review.source_uri.notna().all() and review.label.isna().all()
     # same seed → same selection
-    select(root, small(labels_from="seed", seed_labels=[str(seed_csv)], tau_p=0.3, run_name="again"))
+    select(root, small(labels_from="seed", seed_labels=[str(seed_csv)], ups={"tau_p": 0.3}, run_name="again"))
     again = read_selection(root, "again")
     assert again.role.tolist() == table.role.tolist() and np.allclose(again.confidence, table.confidence)
 
@@ -164,10 +165,10 @@ def test_finetune_round_tunes_a_copy_and_reembeds_in_key_order(selection_root) -
 
     import torch
 
-    from models.ups import DropoutClassifier, EncoderClassifier, TrainingLabels
-    from pipeline.embed import find_embeddings, read_embeddings
-    from pipeline.finetune import finetune_round, load_finetune_encoder, reembed
-    from pipeline.truth import read_seed_labels
+    from lakelabel.data_specs.embeddings import find_embeddings, read_embeddings
+    from lakelabel.models.ups import DropoutClassifier, EncoderClassifier, TrainingLabels
+    from lakelabel.pipeline.finetune import finetune_round, load_finetune_encoder, reembed
+    from lakelabel.pipeline.truth import read_seed_labels
 
     root, _, seed_csv = selection_root
     emb = read_embeddings(find_embeddings(root))
@@ -210,7 +211,7 @@ def test_finetune_round_tunes_a_copy_and_reembeds_in_key_order(selection_root) -
 def test_select_with_finetune_from_the_cli(selection_root, capsys) -> None:
     root, truth, seed_csv = selection_root
     argv = ["select", str(root), "--labels-from", "seed", "--seed-labels", str(seed_csv), "--rounds", "2"]
-    argv += ["--epochs", "1", "--passes", "3", "--tau-p", "0.3", "--finetune", "--finetune-steps", "2"]
+    argv += ["--epochs", "1", "--passes", "3", "--ups-tau-p", "0.3", "--finetune", "--finetune-steps", "2"]
     argv += ["--finetune-batch-size", "16", "--workers", "0", "--truth", str(truth), "--run-name", "tuned"]
     assert main(argv) == 0
     summary = json.loads((root / "selections" / "tuned" / "summary.json").read_text())
@@ -225,7 +226,7 @@ def test_select_with_finetune_from_the_cli(selection_root, capsys) -> None:
 
 def test_seed_csv_mistakes_are_named_not_swallowed(selection_root, tmp_path) -> None:
     """A class name in `label`, two names for one id, rows matching no image: one clear message each."""
-    from pipeline.truth import read_seed_labels
+    from lakelabel.pipeline.truth import read_seed_labels
 
     root, _, seed_csv = selection_root
     seeds = pd.read_csv(seed_csv)
@@ -243,3 +244,31 @@ def test_seed_csv_mistakes_are_named_not_swallowed(selection_root, tmp_path) -> 
     extra.to_csv(tmp_path / "extra.csv", index=False)
     with pytest.warns(UserWarning, match="2 of 42 rows match no ingested image"):
         assert len(read_seed_labels(root, [tmp_path / "extra.csv"])) == 40
+
+
+def test_cross_fit_calibration_never_lets_a_chain_see_its_held_out_seeds() -> None:
+    """Each fold's chain of rounds trains on the other seeds and on pseudo-labels it selected itself,
+    never on its held-out rows; the temperature comes from those rows."""
+    import torch
+
+    from lakelabel.models.scan import mine_neighbours
+    from lakelabel.pipeline.select import CrossFit
+    from lakelabel.pipeline.selection import RULES
+    from tests.models.test_kmeans import blobs
+
+    unit, truth = blobs(60, 4, dim=16, spread=0.3, seed=3)
+    x = torch.from_numpy(unit) * 4.0
+    neighbours = torch.from_numpy(mine_neighbours(unit, 5))
+    rows = torch.cat([torch.nonzero(torch.from_numpy(truth) == c).squeeze(1)[:10] for c in range(4)])
+    targets = torch.from_numpy(truth)[rows]
+    seed_labels = torch.full((len(unit),), -1, dtype=torch.long).index_copy_(0, rows, targets)
+    config = small(labels_from="seed", ups={"tau_p": 0.4, "kappa_p": 1.0})
+    cross_fit = CrossFit.start(rows, targets, len(unit), 4, seed=0)
+    assert len(cross_fit.folds) == 5 and sorted(torch.cat(cross_fit.folds).tolist()) == list(range(40))
+    for r in range(2):
+        temperature = cross_fit.round(x, neighbours, RULES["ups"](config.ups), seed_labels, 4, config, r)
+        assert 0.05 <= temperature <= 20
+        for chain, fold in zip(cross_fit.chains, cross_fit.folds, strict=True):
+            held = set(rows[fold].tolist())
+            assert len(chain.pos_idx) > 32  # its 32 seeds and pseudo-labels
+            assert held.isdisjoint(chain.pos_idx.tolist()) and held.isdisjoint(chain.neg_idx.tolist())

@@ -5,7 +5,7 @@ import tarfile
 
 import pytest
 
-from pipeline.tario import END_OF_ARCHIVE, tar_member
+from lakelabel.pipeline.tario import END_OF_ARCHIVE, tar_member
 
 
 def test_members_read_back_with_tarfile():
@@ -23,7 +23,7 @@ def test_members_read_back_with_tarfile():
 
 
 def test_sample_encoder_matches_tar_member_and_reads_back():
-    from pipeline.tario import SampleEncoder
+    from lakelabel.pipeline.tario import SampleEncoder
 
     encoder = SampleEncoder(1_700_000_000)
     for key, jpeg, meta in (
