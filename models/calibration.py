@@ -11,24 +11,29 @@ import torch
 import torch.nn.functional as F
 
 
+def _fit_log_temperature(nll, iters: int) -> float:
+    """T > 0 minimising ``nll(T)`` (a scalar tensor), by L-BFGS over log T; clamped to [0.05, 20]."""
+    log_t = torch.zeros((), requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=iters, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = nll(log_t.exp())
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return float(log_t.detach().exp().clamp(0.05, 20.0))
+
+
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, iters: int = 100) -> float:
     """Temperature T minimising ``cross_entropy(logits / T, labels)`` over held-out rows ``(N, C)``."""
     if logits.shape[0] != labels.shape[0] or logits.shape[0] == 0:
         raise ValueError(
             f"need as many labels as logit rows (> 0); got {logits.shape[0]} and {labels.shape[0]}"
         )
-    log_t = torch.zeros((), requires_grad=True)
-    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=iters, line_search_fn="strong_wolfe")
     logits, labels = logits.detach().float(), labels.long()
-
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(logits / log_t.exp(), labels)
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return float(log_t.detach().exp().clamp(0.05, 20.0))
+    return _fit_log_temperature(lambda t: F.cross_entropy(logits / t, labels), iters)
 
 
 def logistic_regression(
@@ -71,17 +76,11 @@ def fit_smoothed_temperature(
             f"need as many labels and neighbour rows as held-out rows (> 0); got {rows.shape[0]}, "
             f"{labels.shape[0]} and {neighbours.shape[0]}"
         )
-    log_t = torch.zeros((), requires_grad=True)
-    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=iters, line_search_fn="strong_wolfe")
     logits, labels = logits.detach().float(), labels.long()
 
-    def closure():
-        opt.zero_grad()
-        p = F.softmax(logits / log_t.exp(), dim=-1).mean(0)
+    def nll(t: torch.Tensor) -> torch.Tensor:
+        p = F.softmax(logits / t, dim=-1).mean(0)
         q = (1 - weight) * p[rows] + weight * p[neighbours].mean(1) if weight else p[rows]
-        loss = F.nll_loss(q.clamp_min(1e-12).log(), labels)
-        loss.backward()
-        return loss
+        return F.nll_loss(q.clamp_min(1e-12).log(), labels)
 
-    opt.step(closure)
-    return float(log_t.detach().exp().clamp(0.05, 20.0))
+    return _fit_log_temperature(nll, iters)
