@@ -205,21 +205,19 @@ class CrossFit:
     targets: torch.Tensor  # (S,) their classes
     folds: list[torch.Tensor]  # indices into rows
     chains: list[TrainingLabels]
-    train_rows: list[torch.Tensor]  # (N,) bool: the seed rows each chain trains on
     held_out: list[torch.Tensor]  # (N,) bool: its fold, never a label of its chain
 
     @classmethod
     def start(cls, rows: torch.Tensor, targets: torch.Tensor, n: int, classes: int, seed: int) -> CrossFit:
         order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))
         folds = list(torch.tensor_split(order, 5))[: 5 if len(rows) <= 5000 else 1]
-        chains, train_rows, held_out = [], [], []
+        chains, held_out = [], []
         for fold in folds:
             keep = torch.ones(len(rows), dtype=torch.bool)
             keep[fold] = False
             chains.append(TrainingLabels.positives_only(rows[keep], targets[keep], classes))
-            train_rows.append(torch.zeros(n, dtype=torch.bool).index_fill_(0, rows[keep], True))
             held_out.append(torch.zeros(n, dtype=torch.bool).index_fill_(0, rows[fold], True))
-        return cls(rows, targets, folds, chains, train_rows, held_out)
+        return cls(rows, targets, folds, chains, held_out)
 
     def round(
         self,
@@ -256,10 +254,11 @@ class CrossFit:
             torch.cat([self.targets[fold] for fold in self.folds]),
             weight,
         )
-        for i, model in enumerate(models):
+        for i, (model, held_out) in enumerate(zip(models, self.held_out, strict=True)):
             model.temperature = temperature
             selection = rule.select(_mc_stats(model, x, neighbours, config, seed))
-            self.chains[i] = next_labels(selection, self.train_rows[i], seed_labels, self.held_out[i])
+            # the chain trains on every seed but its fold (seed_labels is −1 off the seed rows)
+            self.chains[i] = next_labels(selection, (seed_labels >= 0) & ~held_out, seed_labels, held_out)
         return temperature
 
 
