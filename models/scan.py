@@ -69,7 +69,7 @@ class ScanResult:
 
 
 @torch.no_grad()
-def _probs(model: nn.Module, x: torch.Tensor, batch: int = 8192) -> torch.Tensor:
+def probabilities(model: nn.Module, x: torch.Tensor, batch: int = 8192) -> torch.Tensor:
     model.eval()
     out = torch.cat([F.softmax(model(x[i : i + batch]), dim=-1) for i in range(0, x.shape[0], batch)], dim=-2)
     model.train()
@@ -124,27 +124,31 @@ def train_scan(
             log(record)
     best = int(totals.argmin()) if epochs else 0
     head = model.heads[best]
-    if self_label_epochs:
-        _self_label(
-            head,
-            x,
-            k,
-            self_label_epochs,
-            threshold,
-            feature_dropout,
-            batch_size,
-            lr,
-            weight_decay,
-            gen,
-            history,
-            log,
-        )
-    probs = _probs(head, x)
-    confidence, labels = probs.max(1)
-    return ScanResult(labels, confidence.float(), best, head, history)
+    self_label(
+        head,
+        x,
+        k,
+        self_label_epochs,
+        threshold,
+        feature_dropout,
+        batch_size,
+        lr,
+        weight_decay,
+        gen,
+        history,
+        log,
+    )
+    labels, confidence = predict(head, x)
+    return ScanResult(labels, confidence, best, head, history)
 
 
-def _self_label(
+def predict(head: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(labels, confidence)`` ``(N,)``: the head's argmax cluster and its softmax probability."""
+    confidence, labels = probabilities(head, x).max(1)
+    return labels, confidence.float()
+
+
+def self_label(
     head: nn.Module,
     x: torch.Tensor,
     k: int,
@@ -158,11 +162,12 @@ def _self_label(
     history: list[dict],
     log,
 ) -> None:
-    """SCAN §3.3: cross-entropy on the head's own confident predictions, re-derived every epoch from
-    the clean features, weighted by inverse cluster frequency; inputs see dropout (augmentation)."""
+    """SCAN §3.3 (``epochs`` of it, 0: none): cross-entropy on the head's own confident predictions,
+    re-derived every epoch from the clean features, weighted by inverse cluster frequency; inputs see
+    dropout (augmentation)."""
     optimizer = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
     for epoch in range(epochs):
-        confidence, target = _probs(head, x).max(1)
+        confidence, target = probabilities(head, x).max(1)
         confident = torch.nonzero(confidence >= threshold).squeeze(1)
         if len(confident) < batch_size:
             break

@@ -55,7 +55,7 @@ def cluster(
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "assignments.parquet").unlink(missing_ok=True)  # uncommit the old run before rewriting
 
-    inputs = ClusterInputs(emb.matrix(np.float32), config.k, config, target, log)
+    inputs = ClusterInputs(emb.matrix(np.float32), config.k, config, target, log, root=root, emb=emb)
     timings: dict[str, float] = {}
     columns: dict[str, np.ndarray] = {"key": np.asarray(emb.keys), "shard": np.asarray(emb.shards)}
     methods: dict[str, dict] = {}

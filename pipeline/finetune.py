@@ -13,10 +13,12 @@ from __future__ import annotations
 import copy
 import re
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 
 from lakelabel.data_specs.embeddings import Embeddings
 from lakelabel.models.optim import warmup_cosine
@@ -32,8 +34,16 @@ def load_finetune_encoder(root: str | Path, emb: Embeddings, config: SelectConfi
     """The encoder to fine-tune: ``config.finetune_encoder`` or the one recorded in the embeddings'
     meta, which must be the checkpoint that made them (same sha256)."""
     check_choice("precision", config.precision, PRECISIONS)
+    return embedding_encoder(root, emb, config.finetune_encoder, "finetune_encoder (--finetune-encoder)")
+
+
+def embedding_encoder(
+    root: str | Path, emb: Embeddings, name: str | None = None, option: str = ""
+) -> Encoder:
+    """The encoder that made ``emb`` (``name``, default the one in its meta), checked by sha256;
+    ``option`` names the setting that picks another in the error."""
     meta = emb.meta
-    name = config.finetune_encoder or meta["encoder"]
+    name = name or meta["encoder"]
     spec = {
         "backbone": meta["backbone"],
         "stem": "small" if meta["small_stem"] else "imagenet",
@@ -46,10 +56,10 @@ def load_finetune_encoder(root: str | Path, emb: Embeddings, config: SelectConfi
         weights = meta.get("weights") if name == meta["encoder"] else None
         encoder = load_encoder(root, name, weights, **spec)
     if encoder.sha256 != meta["encoder_sha256"]:
+        pick = f"pass {option} with the checkpoint that did, or " if option else ""
         raise ValueError(
             f"encoder {name!r} (sha256 {encoder.sha256[:12]}) did not make the embeddings "
-            f"{str(emb.directory)!r} (sha256 {meta['encoder_sha256'][:12]}); pass finetune_encoder "
-            "(--finetune-encoder) with the checkpoint that did, or embed with this one first"
+            f"{str(emb.directory)!r} (sha256 {meta['encoder_sha256'][:12]}); {pick}embed with this one first"
         )
     return encoder
 
@@ -105,46 +115,92 @@ def finetune_round(
         {"params": model.head.parameters(), "lr": config.lr},
     ]
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
-    base_lrs = [g["lr"] for g in optimizer.param_groups]
-    started, step, images, losses = time.perf_counter(), 0, 0, []
-    model.train()
-    for batch in data.loader(config.finetune_batch_size, workers):  # endless: bounded by steps
-        for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
-            group["lr"] = warmup_cosine(step, config.finetune_steps, 0, lr)
-        x = batch["image"].to(dev, non_blocking=True)
-        if dev.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(config.precision, dev):
-            logits = model(x).float()
-        loss = pseudo_label_loss(logits, batch["label"].to(dev), batch["negatives"].to(dev))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        step, images = step + 1, images + len(x)
-        losses.append(float(loss.detach()))
-        if step >= config.finetune_steps:
-            break
-    if step < config.finetune_steps:
-        raise RuntimeError(f"no training image of this round was found in {len(shards)} shard(s)")
+    started = time.perf_counter()
+    losses = train_steps(
+        model,
+        data.loader(config.finetune_batch_size, workers),
+        config.finetune_steps,
+        optimizer,
+        lambda logits, batch: pseudo_label_loss(
+            logits, batch["label"].to(logits.device), batch["negatives"].to(logits.device)
+        ),
+        config.precision,
+        dev,
+    )
     train_seconds = time.perf_counter() - started
-    tenth = max(1, step // 10)
-    features = reembed(model, emb, root, config, dev)
+    features = reembed(
+        model, emb, root, 2 * config.finetune_batch_size, config.workers, config.precision, dev
+    )
     record = {
-        "finetune_steps": step,
-        "finetune_images": images,
-        "finetune_seconds": round(train_seconds, 1),
-        "finetune_images_per_s": round(images / train_seconds, 1),
-        # mean loss of the first and of the last tenth of the steps
-        "finetune_loss_start": round(sum(losses[:tenth]) / tenth, 4),
-        "finetune_loss_end": round(sum(losses[-tenth:]) / tenth, 4),
+        **training_record("finetune", losses, config.finetune_batch_size, train_seconds),
         "reembed_seconds": round(time.perf_counter() - started - train_seconds, 1),
         "device": str(dev),
     }
     return FinetuneResult(model.head.cpu(), features, record)
 
 
+def train_steps(
+    model: nn.Module,
+    batches: Iterable[dict],
+    steps: int,
+    optimizer: torch.optim.Optimizer,
+    loss_of: Callable[[torch.Tensor, dict], torch.Tensor],
+    precision: str,
+    dev: torch.device,
+    log: Callable[[dict], None] | None = None,
+    keep_norm_statistics: bool = False,
+) -> list[float]:
+    """``steps`` optimiser steps of ``model`` on image ``batches`` (cosine decay of each group's lr;
+    autocast and channels_last on CUDA); ``loss_of(logits, batch)``. Returns the losses.
+    ``keep_norm_statistics``: batch-norm layers normalise with their stored statistics and do not
+    update them (their affine parameters still train)."""
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    losses: list[float] = []
+    model.train()
+    if keep_norm_statistics:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+    for batch in batches:  # endless streams: bounded by steps
+        for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
+            group["lr"] = warmup_cosine(len(losses), steps, 0, lr)
+        x = batch["image"].to(dev, non_blocking=True)
+        if dev.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(precision, dev):
+            logits = model(x).float()
+        loss = loss_of(logits, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+        if log and (len(losses) % max(1, steps // 20) == 0 or len(losses) == steps):
+            log({"step": len(losses), "steps": steps, "loss": round(losses[-1], 4)})
+        if len(losses) == steps:
+            break
+    if len(losses) < steps:
+        raise RuntimeError(f"the image stream ended after {len(losses)} of {steps} steps")
+    return losses
+
+
+def training_record(prefix: str, losses: list[float], batch_size: int, seconds: float) -> dict:
+    """Steps, images, seconds, images/s and the mean loss of the first and of the last tenth of the steps."""
+    tenth = max(1, len(losses) // 10)
+    images = len(losses) * batch_size
+    return {
+        f"{prefix}_steps": len(losses),
+        f"{prefix}_images": images,
+        f"{prefix}_seconds": round(seconds, 1),
+        f"{prefix}_images_per_s": round(images / seconds, 1),
+        f"{prefix}_loss_start": round(sum(losses[:tenth]) / tenth, 4),
+        f"{prefix}_loss_end": round(sum(losses[-tenth:]) / tenth, 4),
+    }
+
+
 @torch.no_grad()
-def reembed(model: EncoderClassifier, emb: Embeddings, root: Path, config: SelectConfig, dev) -> torch.Tensor:
+def reembed(
+    model: EncoderClassifier, emb: Embeddings, root: Path, batch_size: int, workers: int, precision: str, dev
+) -> torch.Tensor:
     """Features of every row of ``emb`` (its key order) through the tuned backbone."""
     model.eval()
     row_of = {key: i for i, key in enumerate(emb.keys)}
@@ -153,12 +209,12 @@ def reembed(model: EncoderClassifier, emb: Embeddings, root: Path, config: Selec
     shards = [str(root / "shards" / s) for s in sorted(set(emb.shards))]
     meta = emb.meta
     transform = eval_transform(int(meta["image_size"]), meta.get("mean", MEAN), meta.get("std", STD))
-    loader = eval_loader(shards, transform, 2 * config.finetune_batch_size, config.workers, set(row_of))
+    loader = eval_loader(shards, transform, batch_size, workers, set(row_of))
     for images, keys in loader:
         images = images.to(dev, non_blocking=True)
         if dev.type == "cuda":
             images = images.contiguous(memory_format=torch.channels_last)
-        with autocast(config.precision, dev):
+        with autocast(precision, dev):
             out = model.features(images).float().cpu()
         index = torch.as_tensor([row_of[k] for k in keys])
         features[index] = out

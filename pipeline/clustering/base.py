@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,6 +48,10 @@ class ClusterInputs:
     target: Any = None  # torch.Tensor (K,) or None
     log: Callable[[dict], None] | None = None
     cache: dict = field(default_factory=dict)
+    root: Path | None = None  # the lake ROOT and
+    emb: Any = (
+        None  # the Embeddings ``x`` came from: for methods that read the shards (SCAN's encoder update)
+    )
 
     @property
     def n(self) -> int:

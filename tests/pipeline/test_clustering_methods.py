@@ -3,6 +3,8 @@ by adding its file, its registry entry and its columns in data_specs/clusters.py
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -78,3 +80,13 @@ def test_flat_keys_of_the_old_layout_move_into_their_block() -> None:
     with pytest.warns(DeprecationWarning, match="cluster.heads is now cluster.sela.heads"):
         config = ClusterConfig(heads=2, sela={"epochs": 3})
     assert config.sela.heads == 2 and config.sela.epochs == 3
+
+
+def test_scan_encoder_update_needs_the_shards_and_a_known_precision() -> None:
+    x, _ = blobs()
+    config = ClusterConfig(k=K, methods=["scan"], scan=SMALL["scan"] | {"encoder_epochs": 1.0})
+    with pytest.raises(ValueError, match="needs the lake's shards"):
+        METHODS["scan"](config.scan).run(ClusterInputs(x, K, config))
+    config.scan.precision = "fp8"
+    with pytest.raises(ValueError, match="fp8"):  # before any training
+        METHODS["scan"](config.scan).run(ClusterInputs(x, K, config, root=Path("."), emb=object()))

@@ -159,3 +159,23 @@ def test_cli_embed_cluster_eval(cifar_root, tmp_path, capsys) -> None:
     assert main(["eval", str(root), "--truth", str(truth), "--run", "missing"]) == 2
     assert "committed runs: r5" in capsys.readouterr().err
     assert main(["cluster", str(root), "--k", "1"]) == 2
+
+
+def test_scan_can_update_the_encoder_on_the_shards(cifar_root, tmp_path) -> None:
+    src, truth, _ = cifar_root
+    root = tmp_path / "root"
+    shutil.copytree(src, root)
+    embed(root, EmbedConfig(encoder="tiny", workers=0))
+    scan = {"neighbours": 5, "heads": 1, "epochs": 3, "self_label_epochs": 2, "batch_size": 64}
+    frozen = ClusterConfig(k=10, methods=["scan"], scan=scan)
+    cluster(root, frozen)
+    before = read_assignments(root).column("scan").to_numpy()
+    update = {"encoder_epochs": 2.0, "encoder_batch_size": 32, "encoder_lr": 1e-3, "workers": 0}
+    summary = cluster(root, ClusterConfig(k=10, methods=["scan"], scan=scan | update))
+    record = summary["methods"]["scan"]["encoder_update"]
+    assert record["encoder"] == "tiny" and record["encoder_steps"] == 25  # 2 passes over 400 images
+    assert record["encoder_images"] == 25 * 32 and record["device"] == "cpu"
+    assert record["encoder_loss_end"] < record["encoder_loss_start"]
+    after = read_assignments(root).column("scan").to_numpy()
+    assert len(after) == 400 and not np.array_equal(before, after)  # labels of the tuned features
+    assert evaluate_clusters(root, truth)["columns"]["scan"]["acc"] > 0.1

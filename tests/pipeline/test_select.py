@@ -180,7 +180,9 @@ def test_finetune_round_tunes_a_copy_and_reembeds_in_key_order(selection_root) -
         copy.deepcopy(encoder.module), encoder.dim, DropoutClassifier(encoder.dim, 10)
     )
     stored = torch.from_numpy(emb.matrix()) * encoder.dim**0.5
-    assert torch.allclose(reembed(untouched, emb, root, config, torch.device("cpu")), stored, atol=0.05)
+    assert torch.allclose(
+        reembed(untouched, emb, root, 32, 0, config.precision, torch.device("cpu")), stored, atol=0.05
+    )
 
     seeds = read_seed_labels(root, [str(seed_csv)])
     row = {k: i for i, k in enumerate(emb.keys)}
