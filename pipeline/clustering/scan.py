@@ -93,7 +93,7 @@ class Scan(ClusteringMethod):
         summary: dict = {"head": scan.head, "history": scan.history}
         labels, confidence = scan.labels, scan.confidence
         if s.encoder_epochs:
-            features, summary["encoder_update"] = _update_encoder(inputs, scan.model, neighbours, s)
+            features, summary["encoder_update"] = _update_encoder(inputs, x, scan.model, neighbours, s)
             gen = torch.Generator().manual_seed(seed)
             head = scan.model.train()
             self_label(
@@ -118,9 +118,9 @@ class Scan(ClusteringMethod):
         )
 
 
-def _update_encoder(inputs: ClusterInputs, head, neighbours: np.ndarray, s: ScanSettings):
+def _update_encoder(inputs: ClusterInputs, x, head, neighbours: np.ndarray, s: ScanSettings):
     """Train a copy of the embeddings' encoder + ``head`` with the SCAN loss against a memory bank of
-    predictions (initialised from ``head`` on the frozen embeddings); returns the re-embedded
+    predictions (initialised from ``head`` on the frozen embeddings ``x``, unit norm × √dim); returns the re-embedded
     features ``(N, dim)`` (unit norm × √dim, the embeddings' row order) and a record."""
     import copy
 
@@ -138,7 +138,6 @@ def _update_encoder(inputs: ClusterInputs, head, neighbours: np.ndarray, s: Scan
     encoder = embedding_encoder(root, emb)
     seed = inputs.config.seed
     torch.manual_seed(seed)
-    x = torch.from_numpy(inputs.x) * float(np.sqrt(inputs.x.shape[1]))
     bank = probabilities(head, x)  # (N, K), on the CPU
     model = EncoderClassifier(copy.deepcopy(encoder.module), encoder.dim, head).to(dev)
     if dev.type == "cuda":
