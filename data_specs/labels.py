@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
+import warnings
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ LABELS_SCHEMA = pa.schema(
         pa.field("thresholds", pa.string(), nullable=False),
         pa.field("encoder_sha256", pa.string(), nullable=False),
         pa.field("run_id", pa.string(), nullable=False),
-        pa.field("created_at", pa.timestamp("ms", tz="UTC"), nullable=False),
+        pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
     ],
     metadata={"lakelabel.contract": "labels", "lakelabel.schema_version": LABELS_SCHEMA_VERSION},
 )
@@ -87,6 +88,11 @@ class LabelsNotFound(FileNotFoundError):
     """No label table, no committed run, or not the one asked for."""
 
 
+class LabelTableWarning(UserWarning):
+    """The label table holds something lakelabel did not publish (a run without its commit record,
+    a column the contract does not know, rows a run's record does not count)."""
+
+
 def default_dest(root: str | Path) -> str:
     return str(Path(root) / "labels")
 
@@ -120,6 +126,13 @@ def has_old_layout(dest: str, storage_options: dict | None = None) -> bool:
     return fs.exists(f"{path.rstrip('/')}/_commits")
 
 
+def schema_difference(table) -> tuple[list[str], list[str]]:
+    """``(unknown, missing)``: the columns of a ``DeltaTable`` the contract does not have, and the
+    contract's columns it lacks."""
+    names = [field.name for field in table.schema().fields]
+    return sorted(set(names) - set(LABELS_SCHEMA.names)), [n for n in LABELS_SCHEMA.names if n not in names]
+
+
 def open_label_table(
     dest: str, storage_options: dict | None = None, version: int | str | datetime | None = None
 ):
@@ -144,43 +157,137 @@ def open_label_table(
             f"label table {dest!r} has schema version {written!r}, this lakelabel reads and writes "
             f"{LABELS_SCHEMA_VERSION!r}: run `lakelabel labels migrate {dest}`"
         )
+    unknown, missing = schema_difference(table)
+    if missing:
+        raise ContractError(
+            f"label table {dest!r} lacks the contract's column(s) {missing} (another writer replaced its "
+            "schema); it cannot be read as lakelabel labels"
+        )
+    if unknown:
+        warnings.warn(
+            f"label table {dest!r} has column(s) {unknown} that the contract (data_specs/labels.md) does "
+            "not know; lakelabel reads only the contract's columns",
+            LabelTableWarning,
+            stacklevel=2,
+        )
     if version is not None:
-        table.load_as_version(version)
+        _load_version(table, dest, version)
     return table
 
 
-def run_ids(table) -> list[str]:
-    """The runs a ``DeltaTable`` (at its loaded version) holds, oldest first (ids sort by time)."""
-    return sorted({p["run_id"] for p in table.partitions()})
+def _load_version(table, dest: str, version: int | str | datetime) -> None:
+    """Time travel ``table`` to ``version``, or :class:`LabelsNotFound` naming what the table has."""
+    from deltalake.exceptions import DeltaError
+
+    newest = table.version()
+    at = version
+    if isinstance(version, str):
+        try:
+            at = datetime.fromisoformat(version)
+        except ValueError:
+            at = None  # (named below)
+    if isinstance(at, datetime):
+        at = at if at.tzinfo else at.astimezone()  # a naive time is local time
+        first = min(table.history(), key=lambda c: c["version"])
+        if at.timestamp() * 1000 < first["timestamp"]:
+            began = datetime.fromtimestamp(first["timestamp"] / 1000, UTC).isoformat()
+            raise LabelsNotFound(f"label table {dest!r} did not exist at {at.isoformat()} (it began {began})")
+    elif isinstance(at, bool) or not isinstance(at, int) or at < 0:
+        raise ValueError(
+            f"a table version is a number from 0, an ISO timestamp or a datetime, got {version!r}"
+        )
+    try:
+        table.load_as_version(at)
+    except DeltaError:
+        raise LabelsNotFound(
+            f"label table {dest!r} has no version {version!r} (its newest is {newest})"
+        ) from None
+
+
+def _commit_records(table) -> dict[str, dict[str, Any]]:
+    """run id → its publish's lineage record (with ``version`` and ``committed_at``), from the commits
+    up to the table's loaded version."""
+    records: dict[str, dict[str, Any]] = {}
+    for commit in table.history():
+        record = commit.get(COMMIT_KEY)
+        if isinstance(record, str):
+            record = json.loads(record)
+        if isinstance(record, dict) and "run_id" in record and commit["version"] <= table.version():
+            committed = datetime.fromtimestamp(commit["timestamp"] / 1000).astimezone().isoformat()
+            records[record["run_id"]] = {**record, "version": commit["version"], "committed_at": committed}
+    return records
+
+
+def table_rows(table) -> dict[str, int]:
+    """run id → its rows in the table at its loaded version (from the Delta log's file statistics)."""
+    import pyarrow as pa
+
+    actions = pa.table(table.get_add_actions(flatten=True))
+    if not actions.num_rows:
+        return {}
+    rows: dict[str, int] = {}
+    for run, n in zip(
+        actions.column("partition.run_id").to_pylist(), actions.column("num_records").to_pylist(), strict=True
+    ):
+        rows[run] = rows.get(run, 0) + int(n or 0)
+    return rows
+
+
+def published_runs(table, dest: str) -> list[dict[str, Any]]:
+    """The runs a ``DeltaTable`` holds at its loaded version, in commit order (the newest last: the
+    latest labels), each its publish's lineage record with ``version``, ``committed_at`` and ``rows``
+    counted in the table. A run without a commit record (written by another writer) is left out and
+    named in a :class:`LabelTableWarning`, as is a run whose rows differ from its record."""
+    rows = table_rows(table)
+    records = _commit_records(table)
+    foreign = sorted(set(rows) - set(records))
+    if foreign:
+        warnings.warn(
+            f"label table {dest!r} holds run(s) {foreign} that no lakelabel publish recorded (another "
+            "writer appended them); they are not label runs and never the latest",
+            LabelTableWarning,
+            stacklevel=2,
+        )
+    runs = sorted((records[run] | {"rows": n} for run, n in rows.items() if run in records), key=_by_version)
+    for run in runs:
+        recorded = records[run["run_id"]]["rows"]
+        if run["rows"] != recorded:
+            warnings.warn(
+                f"label run {run['run_id']!r} in {dest!r} holds {run['rows']} rows, its publish recorded "
+                f"{recorded} (another writer changed it)",
+                LabelTableWarning,
+                stacklevel=2,
+            )
+    return runs
+
+
+def _by_version(record: dict[str, Any]) -> int:
+    return record["version"]
+
+
+def run_ids(table, dest: str = "the label table") -> list[str]:
+    """The published runs a ``DeltaTable`` holds at its loaded version, in commit order (newest last)."""
+    return [run["run_id"] for run in published_runs(table, dest)]
 
 
 def _committed_runs(table, dest: str) -> list[str]:
     """:func:`run_ids`, or :class:`LabelsNotFound` when the table holds none."""
-    runs = run_ids(table)
+    runs = run_ids(table, dest)
     if not runs:
         raise LabelsNotFound(f"no committed label run under {dest!r}; run `lakelabel publish` first")
     return runs
 
 
 def latest_run(dest: str, storage_options: dict | None = None) -> str:
-    """The newest committed run id."""
+    """The newest committed run id: the run of the newest publish commit (Delta version order)."""
     return _committed_runs(open_label_table(dest, storage_options), dest)[-1]
 
 
 def list_runs(dest: str, storage_options: dict | None = None) -> list[dict[str, Any]]:
-    """One record per published run still in the table, oldest first: its lineage (rows, roles,
-    thresholds, encoder, selection config) from its commit, plus ``version`` and ``committed_at``."""
-    table = open_label_table(dest, storage_options)
-    present = set(run_ids(table))
-    records = []
-    for commit in table.history():
-        record = commit.get(COMMIT_KEY)
-        if isinstance(record, str):
-            record = json.loads(record)
-        if isinstance(record, dict) and record.get("run_id") in present:
-            committed = datetime.fromtimestamp(commit["timestamp"] / 1000).astimezone().isoformat()
-            records.append({**record, "version": commit["version"], "committed_at": committed})
-    return sorted(records, key=lambda r: r["run_id"])
+    """One record per published run still in the table, in commit order (newest last): its lineage
+    (thresholds, encoder, selection config, roles) from its commit, plus ``version``, ``committed_at``
+    and ``rows`` as the table holds them."""
+    return published_runs(open_label_table(dest, storage_options), dest)
 
 
 def read_commit(dest: str, run_id: str | None = None, storage_options: dict | None = None) -> dict[str, Any]:
@@ -215,15 +322,24 @@ def read_labels(
         raise LabelsNotFound(
             f"label run {run_id!r} is not committed under {dest!r}{at} (committed: {', '.join(runs)})"
         )
-    if "://" in dest and not dest.startswith("file://"):
-        rows = table.to_pyarrow_table(filters=[("run_id", "=", run_id)])
-    else:
-        # locally DataFusion (delta-rs) reads the files natively: ``to_pyarrow_table`` scans through a
-        # Python filesystem handler whose read-ahead threads now and then abort the interpreter at exit
-        # ("terminate called without an active exception": 9 exits in 20 under load, 0 in 20 this way).
-        # On S3 DataFusion's ranged GETs fail against moto's server, so object stores keep the scan.
-        sql = "SELECT * FROM labels WHERE run_id = '{}'".format(run_id.replace("'", "''"))
-        rows = pa.table(QueryBuilder().register("labels", table).execute(sql).read_all())
+    try:
+        if "://" in dest and not dest.startswith("file://"):
+            rows = table.to_pyarrow_table(filters=[("run_id", "=", run_id)], columns=LABELS_SCHEMA.names)
+        else:
+            # locally DataFusion (delta-rs) reads the files natively: ``to_pyarrow_table`` scans through a
+            # Python filesystem handler whose read-ahead threads now and then abort the interpreter at exit
+            # ("terminate called without an active exception": 9 exits in 20 under load, 0 in 20 this way).
+            # On S3 DataFusion's ranged GETs fail against moto's server, so object stores keep the scan.
+            columns = ", ".join(f'"{name}"' for name in LABELS_SCHEMA.names)
+            sql = "SELECT {} FROM labels WHERE run_id = '{}'".format(columns, run_id.replace("'", "''"))
+            rows = pa.table(QueryBuilder().register("labels", table).execute(sql).read_all())
+    except Exception as exc:  # a data file gone: the version predates a vacuum
+        if "not found" not in str(exc).lower() and not isinstance(exc, FileNotFoundError):
+            raise
+        raise LabelsNotFound(
+            f"version {table.version()} of {dest!r} can no longer be read: `lakelabel labels vacuum` removed "
+            "its files"
+        ) from None
     return validate_labels(rows.select(LABELS_SCHEMA.names).cast(LABELS_SCHEMA))  # (cast sets the metadata)
 
 

@@ -6,13 +6,20 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from lakelabel.flows.runners import make_task_runner
+from lakelabel.flows.runners import make_task_runner, retry_unless_deterministic
 from lakelabel.pipeline.config import EmbedConfig, RunnerConfig
 from lakelabel.pipeline.embed import embed
 from lakelabel.pipeline.shard_data import list_shards
 
 
-@task(name="embed-shards", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE, persist_result=False)
+@task(
+    name="embed-shards",
+    retries=2,
+    retry_delay_seconds=5,
+    retry_condition_fn=retry_unless_deterministic,
+    cache_policy=NO_CACHE,
+    persist_result=False,
+)
 def embed_shards_task(root: str, config: EmbedConfig, shards: list[str]) -> dict:
     return embed(root, config, shards=shards)
 

@@ -8,6 +8,25 @@ from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTa
 
 from lakelabel.pipeline.config import RunnerConfig
 
+#: errors that a retry cannot change: a bad value or contract, a missing input, a path under a file
+#: (ConfigError and ContractError are ValueErrors, LabelsNotFound a FileNotFoundError)
+DETERMINISTIC_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    TypeError,
+    KeyError,
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+)
+
+
+def retry_unless_deterministic(task, task_run, state) -> bool:
+    """Prefect's ``retry_condition_fn`` for lakelabel's tasks: retry what may pass (a lost worker, a
+    flaky store, a commit race), never an error that would only come again."""
+    return not isinstance(state.data, DETERMINISTIC_ERRORS)
+
 
 def make_task_runner(config: RunnerConfig) -> TaskRunner:
     """The task runner ``config`` names; a Dask address always means Dask."""

@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from importlib.util import find_spec
 
@@ -324,10 +325,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Prefect's 20 s default for the ephemeral server timed out on a loaded 2-core machine
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     signal.signal(signal.SIGINT, _stop_now)  # Prefect turns Ctrl-C into minutes of retries
-    from lakelabel.flows.curate import curate_flow
     from lakelabel.pipeline.config import load_config
 
     config = load_config(args.config or DEMO_CONFIG, source=args.source, root=args.root)
+    check_run_inputs(config)  # before Prefect: a bad path fails in a second, not after the stages
+    from lakelabel.flows.server import start_temporary_server
+
+    start_temporary_server()  # (before Prefect loads: it reads PREFECT_API_URL once)
+    from lakelabel.flows.curate import curate_flow
+
     result = curate_flow(config)
     print("seconds:  " + ", ".join(f"{stage} {t:g}" for stage, t in result["timings"].items()))
     print(f"shards:   {os.path.abspath(result['shards'])}")
@@ -352,12 +358,27 @@ def _stop_now(signum: int, frame: object) -> None:
 
     for child in multiprocessing.active_children():
         child.terminate()
-    server = sys.modules.get("prefect.server.api.server")
-    for instance in list(getattr(getattr(server, "SubprocessASGIServer", None), "_instances", {}).values()):
-        process = getattr(instance, "server_process", None)
-        if process is not None:
-            process.terminate()
+    server = getattr(sys.modules.get("lakelabel.flows.server"), "SERVER", None)
+    if server is not None:
+        server.terminate()
     os._exit(130)
+
+
+def check_run_inputs(config) -> None:
+    """What `lakelabel run` reads and where it writes, checked before any stage: the source, the
+    seed and truth CSVs, ROOT and the label table's folder (neither may be or lie under a file)."""
+    from lakelabel.pipeline.inputs import input_file, output_folder, output_url
+    from lakelabel.pipeline.lake import resolve_source
+
+    output_folder(config.root, "root")
+    if config.labels_dest:
+        output_url(config.labels_dest, "labels_dest")
+    if config.source is not None:
+        resolve_source(config.source, config.ingest.storage_options)
+    for csv in config.select.seed_labels:
+        input_file(csv, "seed-label CSV (select.seed_labels)")
+    if config.select.truth:
+        input_file(config.select.truth, "truth CSV (select.truth)")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -579,21 +600,45 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(exc: BaseException) -> str:
+    """An error's message on one line (some libraries' span several)."""
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        return f"{exc.strerror}: {exc.filename!r}"  # e.g. ROOT lies under a file: say which path
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line each (``lakelabel: warning: …``), not Python's file:line form."""
+    print(f"lakelabel: warning: {_one_line(Warning(message))}", file=sys.stderr)
+
+
+#: errors whose message says all: the bad value, file or state (ConfigError and ContractError are
+#: ValueErrors, LabelsNotFound a FileNotFoundError)
+EXPECTED_ERRORS = (ValueError, RuntimeError, OSError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    warnings.showwarning = _show_warning
     try:
         code = args.func(args)
-    except (ValueError, RuntimeError, FileNotFoundError) as exc:  # ConfigError is a ValueError
-        print(f"lakelabel {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as exc:
-        # e.g. ROOT is a file, or lies under one: say which path, not a traceback
-        print(f"lakelabel {args.command}: error: {exc.strerror}: {exc.filename!r}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:  # outputs are committed temp-then-rename: a re-run resumes
         print(f"lakelabel {args.command}: interrupted; run it again to resume", file=sys.stderr)
         return 130
+    except Exception as exc:
+        message = _one_line(exc)
+        if not isinstance(exc, EXPECTED_ERRORS):  # a library's own error: its traceback to a file
+            import tempfile
+            import traceback
+
+            with tempfile.NamedTemporaryFile(
+                "w", prefix=f"lakelabel-{args.command}-", suffix=".log", delete=False
+            ) as log:
+                traceback.print_exc(file=log)
+            message = f"{type(exc).__name__}: {message} (traceback in {log.name})"
+        print(f"lakelabel {args.command}: error: {message}", file=sys.stderr)
+        return 2
     return code
 
 

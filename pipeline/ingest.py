@@ -57,7 +57,14 @@ from lakelabel.pipeline.ingest_worker import (
     process_batch,
     set_parent_death_signal,
 )
-from lakelabel.pipeline.lake import LakeFile, SourceSpec, file_uri, iter_lake_chunks, resolve_source
+from lakelabel.pipeline.lake import (
+    LakeFile,
+    SourceSpec,
+    file_uri,
+    iter_lake_chunks,
+    resolve_source,
+    stored_uris,
+)
 from lakelabel.pipeline.lake_index import INDEX_DIR, IndexedUnit, LakeIndex, uri_digests
 from lakelabel.pipeline.tario import END_OF_ARCHIVE
 
@@ -648,7 +655,9 @@ def pending_batches(
     batch: list[WorkItem] = []
     for plain, others in chunks:
         if plain:
-            items = [(_FILE_PREFIX + path, path, None) for path in plain]
+            items = [
+                (uri, path, None) for uri, path in zip(stored_uris(_FILE_PREFIX, plain), plain, strict=True)
+            ]
             if check_done:
                 done = lake_index.resolved([item[0] for item in items])
                 items = [item for item, d in zip(items, done, strict=True) if not d]

@@ -11,9 +11,13 @@ conversion of the pre-Delta layout: ``data_specs/labels.py``, :func:`vacuum_labe
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
+import random
+import time
+import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,15 +33,19 @@ from lakelabel.data_specs.labels import (
     TABLE_DESCRIPTION,
     TABLE_NAME,
     LabelsNotFound,
+    LabelTableWarning,
     default_dest,
     delta_options,
     has_old_layout,
     open_label_table,
-    read_commit,
+    published_runs,
     run_ids,
+    schema_difference,
     validate_labels,
 )
 from lakelabel.data_specs.manifest import MANIFEST_SCHEMA
+from lakelabel.data_specs.validation import ContractError
+from lakelabel.pipeline.inputs import manifest_of
 
 __all__ = ["LabelsNotFound", "build_label_table", "migrate_labels", "publish_labels", "vacuum_labels"]
 
@@ -48,7 +56,7 @@ def build_label_table(root: str | Path, selection_run: str = "default", run_id: 
     selection = read_selection(root, selection_run)
     summary = json.loads((root / "selections" / selection_run / "summary.json").read_text())
     manifest = pq.read_table(
-        root / "manifest", columns=["key", "sha256", "source_uri", "status"], schema=MANIFEST_SCHEMA
+        manifest_of(root), columns=["key", "sha256", "source_uri", "status"], schema=MANIFEST_SCHEMA
     )
     manifest = manifest.to_pandas()
     manifest = manifest[manifest.status == "sharded"].drop_duplicates("key").set_index("key")
@@ -93,48 +101,104 @@ def build_label_table(root: str | Path, selection_run: str = "default", run_id: 
 
 
 def _content_hash(table: pa.Table) -> str:
+    """SHA-256 of a run's rows without its id and time: equal for an unchanged selection."""
     cols = [c for c in table.column_names if c not in ("run_id", "created_at")]
     buffer = io.BytesIO()
     pq.write_table(table.select(cols), buffer)
-    return hashlib.sha256(buffer.getvalue()).hexdigest()[:8]
+    return hashlib.sha256(buffer.getvalue()).hexdigest()
 
 
-def _existing(dest: str, storage_options: dict | None):
-    """The label table at ``dest``, or None where none was created yet."""
-    try:
-        return open_label_table(dest, storage_options)
-    except LabelsNotFound:
-        return None
+#: how often a publish tries its commit again after losing a race (with backoff), and the longest wait
+COMMIT_ATTEMPTS, MAX_BACKOFF_S = 12, 5.0
 
 
-def _append(dest: str, table: pa.Table, record: dict, storage_options: dict | None, existing) -> int:
-    """Append one validated run as one Delta commit with ``record`` as its lineage to ``existing``
-    (the open table, or None to create it); returns the commit's version."""
+def _retry_wait(attempt: int) -> None:
+    time.sleep(min(MAX_BACKOFF_S, 0.05 * 2**attempt) * (0.5 + random.random()))
+
+
+def create_label_table(dest: str, storage_options: dict | None = None):
+    """The label table at ``dest``, created empty (version 0: schema, partitioning, description) when
+    there is none. Idempotent under races: a creation that loses to another publisher's is not retried
+    as a second "create" commit (which would replace the table's metadata); the winner's table is
+    opened instead."""
+    from deltalake import CommitProperties, DeltaTable
+    from deltalake.exceptions import DeltaError
+
+    for attempt in range(COMMIT_ATTEMPTS):
+        with contextlib.suppress(LabelsNotFound):
+            return open_label_table(dest, storage_options)
+        try:
+            return DeltaTable.create(
+                dest,
+                LABELS_SCHEMA,
+                mode="error",
+                partition_by=["run_id"],
+                name=TABLE_NAME,
+                description=TABLE_DESCRIPTION.format(version=LABELS_SCHEMA_VERSION),
+                storage_options=delta_options(storage_options),
+                commit_properties=CommitProperties(max_commit_retries=0),
+            )
+        except DeltaError:  # another publisher created it first (or is creating it): open theirs
+            _retry_wait(attempt)
+    return open_label_table(dest, storage_options)
+
+
+def _publish_id(digest: str) -> str:
+    """The Delta application-transaction id of a run's content: a commit carrying it conflicts with a
+    concurrent commit carrying the same, so one selection published twice at once lands once."""
+    return f"lakelabel-publish-{digest}"
+
+
+def _append(dest: str, table: pa.Table, record: dict, storage_options: dict | None) -> dict[str, Any] | None:
+    """Append one validated run as one Delta commit with ``record`` as its lineage; returns the commit's
+    version, or the record of a run of the same content already there (then nothing is written).
+    A commit that loses a race is tried again (bounded, with backoff); the content check is part of
+    the commit, through the Delta transaction id of the content digest."""
     from deltalake import CommitProperties, write_deltalake
+    from deltalake.exceptions import CommitFailedError
+    from deltalake.transaction import Transaction
 
-    before = existing.version() if existing is not None else -1
-    write_deltalake(
-        existing if existing is not None else dest,
-        validate_labels(table),
-        mode="append",  # the schema must match the table's: a difference is an error, never a merge
-        partition_by=["run_id"],
-        name=TABLE_NAME if existing is None else None,
-        description=TABLE_DESCRIPTION.format(version=LABELS_SCHEMA_VERSION) if existing is None else None,
-        storage_options=delta_options(storage_options),
-        commit_properties=CommitProperties(custom_metadata={COMMIT_KEY: record}, max_commit_retries=50),
+    app_id = _publish_id(record["content_sha256"])
+    for attempt in range(COMMIT_ATTEMPTS):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", LabelTableWarning)  # (an unknown column is an error below)
+            delta = create_label_table(dest, storage_options)
+        unknown, _ = schema_difference(delta)
+        if unknown:
+            raise ContractError(
+                f"label table {dest!r} has column(s) {unknown} the contract does not know (another writer "
+                "changed its schema); lakelabel publishes only to tables of the contract's schema"
+            )
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", LabelTableWarning)  # a run nobody published: refuse, say which
+            try:
+                runs = published_runs(delta, dest)
+            except LabelTableWarning as foreign:
+                raise ContractError(f"{foreign}; publish refuses such a table") from None
+        digest = record["content_sha256"]  # (runs published before 0.2 recorded its first 8 digits)
+        same = [run for run in runs if digest.startswith(run.get("content_sha256") or run["run_id"][-8:])]
+        if same:
+            return {**same[-1], "skipped": True}
+        published_before = delta.transaction_version(app_id) or 0  # (a vacuum may have removed that run)
+        try:
+            write_deltalake(
+                delta,
+                validate_labels(table),
+                mode="append",  # the schema must match the table's: a difference is an error, never a merge
+                storage_options=delta_options(storage_options),
+                commit_properties=CommitProperties(
+                    custom_metadata={COMMIT_KEY: record},
+                    max_commit_retries=50,
+                    app_transactions=[Transaction(app_id, published_before + 1)],
+                ),
+            )
+        except CommitFailedError:  # the same content landed meanwhile, or the retries ran out
+            _retry_wait(attempt)
+            continue
+        return {**record, "version": delta.version(), "skipped": False}
+    raise RuntimeError(
+        f"publishing to {dest!r} lost {COMMIT_ATTEMPTS} commit races in a row; nothing was added, try again"
     )
-    return _version_of(dest, record["run_id"], storage_options, before)
-
-
-def _version_of(dest: str, run_id: str, storage_options: dict | None, after: int) -> int:
-    """The first table version after ``after`` that holds ``run_id``: its commit (other publishers
-    may have committed before and after it)."""
-    table = open_label_table(dest, storage_options)
-    for version in range(after + 1, table.version() + 1):
-        table.load_as_version(version)
-        if run_id in run_ids(table):
-            return version
-    raise RuntimeError(f"label run {run_id} was written to {dest!r} but no version holds it")
 
 
 def publish_labels(
@@ -144,27 +208,21 @@ def publish_labels(
     storage_options: dict | None = None,
 ) -> dict[str, Any]:
     """Publish ``ROOT/selections/<selection_run>`` as a new run (one Delta commit); returns its
-    lineage record with the table ``version`` it landed as."""
+    lineage record with the table ``version`` it landed as (``skipped``: the same content was there)."""
     dest = dest or default_dest(root)
+    table = build_label_table(root, selection_run)  # checks the selection and the manifest first
     if has_old_layout(dest, storage_options):
         migrate_labels(dest, storage_options)
-    table = build_label_table(root, selection_run)
     digest = _content_hash(table)
-    existing = _existing(dest, storage_options)
-    if existing is not None:
-        same = [run for run in run_ids(existing) if run.endswith(f"-{digest}")]
-        if same:
-            return {**read_commit(dest, same[-1], storage_options), "skipped": True}
     created = datetime.now(UTC)
-    created = created.replace(microsecond=created.microsecond // 1000 * 1000)
-    run_id = f"{created.strftime('%Y%m%dT%H%M%S%fZ')}-{digest}"
+    run_id = f"{created.strftime('%Y%m%dT%H%M%S%fZ')}-{digest[:8]}"
     table = table.set_column(
         table.schema.get_field_index("run_id"), "run_id", pa.array([run_id] * table.num_rows)
     )
     table = table.set_column(
         table.schema.get_field_index("created_at"),
         "created_at",
-        pa.array([created] * table.num_rows, pa.timestamp("ms", tz="UTC")),
+        pa.array([created] * table.num_rows, LABELS_SCHEMA.field("created_at").type),
     )
     summary = json.loads((Path(root) / "selections" / selection_run / "summary.json").read_text())
     roles = pd.Series(table.column("role").to_pylist()).value_counts().to_dict()
@@ -180,8 +238,7 @@ def publish_labels(
         "created_at": created.isoformat(),
         "schema_version": LABELS_SCHEMA_VERSION,
     }
-    version = _append(dest, table, record, storage_options, existing)
-    return {**record, "version": version, "skipped": False}
+    return _append(dest, table, record, storage_options)
 
 
 def vacuum_labels(dest: str, keep: int, storage_options: dict | None = None) -> dict[str, Any]:
@@ -205,11 +262,20 @@ def vacuum_labels(dest: str, keep: int, storage_options: dict | None = None) -> 
                 custom_metadata={COMMIT_KEY: {"operation": "vacuum", "removed_runs": drop}}
             ),
         )
-    deleted = table.vacuum(retention_hours=0, enforce_retention_duration=False, dry_run=False, full=True)
+    import fsspec
+
+    fs, base = fsspec.core.url_to_fs(dest, **(storage_options or {}))
+    base = base.rstrip("/")
+    # delta-rs lists the files of old remove actions again on every vacuum: count the ones still there
+    listed = table.vacuum(retention_hours=0, enforce_retention_duration=False, dry_run=True, full=True)
+    present = [
+        p for p in listed if fs.exists(p if p.lstrip("/").startswith(base.lstrip("/")) else f"{base}/{p}")
+    ]
+    table.vacuum(retention_hours=0, enforce_retention_duration=False, dry_run=False, full=True)
     return {
         "kept": runs[len(drop) :],
         "removed_runs": drop,
-        "files_deleted": len(deleted),
+        "files_deleted": len(present),
         "version": table.version(),
     }
 
@@ -230,20 +296,20 @@ def migrate_labels(dest: str, storage_options: dict | None = None) -> dict[str, 
         with fs.open(path) as f:
             records.append(json.loads(f.read()))
     records.sort(key=lambda r: r["run_id"])
-    existing = _existing(dest, storage_options)
-    done = set(run_ids(existing)) if existing is not None else set()
+    try:
+        done = set(run_ids(open_label_table(dest, storage_options), dest))
+    except LabelsNotFound:  # (the first run converted creates the table)
+        done = set()
     migrated = []
     for old in records:
         if old["run_id"] in done:
             continue
         with fs.open(f"{base}/run_id={old['run_id']}/part-00000.parquet") as f:
             table = pq.read_table(f)
-        if existing is None and migrated:
-            existing = _existing(dest, storage_options)  # the first append created the table
         record = {k: v for k, v in old.items() if k != "path"} | {
             "migrated_from": "pre-Delta layout (_commits/)"
         }
-        _append(dest, table, record, storage_options, existing)  # (``existing`` moves to the new version)
+        _append(dest, table, record, storage_options)
         migrated.append(old["run_id"])
     for old in records:
         part = f"{base}/run_id={old['run_id']}/part-00000.parquet"

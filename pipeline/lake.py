@@ -7,6 +7,7 @@ Listing order is deterministic (names sorted within each directory).
 
 from __future__ import annotations
 
+import errno
 import heapq
 import itertools
 import operator
@@ -98,9 +99,37 @@ def resolve_source(src: str, storage_options: dict | None = None) -> SourceSpec:
     )
 
 
+#: bytes kept as they are when a name that is not UTF-8 is percent-encoded: printable ASCII but ``%``
+_KEPT_BYTES = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
+
+
+def stored_uri(uri: str) -> str:
+    """The manifest's lossless form of a URI: unchanged when it is valid UTF-8 (nearly always); else
+    (a file name of raw bytes that are not UTF-8, which Python holds as surrogate escapes) its raw
+    bytes percent-encoded, ``%`` itself as ``%25`` (``urllib.parse.unquote_to_bytes`` gives them back)."""
+    try:
+        uri.encode("utf-8")
+    except UnicodeEncodeError:
+        from urllib.parse import quote_from_bytes
+
+        return quote_from_bytes(uri.encode("utf-8", "surrogateescape"), safe=_KEPT_BYTES)
+    return uri
+
+
+def stored_uris(prefix: str, paths: list[str]) -> list[str]:
+    """``stored_uri(prefix + path)`` for each path, checked a list at a time (one encode for a folder)."""
+    uris = [prefix + path for path in paths]
+    try:
+        "".join(uris).encode("utf-8")
+    except UnicodeEncodeError:
+        return [stored_uri(uri) for uri in uris]
+    return uris
+
+
 def file_uri(path: str) -> str:
-    """fsspec URL of an absolute local path (not percent-encoded: ``fsspec.open`` takes it as is)."""
-    return "file://" + path
+    """fsspec URL of an absolute local path (not percent-encoded: ``fsspec.open`` takes it as is),
+    in its :func:`stored_uri` form."""
+    return stored_uri("file://" + path)
 
 
 def remote_uri(protocol: str, path: str) -> str:
@@ -114,7 +143,7 @@ def archive_base_uri(spec: SourceSpec) -> str:
 def member_uri(spec: SourceSpec, member: str) -> str:
     """fsspec chained URL of an archive member (``tar://m::file:///lake.tar.gz``)."""
     scheme = "zip" if spec.root.lower().endswith(".zip") else "tar"
-    return f"{scheme}://{member}::{archive_base_uri(spec)}"
+    return stored_uri(f"{scheme}://{member}::{archive_base_uri(spec)}")
 
 
 def _hidden(name: str) -> bool:
@@ -125,7 +154,7 @@ def iter_lake(spec: SourceSpec) -> Iterator[LakeFile]:
     """Every file under the source, in a deterministic order."""
     if spec.kind == "local":
         for plain, others in _iter_local_chunks(spec.root):
-            files = (LakeFile(_FILE_PREFIX + path, path) for path in plain)
+            files = map(LakeFile, stored_uris(_FILE_PREFIX, plain), plain)
             yield from heapq.merge(files, others, key=_BY_URI)  # both sorted by name
     elif spec.kind == "fsspec":
         yield from _iter_fsspec(spec)
@@ -192,8 +221,9 @@ def _iter_local_chunks(root: str) -> Iterator[tuple[list[str], list[LakeFile]]]:
                         continue
                     try:
                         st = os.stat(target)
-                    except OSError:
-                        others.append(LakeFile(uri, skip_reason="broken_symlink"))
+                    except OSError as exc:  # a chain of links that comes back to itself: ELOOP
+                        loop = exc.errno == errno.ELOOP
+                        others.append(LakeFile(uri, skip_reason="symlink_loop" if loop else "broken_symlink"))
                         continue
                     if stat.S_ISDIR(st.st_mode):
                         if target in visited:

@@ -40,6 +40,7 @@ from lakelabel.pipeline.atomic import atomic_write, atomic_write_bytes
 from lakelabel.pipeline.config import SelectConfig, check_choice
 from lakelabel.pipeline.devices import compute_device, cpu_threads
 from lakelabel.pipeline.finetune import finetune_round, load_finetune_encoder
+from lakelabel.pipeline.inputs import input_file, manifest_of
 from lakelabel.pipeline.metrics import (
     COVERAGES,
     hungarian_accuracy,
@@ -79,6 +80,28 @@ def check_select_config(config: SelectConfig) -> None:
     check_choice("naming", config.naming, NAMINGS)
     if config.labels_from == "seed" and not config.seed_labels:
         raise ValueError("labels_from=seed needs at least one seed-label CSV (--seed-labels)")
+
+
+#: ``cluster_column: auto`` takes the first of these the cluster run has
+AUTO_COLUMNS: tuple[str, ...] = ("scan", "head_0", "sinkhorn", "kmeans")
+
+
+def check_select_inputs(root: Path, config: SelectConfig) -> None:
+    """Everything select reads, checked before its work: the manifest (the review queue's sources),
+    the embeddings, the cluster run it learns from, the seed and truth CSVs."""
+    manifest_of(root)
+    find_embeddings(root, config.embeddings)
+    if (
+        config.labels_from == "clusters"
+        and not (root / "clusters" / config.cluster_run / "summary.json").is_file()
+    ):
+        raise FileNotFoundError(
+            f"no cluster run {config.cluster_run!r} under {str(root / 'clusters')!r}; run `lakelabel cluster`"
+        )
+    for csv in config.seed_labels:
+        input_file(csv, "seed-label CSV")
+    if config.truth:
+        input_file(config.truth, "truth CSV")
 
 
 def name_clusters(
@@ -277,6 +300,7 @@ def select(root: str | Path, config: SelectConfig | None = None, log=None, devic
     config = config or SelectConfig()
     check_select_config(config)
     root = Path(root)
+    check_select_inputs(root, config)
     started = time.perf_counter()
     if config.labels_from == "clusters" and config.embeddings is None:
         cluster_summary = root / "clusters" / config.cluster_run / "summary.json"
@@ -299,8 +323,8 @@ def select(root: str | Path, config: SelectConfig | None = None, log=None, devic
         assignments = read_assignments(root, config.cluster_run)
         table = assignments.to_pandas()
         column = config.cluster_column
-        if column == "auto":
-            column = "scan" if "scan" in table.columns else "head_0"
+        if column == "auto":  # the strongest method the cluster run has
+            column = next((c for c in AUTO_COLUMNS if c in table.columns), column)
         check_choice("cluster_column", column, label_columns(assignments))
         summary["cluster_column"] = column
         cluster_of = table.set_index("key")[column].reindex(emb.keys)

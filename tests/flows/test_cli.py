@@ -185,3 +185,24 @@ def test_summaries_are_key_lines_on_a_terminal_and_json_when_piped_or_asked(caps
     monkeypatch.setattr("sys.stdout.isatty", lambda: False)
     _emit(summary, argparse.Namespace(json=False))
     assert json.loads(capsys.readouterr().out) == summary
+
+
+def test_an_unexpected_library_error_is_one_line_with_its_traceback_in_a_file(tmp_path, capsys, monkeypatch):
+    """An error no check of lakelabel's foresaw (a library's own exception class, a message of many
+    lines) is still one line, rc 2; the traceback goes to a file the line names."""
+    import lakelabel.cli as cli
+
+    class StoreError(Exception):
+        pass
+
+    def broken(args):
+        raise StoreError("Object store error\n  ↳ connection reset\n  ↳ after 10 retries")
+
+    monkeypatch.setattr(cli, "cmd_publish", broken)
+    assert cli.main(["publish", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "StoreError: Object store error ↳ connection reset ↳ after 10 retries" in err
+    log = err.rpartition("traceback in ")[2].rstrip(")")
+    assert "Traceback" in Path(log).read_text() and "def broken" not in err
+    Path(log).unlink()

@@ -171,3 +171,105 @@ def test_quality_warnings_name_what_is_wrong():
         "confidences are off",
         "below the same-run baseline",
     ]
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` now (from /proc)."""
+    import os
+
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry))
+    found, todo = set(), [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found.update(kids)
+        todo += kids
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_kill_9_of_lakelabel_run_leaves_no_process_behind(tmp_path):
+    """SIGKILL gives `lakelabel run` no chance to clean up: its temporary Prefect server (once left
+    listening, 220 MB) and its workers must die with it all the same."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    for stage in ("shards", "embeddings"):  # killed while ingesting, then while embedding
+        root = tmp_path / stage / "root"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "lakelabel", "run", "--root", str(root)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
+        seen: set[int] = set()
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None and not any((root / stage).glob("*")):
+            seen |= _descendants(proc.pid)
+            time.sleep(0.1)
+        seen |= _descendants(proc.pid)
+        assert proc.poll() is None and seen, "the run ended before it could be killed"
+        proc.kill()
+        proc.wait()
+        deadline = time.time() + 20
+        while time.time() < deadline and any(_running(p) for p in seen):
+            time.sleep(0.2)
+        assert not [p for p in seen if _running(p)], f"left behind after kill -9 at {stage}"
+
+
+def test_run_checks_its_paths_before_prefect_starts(tmp_path, capsys):
+    """A label table under a file, a ROOT that is a file, a missing source or seed file: one line,
+    rc 2, in about a second (Prefect never started: no server, no traceback)."""
+    import time
+
+    from lakelabel.cli import main
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    config = tmp_path / "run.yaml"
+    cases = {
+        f"root: {tmp_path / 'r'}\nlabels_dest: {blocker / 'labels'}\n": "labels_dest must be a folder",
+        f"root: {blocker}\n": "root must be a folder",
+        f"root: {tmp_path / 'r'}\nsource: {tmp_path / 'no-lake'}\n": "source does not exist",
+        f"root: {tmp_path / 'r'}\nselect:\n  seed_labels: [{tmp_path / 'no.csv'}]\n": "seed-label CSV",
+    }
+    for text, message in cases.items():
+        config.write_text(text)
+        started = time.perf_counter()
+        assert main(["run", "--config", str(config)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err
+        assert time.perf_counter() - started < 5
+    assert not (tmp_path / "r").exists()
+
+
+def test_prefect_does_not_retry_an_error_that_would_only_come_again():
+    from prefect.states import Failed
+
+    from lakelabel.data_specs.labels import LabelsNotFound
+    from lakelabel.data_specs.validation import ContractError
+    from lakelabel.flows.runners import retry_unless_deterministic
+
+    for error in (ContractError("bad"), LabelsNotFound("gone"), NotADirectoryError("file"), ValueError("x")):
+        assert not retry_unless_deterministic(None, None, Failed(data=error))
+    for error in (ConnectionError("flaky store"), RuntimeError("lost a worker"), OSError("disk")):
+        assert retry_unless_deterministic(None, None, Failed(data=error))

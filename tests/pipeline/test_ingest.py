@@ -469,3 +469,55 @@ def test_an_invalid_config_fails_before_anything_is_written(tmp_path):
     )
     assert done.returncode == 2 and "shard_max_count" in done.stderr
     assert not (tmp_path / "deep").exists()
+
+
+@pytest.mark.parametrize(("workers", "compiled_core"), [(0, True), (2, True), (0, False)])
+def test_names_that_are_not_utf8_are_sharded_and_found_again(tmp_path, workers, compiled_core):
+    """File names of raw bytes (old cameras, Windows shares) are stored losslessly, percent-encoded;
+    every good image is sharded, and a re-run finds every file done."""
+    from urllib.parse import unquote_to_bytes
+
+    lake = tmp_path / "lake"
+    paths = make_plain_lake(lake, 250)
+    odd = [b"caf\xe9 %41.jpg", b"\xff\xfe.jpg", "ünïcode ok.jpg".encode()]
+    folder = os.fsencode(paths[0].parent)
+    for path, name in zip(paths[:3], odd, strict=True):
+        os.rename(os.fsencode(path), folder + b"/" + name)
+    bad_folder = os.fsencode(lake) + b"/dir-\xe9"  # a folder name that is not UTF-8 either
+    os.mkdir(bad_folder)
+    os.rename(os.fsencode(paths[3]), bad_folder + b"/x.jpg")
+    config = IngestConfig(workers=workers, shard_max_count=100, compiled_core=compiled_core)
+    summary = run_ingest(str(lake), tmp_path / "root", config)
+    assert summary["sharded"] == 250 and summary["rejected"] == 0
+    uris = read_manifest(tmp_path / "root").column("source_uri").to_pylist()
+    raw = {unquote_to_bytes(u) for u in uris if "%" in u}  # (only the names that are not UTF-8 hold a %)
+    prefix = b"file://" + folder + b"/"
+    assert {prefix + odd[0], prefix + odd[1], b"file://" + bad_folder + b"/x.jpg"} <= raw
+    assert f"file://{paths[0].parent}/ünïcode ok.jpg" in uris  # UTF-8 names stay as they are
+    assert f"file://{paths[0].parent}/caf%E9 %2541.jpg" in uris
+    again = run_ingest(str(lake), tmp_path / "root", config)
+    assert again["already_ingested"] == 250 and again["sharded"] == 0
+
+
+def test_a_loop_of_file_symlinks_is_a_symlink_loop(tmp_path):
+    lake = tmp_path / "lake"
+    make_plain_lake(lake, 1)
+    os.symlink(lake / "b", lake / "a")
+    os.symlink(lake / "a", lake / "b")
+    os.symlink(lake / "nothing", lake / "broken")
+    run_ingest(str(lake), tmp_path / "root", IngestConfig(workers=0))
+    rows = read_manifest(tmp_path / "root").to_pandas().set_index("source_uri")
+    assert rows.loc[f"file://{lake}/a", "reason"] == rows.loc[f"file://{lake}/b", "reason"] == "symlink_loop"
+    assert rows.loc[f"file://{lake}/broken", "reason"] == "broken_symlink"
+
+
+def test_an_archive_member_name_that_is_not_utf8_is_sharded(tmp_path):
+    paths = make_plain_lake(tmp_path / "lake", 3)
+    archive = tmp_path / "lake.tar"
+    with tarfile.open(archive, "w", format=tarfile.GNU_FORMAT) as tar:
+        for i, path in enumerate(paths):
+            tar.add(path, arcname=os.fsdecode(b"old-\xe9-%d.jpg" % i))  # raw bytes in the header
+    summary = run_ingest(str(archive), tmp_path / "root", IngestConfig(workers=0))
+    assert summary["sharded"] == 3
+    uris = sorted(read_manifest(tmp_path / "root").column("source_uri").to_pylist())
+    assert uris[0] == f"tar://old-%E9-0.jpg::file://{archive}"

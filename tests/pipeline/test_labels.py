@@ -33,26 +33,13 @@ from lakelabel.data_specs.validation import ContractError
 from lakelabel.pipeline.config import SelectConfig
 from lakelabel.pipeline.labels import migrate_labels, publish_labels, vacuum_labels
 from lakelabel.pipeline.select import select
-from tests.pipeline.conftest import clustered_copy
-
-#: the three selection runs of ``selected_root``: three different label runs
-RUNS = ("default", "looser", "stricter")
-
-
-@pytest.fixture(scope="module")
-def selected_root(cifar_root, tmp_path_factory):
-    root = clustered_copy(cifar_root, tmp_path_factory.mktemp("labels"), heads=2, epochs=1)
-    small = dict(rounds=1, epochs=1, min_steps=20, passes=3, hidden=32, review_per_class=2)
-    select(root, SelectConfig(**small))
-    select(root, SelectConfig(**small, ups={"tau_p": 0.2}, run_name="looser"))
-    select(root, SelectConfig(**small, ups={"tau_p": 0.9, "kappa_p": 0.01}, run_name="stricter"))
-    return root
+from tests.pipeline.conftest import RUNS
 
 
 def test_round_trip_and_plain_readers(selected_root, tmp_path) -> None:
     dest = str(tmp_path / "labels")
     record = publish_labels(selected_root, dest=dest)
-    assert record["rows"] == 400 and record["skipped"] is False and record["version"] == 0
+    assert record["rows"] == 400 and record["skipped"] is False and record["version"] == 1  # (0: created)
     table = read_labels(dest)
     assert table.schema.equals(LABELS_SCHEMA, check_metadata=False)
     assert table.schema.metadata[b"lakelabel.schema_version"] == b"1"
@@ -82,25 +69,27 @@ def test_round_trip_and_plain_readers(selected_root, tmp_path) -> None:
     # unchanged selection → no new version
     again = publish_labels(selected_root, dest=dest)
     assert again["skipped"] is True and again["run_id"] == record["run_id"]
-    assert DeltaTable(dest).version() == 0 and len(list_runs(dest)) == 1
+    assert DeltaTable(dest).version() == 1 and len(list_runs(dest)) == 1
 
 
 def test_three_publishes_are_three_versions_and_each_can_be_read_again(selected_root, tmp_path) -> None:
     dest = str(tmp_path / "labels")
     records = [publish_labels(selected_root, run, dest=dest) for run in RUNS]
-    assert [r["version"] for r in records] == [0, 1, 2]
+    assert [r["version"] for r in records] == [1, 2, 3]  # version 0 created the table
     assert [r["run_id"] for r in list_runs(dest)] == [r["run_id"] for r in records]
-    assert [r["version"] for r in list_runs(dest)] == [0, 1, 2]
+    assert [r["version"] for r in list_runs(dest)] == [1, 2, 3]
     assert latest_run(dest) == records[-1]["run_id"]
-    # time travel: the table as it was at version 0 holds only the first run
-    first = read_labels(dest, version=0)
+    # time travel: the table as it was at version 1 holds only the first run
+    first = read_labels(dest, version=1)
     assert first.column("run_id")[0].as_py() == records[0]["run_id"] and first.num_rows == 400
-    assert pl.read_delta(dest, version=0)["run_id"].unique().to_list() == [records[0]["run_id"]]
-    with pytest.raises(LabelsNotFound, match="not committed .* at version 0"):
-        read_labels(dest, records[1]["run_id"], version=0)
+    assert pl.read_delta(dest, version=1)["run_id"].unique().to_list() == [records[0]["run_id"]]
+    with pytest.raises(LabelsNotFound, match="not committed .* at version 1"):
+        read_labels(dest, records[1]["run_id"], version=1)
+    with pytest.raises(LabelsNotFound, match="no committed label run"):  # created, nothing published yet
+        read_labels(dest, version=0)
     # ... and by timestamp: just after the second commit
     history = {c["version"]: c["timestamp"] for c in DeltaTable(dest).history()}
-    after_second = pd.Timestamp(history[1] + 1, unit="ms", tz="UTC").isoformat()
+    after_second = pd.Timestamp(history[2] + 1, unit="ms", tz="UTC").isoformat()
     assert read_labels(dest, version=after_second).column("run_id")[0].as_py() == records[1]["run_id"]
     old, new = read_labels(dest, records[0]["run_id"]).to_pandas(), read_labels(dest).to_pandas()
     assert (old.role == "positive").sum() >= (new.role == "positive").sum()  # the stricter threshold
@@ -156,10 +145,11 @@ def test_two_processes_publishing_at_once_both_land(selected_root, tmp_path) -> 
     first = publish_labels(selected_root, dest=dest)
     records = _publish_concurrently(selected_root, RUNS[1:], dest, tmp_path / "go")
     _check_nothing_lost_or_mixed(selected_root, dest, records)
-    assert sorted(r["version"] for r in records) == [1, 2]
-    assert [r["run_id"] for r in list_runs(dest)] == sorted(
-        [first["run_id"], *(r["run_id"] for r in records)]
-    )
+    assert sorted(r["version"] for r in records) == [2, 3]
+    assert [r["run_id"] for r in list_runs(dest)] == [
+        first["run_id"],
+        *(r["run_id"] for r in sorted(records, key=lambda r: r["version"])),
+    ]
     print(
         "concurrent local publishes:",
         json.dumps([{k: r[k] for k in ("run_id", "version", "rows")} for r in records]),
@@ -192,10 +182,10 @@ labels.publish_labels(sys.argv[1], "looser", dest=sys.argv[2])
     )
     assert done.returncode == -9
     assert list(Path(dest).glob("run_id=*/part-00000-crashed.parquet"))  # its data files are there
-    assert DeltaTable(dest).version() == 0 and latest_run(dest) == first["run_id"]
+    assert DeltaTable(dest).version() == 1 and latest_run(dest) == first["run_id"]
     assert read_labels(dest).num_rows == 400 and pl.read_delta(dest).height == 400  # no reader sees them
     second = publish_labels(selected_root, "looser", dest=dest)
-    assert second["version"] == 1 and latest_run(dest) == second["run_id"]
+    assert second["version"] == 2 and latest_run(dest) == second["run_id"]
     assert vacuum_labels(dest, keep=2)["files_deleted"] == 1  # the crashed publish's file
     assert not list(Path(dest).glob("run_id=*/part-00000-crashed.parquet"))
 
@@ -267,7 +257,7 @@ def test_an_old_layout_label_folder_is_converted_once_and_loses_nothing(
     other = tmp_path / "other"
     _old_layout(other, tables[:1])
     record = publish_labels(selected_root, "stricter", dest=str(other))
-    assert record["version"] == 1 and len(list_runs(str(other))) == 2
+    assert record["version"] == 2 and len(list_runs(str(other))) == 2  # created, the old run, this one
 
 
 def test_the_schema_is_enforced_and_versioned(selected_root, tmp_path) -> None:
@@ -278,7 +268,7 @@ def test_the_schema_is_enforced_and_versioned(selected_root, tmp_path) -> None:
     table = read_labels(dest)
     with pytest.raises(Exception, match="(?i)schema"):  # a table with another column is refused
         write_deltalake(dest, table.append_column("extra", pa.array([1] * table.num_rows)), mode="append")
-    assert DeltaTable(dest).version() == 0
+    assert DeltaTable(dest).version() == 1
     future = str(tmp_path / "future")
     write_deltalake(
         future, table, partition_by=["run_id"], description="lakelabel label table, schema version 2"
@@ -393,14 +383,14 @@ def test_publish_to_an_s3_label_table_and_two_processes_at_once(selected_root, s
     options = {"endpoint_url": s3_endpoint, "key": "testing", "secret": "testing"}
     dest = "s3://lake/labels"
     first = publish_labels(selected_root, dest=dest, storage_options=options)
-    assert first["version"] == 0 and latest_run(dest, options) == first["run_id"]
+    assert first["version"] == 1 and latest_run(dest, options) == first["run_id"]
     go = Path(os.environ.get("TMPDIR", "/tmp")) / f"lakelabel-go-{os.getpid()}-{time.time_ns()}"
     try:
         records = _publish_concurrently(selected_root, RUNS[1:], dest, go, options)
     finally:
         go.unlink(missing_ok=True)
     _check_nothing_lost_or_mixed(selected_root, dest, records, options)
-    assert sorted(r["version"] for r in records) == [1, 2]
+    assert sorted(r["version"] for r in records) == [2, 3]
     assert read_labels(dest, first["run_id"], options).num_rows == 400
     print(
         "concurrent S3 publishes:",
@@ -421,7 +411,7 @@ def _snippet(markdown: str, marker: str) -> str:
 
 @pytest.mark.parametrize(
     ("document", "marker"),
-    [("README.md", "LabeledShards("), ("README.md", "version_0 ="), ("data_specs/labels.md", "read_delta")],
+    [("README.md", "LabeledShards("), ("README.md", "version_1 ="), ("data_specs/labels.md", "read_delta")],
 )
 def test_documented_snippets_run_as_written(selected_root, tmp_path, document, marker) -> None:
     """The reading snippets of the README and data_specs, run as plain scripts on a published ROOT
