@@ -8,14 +8,7 @@ public API below loads on first use, so ``import lakelabel`` costs no torch, Pre
 from __future__ import annotations
 
 from importlib import import_module
-from pathlib import Path
 from typing import Any
-
-# A source checkout on PYTHONPATH, not installed (a GPU box with no build step): the subpackages are
-# the repository's top-level folders. Installed (wheel or editable), setuptools' mapping finds them.
-_CHECKOUT = Path(__file__).resolve().parent.parent
-if (_CHECKOUT / "pyproject.toml").is_file() and (_CHECKOUT / "pipeline" / "__init__.py").is_file():
-    __path__.append(str(_CHECKOUT))
 
 __version__ = "0.1.0"
 

@@ -219,7 +219,7 @@ def _add_storage_option(p: argparse.ArgumentParser) -> None:
 
 
 def _storage_options(items: list[str]) -> dict:
-    from lakelabel.pipeline.config import ConfigError
+    from lakelabel.pipeline.checks import ConfigError
 
     options = {}
     for item in items:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torchvision.transforms import v2
 
-from lakelabel.pipeline.config import check_choice
+from lakelabel.pipeline.checks import check_choice
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

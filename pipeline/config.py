@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from lakelabel.pipeline.checks import ConfigError, check_choice
 from lakelabel.pipeline.clustering import METHODS
 from lakelabel.pipeline.clustering.kmeans import KMeansSettings
 from lakelabel.pipeline.clustering.scan import ScanSettings
@@ -394,17 +394,6 @@ class TrainClassifierConfig(StrictModel):
     run_name: str = Field(
         "default", pattern=r"^[A-Za-z0-9_.-]+$", description="Folder under ROOT/classifiers."
     )
-
-
-class ConfigError(ValueError):
-    """A configuration file or value is invalid."""
-
-
-def check_choice(name: str, value: object, valid: Iterable) -> None:
-    """Fail with one message naming ``value`` and listing ``valid`` unless ``value`` is one of them."""
-    valid = list(valid)
-    if value not in valid:
-        raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(map(str, valid))}")
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

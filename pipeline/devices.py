@@ -7,7 +7,7 @@ from contextlib import contextmanager, nullcontext
 
 import torch
 
-from lakelabel.pipeline.config import check_choice
+from lakelabel.pipeline.checks import check_choice
 
 PRECISIONS = ("auto", "fp32", "bf16")
 

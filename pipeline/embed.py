@@ -31,7 +31,8 @@ from lakelabel.data_specs.embeddings import (
 from lakelabel.data_specs.manifest import MANIFEST_SCHEMA
 from lakelabel.pipeline.atomic import atomic_write, atomic_write_bytes
 from lakelabel.pipeline.augment import eval_transform
-from lakelabel.pipeline.config import EmbedConfig, check_choice
+from lakelabel.pipeline.checks import check_choice
+from lakelabel.pipeline.config import EmbedConfig
 from lakelabel.pipeline.devices import autocast, compute_device
 from lakelabel.pipeline.encoders import Encoder
 from lakelabel.pipeline.encoders import load_encoder as resolve_encoder

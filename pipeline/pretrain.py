@@ -27,7 +27,8 @@ from lakelabel.models.methods import build_method
 from lakelabel.models.optim import LARS, warmup_cosine
 from lakelabel.pipeline.atomic import atomic_write, atomic_write_bytes
 from lakelabel.pipeline.augment import BatchViews, DecodeUint8, TwoViews, eval_transform, load_size
-from lakelabel.pipeline.config import PretrainConfig, check_choice
+from lakelabel.pipeline.checks import check_choice
+from lakelabel.pipeline.config import PretrainConfig
 from lakelabel.pipeline.devices import autocast, compute_device
 from lakelabel.pipeline.encoders import CheckpointError, file_sha256, init_backbone_from, pretrained_weights
 from lakelabel.pipeline.shard_data import eval_loader, list_shards, train_batches

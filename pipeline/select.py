@@ -37,7 +37,8 @@ from lakelabel.models.ups import (
     smooth_over_neighbours,
 )
 from lakelabel.pipeline.atomic import atomic_write, atomic_write_bytes
-from lakelabel.pipeline.config import SelectConfig, check_choice
+from lakelabel.pipeline.checks import check_choice
+from lakelabel.pipeline.config import SelectConfig
 from lakelabel.pipeline.devices import compute_device, cpu_threads
 from lakelabel.pipeline.finetune import finetune_round, load_finetune_encoder
 from lakelabel.pipeline.inputs import input_file, manifest_of

@@ -19,7 +19,8 @@ from lakelabel.models.optim import warmup_cosine
 from lakelabel.models.ups import pseudo_label_loss
 from lakelabel.pipeline.atomic import atomic_write, atomic_write_bytes
 from lakelabel.pipeline.augment import classifier_transform, eval_transform
-from lakelabel.pipeline.config import TrainClassifierConfig, check_choice
+from lakelabel.pipeline.checks import check_choice
+from lakelabel.pipeline.config import TrainClassifierConfig
 from lakelabel.pipeline.devices import autocast, compute_device
 from lakelabel.pipeline.encoders import Encoder, load_encoder, random_encoder
 from lakelabel.pipeline.labeled_shards import LabeledShards

@@ -62,7 +62,7 @@ class Scan(ClusteringMethod):
         import torch
 
         from lakelabel.models.scan import mine_neighbours, predict, self_label, train_scan
-        from lakelabel.pipeline.config import check_choice
+        from lakelabel.pipeline.checks import check_choice
         from lakelabel.pipeline.devices import PRECISIONS
 
         s = self.settings
@@ -130,8 +130,8 @@ def _update_encoder(inputs: ClusterInputs, x, head, neighbours: np.ndarray, s: S
     from lakelabel.models.ups import EncoderClassifier
     from lakelabel.pipeline.augment import classifier_transform
     from lakelabel.pipeline.devices import compute_device
-    from lakelabel.pipeline.finetune import embedding_encoder, reembed, train_steps, training_record
     from lakelabel.pipeline.shard_data import KeyedShards
+    from lakelabel.pipeline.training import embedding_encoder, reembed, train_steps, training_record
 
     emb, root = inputs.emb, inputs.root
     dev = compute_device(None)

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from lakelabel.pipeline.finetune import train_steps, training_record
+from lakelabel.pipeline.training import train_steps, training_record
 
 
 def _batches():

@@ -167,7 +167,8 @@ def test_finetune_round_tunes_a_copy_and_reembeds_in_key_order(selection_root) -
 
     from lakelabel.data_specs.embeddings import find_embeddings, read_embeddings
     from lakelabel.models.ups import DropoutClassifier, EncoderClassifier, TrainingLabels
-    from lakelabel.pipeline.finetune import finetune_round, load_finetune_encoder, reembed
+    from lakelabel.pipeline.finetune import finetune_round, load_finetune_encoder
+    from lakelabel.pipeline.training import reembed
     from lakelabel.pipeline.truth import read_seed_labels
 
     root, _, seed_csv = selection_root
