@@ -28,7 +28,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from lakelabel.data_specs.layout import Layout
 from lakelabel.pipeline.ingest_worker import HAS_COMPILED_CORE
+from lakelabel.pipeline.lake_index import INDEX_DIR
 
 DEFAULT_LAKE = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "cifar10" / "lake.tar.gz"
 
@@ -126,7 +128,7 @@ def main() -> None:
             }
             result[f"ingest_files_per_s_{args.grow // 1000}k"] = round(args.grow / grown_s)
             result["index_bytes_per_file"] = round(
-                sum(p.stat().st_size for p in (tmp / "out-grown" / "manifest" / "_index").iterdir())
+                sum(p.stat().st_size for p in (Layout(tmp / "out-grown").manifest / INDEX_DIR).iterdir())
                 / args.grow,
                 1,
             )

@@ -5,12 +5,15 @@ Each clustering method (``pipeline/clustering/``) writes the columns named here 
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from lakelabel.data_specs.layout import Layout
 from lakelabel.data_specs.validation import ContractError, check_table
 
 CLUSTERS_SCHEMA_VERSION = "2"
@@ -89,11 +92,46 @@ def validate_assignments(table: pa.Table, k: int | None = None) -> pa.Table:
 
 def read_assignments(root: str | Path, run: str = "default") -> pa.Table:
     """The committed assignments of ``ROOT/clusters/<run>`` (validated)."""
-    path = Path(root) / "clusters" / run / "assignments.parquet"
+    layout = Layout(root)
+    path = layout.clusters(run).assignments
     if not path.exists():
-        runs = sorted(p.parent.name for p in (Path(root) / "clusters").glob("*/assignments.parquet"))
+        runs = sorted(p.parent.name for p in layout.clusters_dir.glob("*/assignments.parquet"))
         raise FileNotFoundError(
-            f"no committed cluster run {run!r} under {str(Path(root) / 'clusters')!r} "
+            f"no committed cluster run {run!r} under {str(layout.clusters_dir)!r} "
             f"(committed runs: {', '.join(runs) or 'none'}); run `lakelabel cluster` first"
         )
     return validate_assignments(pq.read_table(path))
+
+
+@dataclass(frozen=True)
+class ClusterRunInfo:
+    """The facts of a cluster run's ``summary.json`` other stages use."""
+
+    k: int  # clusters per label column: select's classes
+    embeddings: Path  # the embeddings directory it clustered
+    encoder: str
+    encoder_sha256: str
+    methods: list[str]
+    seconds: float  # the methods' wall time
+
+
+def read_cluster_info(root: str | Path, run: str = "default") -> ClusterRunInfo:
+    """:class:`ClusterRunInfo` of ``ROOT/clusters/<run>``."""
+    path = Layout(root).clusters(run).summary
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no cluster run {run!r} under {str(path.parent.parent)!r}; run `lakelabel cluster`"
+        )
+    summary = json.loads(path.read_text())
+    try:
+        timings = summary.get("timings", {})
+        return ClusterRunInfo(
+            k=int(summary["k"]),
+            embeddings=Path(summary["embeddings"]),
+            encoder=summary["encoder"],
+            encoder_sha256=summary["encoder_sha256"],
+            methods=list(summary["methods"]),
+            seconds=round(sum(v for v in timings.values() if isinstance(v, int | float)), 2),
+        )
+    except KeyError as missing:
+        raise ContractError(f"clusters: {str(path)!r} lacks {missing}") from None

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from lakelabel.data_specs.layout import Layout
 from lakelabel.data_specs.shards import KEY_RE
 from lakelabel.data_specs.validation import ContractError, check_table
 
@@ -132,7 +133,7 @@ def read_embeddings(directory: str | Path, validate: bool = True) -> Embeddings:
 
 def find_embeddings(root: str | Path, encoder: str | None = None) -> Path:
     """The embeddings directory of ``encoder`` (a run name), or the only/newest one under ROOT."""
-    base = Path(root) / "embeddings"
+    base = Layout(root).embeddings
     dirs = [d for d in base.glob("*") if (d / "meta.json").is_file()]
     if encoder:
         dirs = [d for d in dirs if read_meta(d)["encoder"] == encoder or d.name == encoder]

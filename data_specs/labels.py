@@ -12,6 +12,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from lakelabel.data_specs.layout import Layout
 from lakelabel.data_specs.shards import KEY_RE
 from lakelabel.data_specs.validation import ContractError, check_table
 
@@ -94,7 +95,7 @@ class LabelTableWarning(UserWarning):
 
 
 def default_dest(root: str | Path) -> str:
-    return str(Path(root) / "labels")
+    return str(Layout(root).labels)
 
 
 def delta_options(storage_options: dict | None) -> dict[str, str] | None:

@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from lakelabel.data_specs.columns import string_in, valid_rows
+from lakelabel.data_specs.layout import Layout
 from lakelabel.data_specs.validation import ContractError, check_table
 
 MANIFEST_SCHEMA_VERSION = "1"
@@ -93,4 +94,4 @@ def read_manifest(root: str | Path) -> pa.Table:
     with their reasons), validated against this contract."""
     import pyarrow.parquet as pq
 
-    return validate_manifest(pq.read_table(Path(root) / "manifest", schema=MANIFEST_SCHEMA))
+    return validate_manifest(pq.read_table(Layout(root).manifest, schema=MANIFEST_SCHEMA))

@@ -14,6 +14,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
+from lakelabel.data_specs.layout import Layout
 from lakelabel.flows.cluster import cluster_flow
 from lakelabel.flows.embed import embed_flow
 from lakelabel.flows.ingest import ingest_flow
@@ -50,9 +51,7 @@ def curate_flow(config: LakelabelConfig | None = None) -> dict:
         return result
 
     ingest = stage("ingest", lambda: ingest_flow(source, root, config.ingest, config.runner))
-    encoder = (
-        Path(root) / "checkpoints" / (config.pretrain.run_name if config.pretrain else "") / "encoder.pt"
-    )
+    encoder = Layout(root).checkpoint(config.pretrain.run_name if config.pretrain else "").encoder
     if config.pretrain is None:  # a pretrained encoder, frozen: no SSL
         pretrain = {"skipped": True, "encoder": config.embed.encoder}
         timings["pretrain"] = 0.0
@@ -68,7 +67,7 @@ def curate_flow(config: LakelabelConfig | None = None) -> dict:
     published = stage(
         "publish", lambda: publish_labels_flow(root, config.select.run_name, config.labels_dest)
     )
-    labels_dest = config.labels_dest or str(Path(root) / "labels")
+    labels_dest = config.labels_dest or str(Layout(root).labels)
     report = stage(
         "report",
         lambda: report_flow(
@@ -119,6 +118,6 @@ def curate_flow(config: LakelabelConfig | None = None) -> dict:
         "labels": labels_dest,
         "label_run": published["run_id"],
         "report": report["html"],
-        "shards": str(Path(root) / "shards"),
-        "manifest": str(Path(root) / "manifest"),
+        "shards": str(Layout(root).shards),
+        "manifest": str(Layout(root).manifest),
     }

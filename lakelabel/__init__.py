@@ -23,7 +23,7 @@ _API = {
     "latest_labels": "lakelabel.data_specs.labels",
     "open_label_table": "lakelabel.data_specs.labels",
     "list_runs": "lakelabel.data_specs.labels",
-    "read_selection": "lakelabel.pipeline.labels",
+    "read_selection": "lakelabel.data_specs.selections",
     "read_embeddings": "lakelabel.data_specs.embeddings",
     "read_assignments": "lakelabel.data_specs.clusters",
     "read_manifest": "lakelabel.data_specs.manifest",

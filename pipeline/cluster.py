@@ -18,6 +18,7 @@ import torch
 
 from lakelabel.data_specs.clusters import assignments_schema, label_columns, validate_assignments
 from lakelabel.data_specs.embeddings import find_embeddings, read_embeddings
+from lakelabel.data_specs.layout import Layout
 from lakelabel.models.sinkhorn import check_target
 from lakelabel.pipeline.atomic import atomic_write, atomic_write_bytes
 from lakelabel.pipeline.clustering import METHODS, ClusterInputs
@@ -45,15 +46,15 @@ def cluster(
     if emb.n < config.k:
         raise ValueError(f"k={config.k} exceeds the {emb.n} embedded images")
     target = check_target(torch.tensor(config.target), config.k) if config.target is not None else None
-    out_dir = root / "clusters" / config.run_name
+    out = Layout(root).clusters(config.run_name)
+    out_dir, summary_path = out.dir, out.summary
     fingerprint = _fingerprint(emb.parts, config)
-    summary_path = out_dir / "summary.json"
-    if (out_dir / "assignments.parquet").exists() and summary_path.exists():
+    if out.assignments.exists() and summary_path.exists():
         previous = json.loads(summary_path.read_text())
         if previous.get("fingerprint") == fingerprint:
             return _without_histories(previous) | {"skipped": True}
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "assignments.parquet").unlink(missing_ok=True)  # uncommit the old run before rewriting
+    out.assignments.unlink(missing_ok=True)  # uncommit the old run before rewriting
 
     inputs = ClusterInputs(emb.matrix(np.float32), config.k, config, target, log, root=root, emb=emb)
     timings: dict[str, float] = {}
@@ -98,7 +99,7 @@ def cluster(
         "timings": timings,
     }
     atomic_write_bytes(summary_path, json.dumps(summary, indent=1).encode())
-    atomic_write(out_dir / "assignments.parquet", lambda f: pq.write_table(table, f))  # the commit
+    atomic_write(out.assignments, lambda f: pq.write_table(table, f))  # the commit
     return _without_histories(summary) | {"skipped": False}
 
 

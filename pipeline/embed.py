@@ -28,6 +28,7 @@ from lakelabel.data_specs.embeddings import (
     validate_meta,
     validate_part,
 )
+from lakelabel.data_specs.layout import Layout
 from lakelabel.data_specs.manifest import MANIFEST_SCHEMA
 from lakelabel.pipeline.atomic import atomic_write, atomic_write_bytes
 from lakelabel.pipeline.augment import eval_transform
@@ -48,7 +49,7 @@ def load_encoder(root: str | Path, config: EmbedConfig) -> Encoder:
 
 def sharded_counts(root: str | Path) -> dict[str, int]:
     """Samples per shard according to the manifest (rows with status ``sharded``)."""
-    table = pq.read_table(Path(root) / "manifest", columns=["status", "shard"], schema=MANIFEST_SCHEMA)
+    table = pq.read_table(Layout(root).manifest, columns=["status", "shard"], schema=MANIFEST_SCHEMA)
     df = table.to_pandas()
     return df[df.status == "sharded"].groupby("shard").size().to_dict()
 
@@ -74,7 +75,7 @@ def embed(
             raise ValueError(f"not committed shards of {str(root)!r}: {sorted(unknown)}")
         all_shards = [s for s in all_shards if Path(s).name in wanted]
     encoder = load_encoder(root, config)
-    out_dir = root / "embeddings" / embeddings_dir_name(encoder.name, encoder.sha256)
+    out_dir = Layout(root).embeddings / embeddings_dir_name(encoder.name, encoder.sha256)
     meta = {
         "schema_version": EMBEDDINGS_SCHEMA_VERSION,
         **encoder.describe(),

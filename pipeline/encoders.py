@@ -14,7 +14,6 @@ Every encoder carries its identity and the sha256 of its weights, which every ou
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import pickle
 from dataclasses import dataclass
@@ -23,6 +22,8 @@ from urllib.parse import urlparse
 
 import torch
 
+from lakelabel.data_specs.checkpoints import read_encoder_meta
+from lakelabel.data_specs.layout import Layout
 from lakelabel.models.backbones import IMAGENET_MEAN, IMAGENET_STD, build_with_preprocess, is_named
 from lakelabel.models.weights import fit_state_dict
 
@@ -243,18 +244,13 @@ def load_encoder(
         return load_named(encoder, weights, image_size)
     if encoder == "random":
         return random_encoder(backbone or "resnet18", (stem or "small") == "small", image_size or 32, seed)
-    run_dir = root / "checkpoints" / encoder
-    if (run_dir / "encoder.pt").is_file():
-        meta_path = run_dir / "encoder.json"
-        if not meta_path.is_file():
-            raise CheckpointError(
-                f"{str(meta_path)!r} missing: re-run `lakelabel pretrain` to finish the run"
-            )
-        meta = json.loads(meta_path.read_text())
-        arch, small = meta["backbone"], bool(meta["small_stem"])
-        module, dim, pre = build_with_preprocess(arch, small, image_size or int(meta["image_size"]))
-        mean, std = tuple(meta.get("mean", IMAGENET_MEAN)), tuple(meta.get("std", IMAGENET_STD))
-        path, name = run_dir / "encoder.pt", encoder
+    run = Layout(root).checkpoint(encoder)
+    if run.encoder.is_file():
+        meta = read_encoder_meta(run)
+        arch, small = meta.backbone, meta.small_stem
+        module, dim, pre = build_with_preprocess(arch, small, image_size or meta.image_size)
+        mean, std = meta.mean or IMAGENET_MEAN, meta.std or IMAGENET_STD
+        path, name = run.encoder, encoder
     elif Path(encoder).is_file():
         if backbone is None or (stem is None and not is_named(backbone)):
             raise ValueError(
@@ -265,9 +261,9 @@ def load_encoder(
         mean, std = pre.mean, pre.std
         path, name = Path(encoder), Path(encoder).stem
     else:
-        runs = sorted(p.parent.name for p in (root / "checkpoints").glob("*/encoder.pt"))
+        runs = sorted(p.parent.name for p in Layout(root).checkpoints.glob("*/encoder.pt"))
         raise CheckpointError(
-            f"encoder {encoder!r} is neither a finished run under {str(root / 'checkpoints')!r} "
+            f"encoder {encoder!r} is neither a finished run under {str(Layout(root).checkpoints)!r} "
             f"(finished runs: {', '.join(runs) or 'none'}), a file, timm:<model>, torchvision:<model>, "
             "nor 'random'"
         )

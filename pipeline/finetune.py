@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from lakelabel.data_specs.embeddings import Embeddings
+from lakelabel.data_specs.layout import Layout
 from lakelabel.models.ups import DropoutClassifier, EncoderClassifier, TrainingLabels, pseudo_label_loss
 from lakelabel.pipeline.augment import classifier_transform
 from lakelabel.pipeline.checks import check_choice
@@ -68,7 +69,7 @@ def finetune_round(
     if not samples:
         raise ValueError("nothing to fine-tune on: the round has no positive and no negative label")
     rows = labels.pos_idx.tolist() + labels.neg_idx.tolist()
-    shards = [str(root / "shards" / s) for s in sorted({emb.shards[r] for r in rows})]
+    shards = [str(Layout(root).shard(s)) for s in sorted({emb.shards[r] for r in rows})]
     # the stream repeats per worker: a worker without a shard would wait forever, so at most one per shard
     workers = min(config.workers, len(shards))
     data = KeyedShards(

@@ -41,6 +41,7 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lakelabel.data_specs.layout import Layout
 from lakelabel.data_specs.shards import KEY_HEX_CHARS, SHARD_NAME_RE, shard_name
 from lakelabel.pipeline.atomic import atomic_write, atomic_write_bytes, fsync_dir, temp_path
 from lakelabel.pipeline.ingest_worker import (
@@ -109,11 +110,12 @@ def recover(root: Path) -> LakeState:
     Memory does not grow with the lake: the index lives on disk (:mod:`lakelabel.pipeline.lake_index`);
     only the part numbers are listed.
     """
-    shards, manifest = root / "shards", root / "manifest"
-    for folder in (shards, manifest, manifest / "_runs"):
+    layout = Layout(root)
+    shards, manifest = layout.shards, layout.manifest
+    for folder in (shards, manifest, layout.ingest_runs):
         folder.mkdir(parents=True, exist_ok=True)
     removed: list[str] = []
-    for folder in (shards, manifest, manifest / "_runs"):
+    for folder in (shards, manifest, layout.ingest_runs):
         for tmp in folder.glob(".*.tmp"):
             tmp.unlink()
             removed.append(str(tmp))
@@ -398,7 +400,7 @@ class ShardCommitter:
     def _open_unit(self) -> None:
         self.index = self.state.next_index
         self.shard = shard_name(self.index)
-        self.final_path = self.root / "shards" / self.shard
+        self.final_path = Layout(self.root).shard(self.shard)
         self.tmp_path = temp_path(self.final_path)
         self.tar = None  # opened lazily: a unit may hold only rejected/duplicate rows
         self.samples = 0
@@ -616,10 +618,10 @@ class ShardCommitter:
             os.replace(unit.tmp_path, unit.final_path)
             self.counts.shards_written += 1
         table = unit.rows.table(self.run_id, datetime.now(timezone.utc))
-        part = self.root / "manifest" / manifest_part_name(unit.index)
+        part = Layout(self.root).manifest / manifest_part_name(unit.index)
         atomic_write(part, lambda f: _write_part(table, f))
-        fsync_dir(self.root / "shards")
-        fsync_dir(self.root / "manifest")
+        fsync_dir(Layout(self.root).shards)
+        fsync_dir(Layout(self.root).manifest)
 
 
 @functools.cache
@@ -1011,7 +1013,7 @@ class IngestSession:
             **peak_rss_mb(),
         }
         atomic_write_bytes(
-            self.root / "manifest" / "_runs" / f"{self.run_id}.json", json.dumps(summary, indent=1).encode()
+            Layout(self.root).ingest_runs / f"{self.run_id}.json", json.dumps(summary, indent=1).encode()
         )
         return summary
 
@@ -1051,7 +1053,7 @@ def _spooling(options: WorkerOptions, root: Path, window: int) -> WorkerOptions:
     removes strays), each reusing a ring of files longer than the window, so a file is
     rewritten only after the writer copied its samples (it copies a result before asking for
     the next)."""
-    return replace(options, spool_dir=str(root / "shards"), spool_slots=window + 1)
+    return replace(options, spool_dir=str(Layout(root).shards), spool_slots=window + 1)
 
 
 def _window(workers: int, batch_size: int) -> int:
@@ -1088,7 +1090,7 @@ def run_ingest(
             if progress:
                 progress(len(results))
         if workers > 0:  # the workers have exited: their spool rings go (a crash leaves them)
-            for spool in (session.root / "shards").glob(".spool-*.tmp"):
+            for spool in Layout(session.root).shards.glob(".spool-*.tmp"):
                 spool.unlink(missing_ok=True)
         return session.finish()
 

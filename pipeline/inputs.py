@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lakelabel.data_specs.layout import Layout
+
 
 def output_folder(path: str | Path, what: str) -> Path:
     """``path`` as a folder a stage may write into: one already, or one that can be made (nothing on
@@ -36,7 +38,7 @@ def input_file(path: str | Path, what: str) -> Path:
 
 def manifest_of(root: str | Path) -> Path:
     """ROOT's manifest folder, or :class:`FileNotFoundError` when no ingest committed a part there."""
-    folder = Path(root) / "manifest"
+    folder = Layout(root).manifest
     if not any(folder.glob("part-*.parquet")):
         raise FileNotFoundError(
             f"no ingest manifest under {str(folder)!r}; run `lakelabel ingest SRC --out ROOT`"

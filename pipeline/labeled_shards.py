@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lakelabel.data_specs.labels import default_dest, read_labels
+from lakelabel.data_specs.layout import Layout
 from lakelabel.pipeline.shard_data import KeyedShards
 
 TRAIN_ROLES = ("positive", "negative_only")
@@ -72,5 +73,5 @@ class LabeledShards(KeyedShards):
             weight = float(row.confidence) if confidence_weighting else 1.0
             samples[row.key] = (label, negatives, weight)
         self.run_id = table.run_id.iloc[0] if len(table) else labels
-        shards = [str(self.root / "shards" / s) for s in set(table[table.key.isin(samples)].shard)]
+        shards = [str(Layout(self.root).shard(s)) for s in set(table[table.key.isin(samples)].shard)]
         super().__init__(shards, samples, names, transform, shuffle, seed)

@@ -26,6 +26,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lakelabel.data_specs.clusters import head_columns, heads_in, read_assignments
 from lakelabel.data_specs.labels import (
     COMMIT_KEY,
     LABELS_SCHEMA,
@@ -43,18 +44,27 @@ from lakelabel.data_specs.labels import (
     schema_difference,
     validate_labels,
 )
+from lakelabel.data_specs.layout import Layout
 from lakelabel.data_specs.manifest import MANIFEST_SCHEMA
+from lakelabel.data_specs.selections import read_selection, read_selection_info
 from lakelabel.data_specs.validation import ContractError
 from lakelabel.pipeline.inputs import manifest_of
 
-__all__ = ["LabelsNotFound", "build_label_table", "migrate_labels", "publish_labels", "vacuum_labels"]
+__all__ = [
+    "LabelsNotFound",
+    "build_label_table",
+    "migrate_labels",
+    "publish_labels",
+    "read_selection",
+    "vacuum_labels",
+]
 
 
 def build_label_table(root: str | Path, selection_run: str = "default", run_id: str = "pending") -> pa.Table:
     """Join a selection run to the manifest and its cluster run: one contract row per image."""
     root = Path(root)
     selection = read_selection(root, selection_run)
-    summary = json.loads((root / "selections" / selection_run / "summary.json").read_text())
+    info = read_selection_info(root, selection_run)
     manifest = pq.read_table(
         manifest_of(root), columns=["key", "sha256", "source_uri", "status"], schema=MANIFEST_SCHEMA
     )
@@ -63,12 +73,11 @@ def build_label_table(root: str | Path, selection_run: str = "default", run_id: 
     missing = ~selection.key.isin(manifest.index)
     if missing.any():
         raise ValueError(f"{int(missing.sum())} selected keys are not in the manifest of {str(root)!r}")
-    config = summary["config"]
     heads: pd.Series
-    cluster_path = root / "clusters" / config["cluster_run"] / "assignments.parquet"
-    if cluster_path.exists():
-        clusters = pq.read_table(cluster_path).to_pandas().set_index("key")
-        head_cols = sorted((c for c in clusters.columns if c.startswith("head_")), key=lambda c: int(c[5:]))
+    if Layout(root).clusters(info.cluster_run).assignments.exists():
+        assignments = read_assignments(root, info.cluster_run)
+        head_cols = head_columns(heads_in(assignments))
+        clusters = assignments.select(["key", *head_cols]).to_pandas().set_index("key")
         heads = pd.Series(clusters[head_cols].to_numpy().tolist(), index=clusters.index).reindex(
             selection.key
         )
@@ -90,9 +99,9 @@ def build_label_table(root: str | Path, selection_run: str = "default", run_id: 
             "negative_labels": selection.negative_labels,
             "cluster_heads": heads.to_numpy(),
             "is_seed": selection.is_seed,
-            "selection_method": summary["method"],
-            "thresholds": json.dumps(summary["thresholds"], sort_keys=True),
-            "encoder_sha256": summary["encoder_sha256"],
+            "selection_method": info.method,
+            "thresholds": json.dumps(info.thresholds, sort_keys=True),
+            "encoder_sha256": info.encoder_sha256,
             "run_id": run_id,
             "created_at": pd.Timestamp(now),
         }
@@ -224,7 +233,6 @@ def publish_labels(
         "created_at",
         pa.array([created] * table.num_rows, LABELS_SCHEMA.field("created_at").type),
     )
-    summary = json.loads((Path(root) / "selections" / selection_run / "summary.json").read_text())
     roles = pd.Series(table.column("role").to_pylist()).value_counts().to_dict()
     record = {
         "run_id": run_id,
@@ -234,7 +242,7 @@ def publish_labels(
         "content_sha256": digest,
         "encoder_sha256": table.column("encoder_sha256")[0].as_py() if table.num_rows else None,
         "thresholds": json.loads(table.column("thresholds")[0].as_py()) if table.num_rows else None,
-        "selection_config": summary.get("config"),
+        "selection_config": read_selection_info(root, selection_run).config,
         "created_at": created.isoformat(),
         "schema_version": LABELS_SCHEMA_VERSION,
     }
@@ -320,13 +328,3 @@ def migrate_labels(dest: str, storage_options: dict | None = None) -> dict[str, 
             fs.rm(f"{base}/{leftover}", recursive=True)
     fs.rm(f"{base}/_commits", recursive=True)  # the marker of an unfinished conversion goes last
     return {"migrated": migrated, "runs": [r["run_id"] for r in records], "already_delta": False}
-
-
-def read_selection(root: str | Path, run: str = "default") -> pd.DataFrame:
-    """The committed ``ROOT/selections/<run>/selection.parquet`` (what publish turns into a label run)."""
-    path = Path(root) / "selections" / run / "selection.parquet"
-    if not path.exists():
-        raise FileNotFoundError(
-            f"no committed selection run {run!r} under {str(path.parent.parent)!r}; run `lakelabel select`"
-        )
-    return pq.read_table(path).to_pandas()

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
 
+from lakelabel.data_specs.layout import Layout
 from lakelabel.data_specs.manifest import MANIFEST_SCHEMA
 from lakelabel.models.backbones import build_with_preprocess, is_named
 from lakelabel.models.knn import knn_predict
@@ -64,7 +65,7 @@ def setup_distributed() -> DistInfo:
 
 
 def count_sharded(root: str | Path) -> int:
-    table = pq.read_table(Path(root) / "manifest", columns=["status"], schema=MANIFEST_SCHEMA)
+    table = pq.read_table(Layout(root).manifest, columns=["status"], schema=MANIFEST_SCHEMA)
     return table.column("status").to_pylist().count("sharded")
 
 
@@ -137,7 +138,8 @@ class Pretrainer:
             self.optimizer = torch.optim.SGD(
                 params, lr=self.base_lr, momentum=config.momentum, weight_decay=config.weight_decay
             )
-        self.ckpt_dir = self.root / "checkpoints" / config.run_name
+        self.ckpt = Layout(self.root).checkpoint(config.run_name)
+        self.ckpt_dir = self.ckpt.dir
         self.step = 0
         self.steps_run = 0
         self.step_times: list[float] = []
@@ -168,11 +170,11 @@ class Pretrainer:
         if not self.dist.main:
             return
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_save(self.state(), self.ckpt_dir / "last.pt")
+        _atomic_save(self.state(), self.ckpt.last)
 
     def resume(self) -> bool:
         """Load ``last.pt`` if present (weights_only); True when a run was resumed."""
-        path = self.ckpt_dir / "last.pt"
+        path = self.ckpt.last
         if not path.exists():
             return False
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -323,11 +325,11 @@ class Pretrainer:
             "steady_step_s": self._steady_step_s(),
             "history": self.history,
             "init_from": self.init_report,
-            "encoder": str(self.ckpt_dir / "encoder.pt"),
+            "encoder": str(self.ckpt.encoder),
         }
         if self.dist.main:
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-            _atomic_save(self.method.backbone.state_dict(), self.ckpt_dir / "encoder.pt")
+            _atomic_save(self.method.backbone.state_dict(), self.ckpt.encoder)
             cfg = self.config
             encoder_meta = {
                 "backbone": self.arch,
@@ -341,8 +343,8 @@ class Pretrainer:
                 "loss": cfg.loss,
                 "steps": self.step,
             }
-            atomic_write_bytes(self.ckpt_dir / "encoder.json", json.dumps(encoder_meta, indent=1).encode())
-            atomic_write_bytes(self.ckpt_dir / "summary.json", json.dumps(summary, indent=1).encode())
+            atomic_write_bytes(self.ckpt.meta, json.dumps(encoder_meta, indent=1).encode())
+            atomic_write_bytes(self.ckpt.summary, json.dumps(summary, indent=1).encode())
         return summary
 
 

@@ -10,6 +10,7 @@ written last, so its presence marks a complete report.
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import io
 import json
@@ -24,7 +25,16 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
-from lakelabel.data_specs.labels import ROLE_MEANINGS, ROLES, default_dest, read_commit, read_labels  # noqa: E402  # noqa: E402
+from lakelabel.data_specs.checkpoints import pretrain_seconds  # noqa: E402
+from lakelabel.data_specs.clusters import read_cluster_info  # noqa: E402
+from lakelabel.data_specs.embeddings import read_meta  # noqa: E402
+from lakelabel.data_specs.labels import ROLE_MEANINGS, ROLES, default_dest, read_commit, read_labels  # noqa: E402
+from lakelabel.data_specs.layout import Layout  # noqa: E402
+from lakelabel.data_specs.selections import (  # noqa: E402
+    SelectionInfo,
+    read_selection_info,
+    read_selection_summary,
+)
 from lakelabel.pipeline.atomic import atomic_write_bytes  # noqa: E402
 from lakelabel.pipeline.metrics import COVERAGES, hungarian_accuracy, precision_at, precision_coverage  # noqa: E402
 from lakelabel.pipeline.shard_data import read_shard_images  # noqa: E402
@@ -160,20 +170,19 @@ def _confusion_png(confusion: np.ndarray, names: list[str]) -> bytes:
     return _png(figure)
 
 
-def _stage_timings(root: Path, summary: dict, encoder: dict, timings: dict | None) -> dict[str, float]:
+def _stage_timings(
+    root: Path, selection: SelectionInfo, encoder: dict, timings: dict | None
+) -> dict[str, float]:
     if timings:
         return dict(timings)
     out: dict[str, float] = {}
-    encoder_dir = root / "checkpoints" / str(encoder.get("encoder", ""))
-    if (encoder_dir / "summary.json").exists():
-        out["pretrain"] = json.loads((encoder_dir / "summary.json").read_text()).get("seconds")
-    cluster = root / "clusters" / summary["config"].get("cluster_run", "default") / "summary.json"
-    if cluster.exists():
-        t = json.loads(cluster.read_text()).get("timings", {})
-        if t:
-            out["cluster"] = round(sum(v for v in t.values() if isinstance(v, int | float)), 2)
-    if "seconds" in summary:
-        out["select"] = summary["seconds"]
+    pretrain = pretrain_seconds(Layout(root).checkpoint(str(encoder.get("encoder", ""))))
+    if pretrain is not None:
+        out["pretrain"] = pretrain
+    with contextlib.suppress(FileNotFoundError):
+        out["cluster"] = read_cluster_info(root, selection.cluster_run).seconds
+    if selection.seconds is not None:
+        out["select"] = selection.seconds
     return out
 
 
@@ -192,15 +201,16 @@ def build_report(
     root = Path(root)
     if per_row < 1:
         raise ValueError(f"per_row must be >= 1, got {per_row}")
-    if not (root / "shards").is_dir():
+    if not Layout(root).shards.is_dir():
         raise FileNotFoundError(f"{str(root)!r} has no shards/: not a lakelabel root")
     dest = dest or default_dest(root)
     record = read_commit(dest, labels_run, storage_options)
     run_id = record["run_id"]
     table = read_labels(dest, run_id, storage_options).to_pandas()
-    selection_dir = root / "selections" / record["selection_run"]
-    summary = json.loads((selection_dir / "summary.json").read_text())
-    selection_path = selection_dir / "selection.parquet"
+    selection_run = Layout(root).selections(record["selection_run"])
+    summary = read_selection_summary(root, record["selection_run"])
+    info = read_selection_info(root, record["selection_run"])
+    selection_path = selection_run.selection
     predicted = None
     if selection_path.exists():
         selection = pd.read_parquet(selection_path, columns=["key", "predicted"]).set_index("key").predicted
@@ -211,9 +221,8 @@ def build_report(
             if (candidate[check] == table.label[check].astype("int64")).all():
                 predicted = candidate
     table["predicted"] = predicted if predicted is not None else table.label.fillna(-1).astype(int)
-    emb_meta_path = Path(summary.get("embeddings", "")) / "meta.json"
-    encoder = json.loads(emb_meta_path.read_text()) if emb_meta_path.is_file() else {}
-    out = Path(out) if out else root / "reports" / run_id
+    encoder = read_meta(info.embeddings) if (info.embeddings / "meta.json").is_file() else {}
+    out = Path(out) if out else Layout(root).report(run_id)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.html").unlink(missing_ok=True)
 
@@ -232,7 +241,7 @@ def build_report(
             pick = rng.choice(len(keys), size=min(per_row, len(keys)), replace=False)
             cluster_rows.append((f"head 0 / {c} ({len(keys):,})", sorted(keys[pick].tolist())))
     review = table[table.role == "review"].sort_values("uncertainty", ascending=False)
-    review_csv = selection_dir / "review" / "review.csv"
+    review_csv = selection_run.review_csv
     predicted = (
         pd.read_csv(review_csv, usecols=["key", "predicted_name"]).set_index("key").predicted_name
         if review_csv.exists()
@@ -308,7 +317,7 @@ def build_report(
 
     for name, (_, data) in figures.items():
         atomic_write_bytes(out / f"{name}.png", data)
-    stage_seconds = _stage_timings(root, summary, encoder, timings)
+    stage_seconds = _stage_timings(root, info, encoder, timings)
     public_scores = {k: v for k, v in (scores or {}).items() if not k.startswith("_")}
     page = _html(run_id, record, summary, encoder, stage_seconds, per_class, public_scores, figures)
     meta = {

@@ -21,9 +21,11 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
-from lakelabel.data_specs.clusters import label_columns, read_assignments
+from lakelabel.data_specs.clusters import label_columns, read_assignments, read_cluster_info
 from lakelabel.data_specs.embeddings import find_embeddings, read_embeddings
-from lakelabel.data_specs.labels import LABELS_SCHEMA, ROLES
+from lakelabel.data_specs.labels import ROLES
+from lakelabel.data_specs.layout import Layout
+from lakelabel.data_specs.selections import REVIEW_COLUMNS, SELECTION_SCHEMA
 from lakelabel.models.calibration import fit_smoothed_temperature, fit_temperature, logistic_regression
 from lakelabel.models.scan import mine_neighbours
 from lakelabel.models.ups import (
@@ -56,26 +58,8 @@ from lakelabel.pipeline.truth import attach_keys, read_label_csv, read_seed_labe
 LABEL_SOURCES = ("clusters", "seed")
 NAMINGS = ("hungarian", "majority")
 
+
 #: ``selection.parquet``: the label table's per-image columns (data_specs/labels.py) plus ``predicted``.
-SELECTION_SCHEMA = pa.schema(
-    [
-        LABELS_SCHEMA.field(name)
-        for name in (
-            "key",
-            "shard",
-            "label",
-            "label_name",
-            "role",
-            "is_seed",
-            "confidence",
-            "uncertainty",
-            "negative_labels",
-        )
-    ]
-    + [pa.field("predicted", pa.int32(), nullable=False)]
-)
-
-
 def check_select_config(config: SelectConfig) -> None:
     check_choice("labels_from", config.labels_from, LABEL_SOURCES)
     check_choice("naming", config.naming, NAMINGS)
@@ -92,13 +76,8 @@ def check_select_inputs(root: Path, config: SelectConfig) -> None:
     the embeddings, the cluster run it learns from, the seed and truth CSVs."""
     manifest_of(root)
     find_embeddings(root, config.embeddings)
-    if (
-        config.labels_from == "clusters"
-        and not (root / "clusters" / config.cluster_run / "summary.json").is_file()
-    ):
-        raise FileNotFoundError(
-            f"no cluster run {config.cluster_run!r} under {str(root / 'clusters')!r}; run `lakelabel cluster`"
-        )
+    if config.labels_from == "clusters":
+        read_cluster_info(root, config.cluster_run)
     for csv in config.seed_labels:
         input_file(csv, "seed-label CSV")
     if config.truth:
@@ -303,12 +282,9 @@ def select(root: str | Path, config: SelectConfig | None = None, log=None, devic
     root = Path(root)
     check_select_inputs(root, config)
     started = time.perf_counter()
-    if config.labels_from == "clusters" and config.embeddings is None:
-        cluster_summary = root / "clusters" / config.cluster_run / "summary.json"
-        directory = (
-            Path(json.loads(cluster_summary.read_text())["embeddings"]) if cluster_summary.exists() else None
-        )
-        emb = read_embeddings(directory or find_embeddings(root))
+    clusters = read_cluster_info(root, config.cluster_run) if config.labels_from == "clusters" else None
+    if clusters is not None and config.embeddings is None:
+        emb = read_embeddings(clusters.embeddings)
     else:
         emb = read_embeddings(find_embeddings(root, config.embeddings))
     # unit-norm rows scaled by sqrt(dim): coordinates of order 1 for the classifier
@@ -335,7 +311,7 @@ def select(root: str | Path, config: SelectConfig | None = None, log=None, devic
                 "re-run `lakelabel cluster`"
             )
         initial = torch.as_tensor(cluster_of.to_numpy().astype(np.int64))
-        classes = int(summary.setdefault("classes", int(initial.max()) + 1))
+        classes = int(summary.setdefault("classes", clusters.k))  # (the run's k, not the largest label)
         pos_idx, pos_labels = torch.arange(n), initial
         names = {c: f"cluster_{c}" for c in range(classes)}
         if len(seeds):  # seed labels name the clusters; they do not train in this mode
@@ -456,16 +432,16 @@ def select(root: str | Path, config: SelectConfig | None = None, log=None, devic
             root, config.truth, final, selection, seed_rows, stats, uncalibrated, baseline
         )
         summary["warnings"] = quality_warnings(summary["metrics"], classes)
-    out_dir = root / "selections" / config.run_name
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "selection.parquet").unlink(missing_ok=True)
-    summary["review"] = export_review(root, out_dir / "review", final, selection, names, config)
+    out = Layout(root).selections(config.run_name)
+    out.dir.mkdir(parents=True, exist_ok=True)
+    out.selection.unlink(missing_ok=True)
+    summary["review"] = export_review(root, out.review, final, selection, names, config)
     summary["seconds"] = round(time.perf_counter() - started, 2)
-    summary["selection"] = str(out_dir / "selection.parquet")
+    summary["selection"] = str(out.selection)
     summary["config"] = config.model_dump()
-    atomic_write_bytes(out_dir / "summary.json", json.dumps(summary, indent=1, default=str).encode())
+    atomic_write_bytes(out.summary, json.dumps(summary, indent=1, default=str).encode())
     table = pa.Table.from_pandas(final[SELECTION_SCHEMA.names], schema=SELECTION_SCHEMA, preserve_index=False)
-    atomic_write(out_dir / "selection.parquet", lambda f: pq.write_table(table, f))
+    atomic_write(out.selection, lambda f: pq.write_table(table, f))
     return summary
 
 
@@ -533,7 +509,7 @@ def export_review(
     out.mkdir(parents=True, exist_ok=True)
     thumbs = out / "thumbs"
     thumbs.mkdir(exist_ok=True)
-    manifest = pq.read_table(root / "manifest", columns=["key", "source_uri", "status"]).to_pandas()
+    manifest = pq.read_table(Layout(root).manifest, columns=["key", "source_uri", "status"]).to_pandas()
     uri = manifest[manifest.status == "sharded"].drop_duplicates("key").set_index("key").source_uri
     for key, im in read_shard_images(root, dict(zip(queue.key, queue.shard, strict=True))).items():
         im.thumbnail((config.thumbnail_size, config.thumbnail_size))
@@ -549,20 +525,7 @@ def export_review(
     ]
     queue["predicted_name"] = queue.predicted.map(lambda p: names.get(int(p)))
     queue = queue.assign(label="", label_name="")
-    columns = [
-        "key",
-        "shard",
-        "source_uri",
-        "thumbnail",
-        "predicted",
-        "predicted_name",
-        "candidates",
-        "confidence",
-        "uncertainty",
-        "label",
-        "label_name",
-    ]
-    atomic_write_bytes(out / "review.csv", queue[columns].to_csv(index=False).encode())
+    atomic_write_bytes(out / "review.csv", queue[list(REVIEW_COLUMNS)].to_csv(index=False).encode())
     return {"csv": str(out / "review.csv"), "rows": int(len(queue))}
 
 

@@ -18,6 +18,7 @@ import torch
 import webdataset as wds
 from PIL import Image
 
+from lakelabel.data_specs.layout import Layout
 from lakelabel.data_specs.shards import SHARD_NAME_RE
 
 
@@ -27,7 +28,7 @@ class ShardsNotFound(FileNotFoundError):
 
 def list_shards(root: str | Path) -> list[str]:
     """Committed shard paths under ``ROOT/shards`` (those whose manifest part exists), sorted."""
-    shards_dir, manifest_dir = Path(root) / "shards", Path(root) / "manifest"
+    shards_dir, manifest_dir = Layout(root).shards, Layout(root).manifest
     out = []
     for path in sorted(shards_dir.glob("shard-*.tar")):
         match = SHARD_NAME_RE.match(path.name)
@@ -52,7 +53,7 @@ def read_shard_images(root: str | Path, shard_of: dict[str, str]) -> dict[str, I
     images: dict[str, Image.Image] = {}
     for shard, keys in sorted(by_shard.items()):
         left = set(keys)
-        with tarfile.open(Path(root) / "shards" / shard) as tar:
+        with tarfile.open(Layout(root).shard(shard)) as tar:
             for member in tar:
                 key, _, ext = member.name.partition(".")
                 if ext == "jpg" and key in left:

@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
+from lakelabel.data_specs.layout import Layout
 from lakelabel.models.optim import warmup_cosine
 from lakelabel.models.ups import pseudo_label_loss
 from lakelabel.pipeline.atomic import atomic_write, atomic_write_bytes
@@ -154,7 +155,7 @@ def train_classifier(
             "rows": holdout_rows,
             **evaluate_holdout(root, model, data.classes, holdout, config, dev, encoder),
         }
-    out = root / "classifiers" / config.run_name
+    out = Layout(root).classifier(config.run_name)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "model.pt", lambda f: torch.save(model.state_dict(), f))
     atomic_write_bytes(out / "classes.json", json.dumps(data.classes).encode())

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from lakelabel.data_specs.embeddings import Embeddings
+from lakelabel.data_specs.layout import Layout
 from lakelabel.models.optim import warmup_cosine
 from lakelabel.models.ups import EncoderClassifier
 from lakelabel.pipeline.augment import MEAN, STD, eval_transform
@@ -33,7 +34,7 @@ def embedding_encoder(
         "image_size": meta["image_size"],
     }
     random_seed = re.fullmatch(r"random(\d+)", name)
-    if random_seed and not (Path(root) / "checkpoints" / name).exists():
+    if random_seed and not Layout(root).checkpoint(name).dir.exists():
         encoder = load_encoder(root, "random", seed=int(random_seed[1]), **spec)
     else:
         weights = meta.get("weights") if name == meta["encoder"] else None
@@ -114,7 +115,7 @@ def reembed(
     row_of = {key: i for i, key in enumerate(emb.keys)}
     features = torch.empty(emb.n, model.dim)
     filled = torch.zeros(emb.n, dtype=torch.bool)
-    shards = [str(root / "shards" / s) for s in sorted(set(emb.shards))]
+    shards = [str(Layout(root).shard(s)) for s in sorted(set(emb.shards))]
     meta = emb.meta
     transform = eval_transform(int(meta["image_size"]), meta.get("mean", MEAN), meta.get("std", STD))
     loader = eval_loader(shards, transform, batch_size, workers, set(row_of))

@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 
+from lakelabel.data_specs.layout import Layout
 from lakelabel.data_specs.manifest import MANIFEST_SCHEMA
 
 
@@ -29,7 +30,7 @@ def read_label_csv(csv: str | Path) -> pd.DataFrame:
 def attach_keys(root: str | Path, labels: pd.DataFrame) -> pd.DataFrame:
     """``labels`` with a ``key`` column (the kept sample key of each labeled file); unmatched rows dropped."""
     manifest = pq.read_table(
-        Path(root) / "manifest", columns=["source_uri", "status", "key"], schema=MANIFEST_SCHEMA
+        Layout(root).manifest, columns=["source_uri", "status", "key"], schema=MANIFEST_SCHEMA
     )
     manifest = manifest.to_pandas()
     manifest = manifest[manifest.status.isin(["sharded", "duplicate"])]

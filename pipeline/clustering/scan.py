@@ -16,6 +16,7 @@ import time
 import numpy as np
 from pydantic import Field
 
+from lakelabel.data_specs.layout import Layout
 from lakelabel.pipeline.clustering.base import ClusteringMethod, ClusterInputs, MethodOutput, MethodSettings
 
 
@@ -144,7 +145,7 @@ def _update_encoder(inputs: ClusterInputs, x, head, neighbours: np.ndarray, s: S
         model = model.to(memory_format=torch.channels_last)
     row_of = {key: i for i, key in enumerate(emb.keys)}
     data = KeyedShards(
-        [str(root / "shards" / name) for name in sorted(set(emb.shards))],
+        [str(Layout(root).shard(name)) for name in sorted(set(emb.shards))],
         {key: (-1, [], 1.0) for key in emb.keys},
         [],
         transform=classifier_transform(encoder.image_size, encoder.mean, encoder.std),

@@ -1,0 +1,141 @@
+"""Where every stage's output lives under a lake ROOT: the one place that joins ROOT to a stage's
+folder (``Layout(root).clusters(run).assignments``). See ``README.md`` for the tree."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class CheckpointPaths:
+    """``ROOT/checkpoints/<run>/`` of a pretrain run (``checkpoints.md``)."""
+
+    dir: Path
+
+    @property
+    def encoder(self) -> Path:
+        """The trained backbone's state dict (written when the run finishes)."""
+        return self.dir / "encoder.pt"
+
+    @property
+    def meta(self) -> Path:
+        """``encoder.json``: what rebuilds the backbone (architecture, stem, input size, normalisation)."""
+        return self.dir / "encoder.json"
+
+    @property
+    def last(self) -> Path:
+        """``last.pt``: the resumable training state."""
+        return self.dir / "last.pt"
+
+    @property
+    def summary(self) -> Path:
+        return self.dir / "summary.json"
+
+
+@dataclass(frozen=True)
+class ClusterRunPaths:
+    """``ROOT/clusters/<run>/``: ``assignments.parquet`` (the commit), ``summary.json``, method state."""
+
+    dir: Path
+
+    @property
+    def assignments(self) -> Path:
+        return self.dir / "assignments.parquet"
+
+    @property
+    def summary(self) -> Path:
+        return self.dir / "summary.json"
+
+
+@dataclass(frozen=True)
+class SelectionRunPaths:
+    """``ROOT/selections/<run>/``: ``selection.parquet`` (the commit), ``summary.json``, ``review/``."""
+
+    dir: Path
+
+    @property
+    def selection(self) -> Path:
+        return self.dir / "selection.parquet"
+
+    @property
+    def summary(self) -> Path:
+        return self.dir / "summary.json"
+
+    @property
+    def review(self) -> Path:
+        return self.dir / "review"
+
+    @property
+    def review_csv(self) -> Path:
+        return self.review / "review.csv"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The folders of a lake ROOT, one property or method per stage output."""
+
+    root: Path
+
+    def __init__(self, root: str | Path):
+        object.__setattr__(self, "root", Path(root))
+
+    @property
+    def shards(self) -> Path:
+        """``shards/shard-NNNNNN.tar`` (``shards.md``)."""
+        return self.root / "shards"
+
+    def shard(self, name: str) -> Path:
+        return self.shards / name
+
+    @property
+    def manifest(self) -> Path:
+        """``manifest/part-NNNNNN.parquet`` (``manifest.md``)."""
+        return self.root / "manifest"
+
+    @property
+    def ingest_runs(self) -> Path:
+        """``manifest/_runs/<run_id>.json``: each ingest run's summary."""
+        return self.manifest / "_runs"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    def checkpoint(self, run: str) -> CheckpointPaths:
+        """``checkpoints/<run>/`` of a pretrain run."""
+        return CheckpointPaths(self.checkpoints / run)
+
+    @property
+    def embeddings(self) -> Path:
+        """``embeddings/<encoder>-<sha12>/`` (``embeddings.md``)."""
+        return self.root / "embeddings"
+
+    @property
+    def clusters_dir(self) -> Path:
+        return self.root / "clusters"
+
+    def clusters(self, run: str = "default") -> ClusterRunPaths:
+        """``clusters/<run>/`` (``clusters.md``)."""
+        return ClusterRunPaths(self.clusters_dir / run)
+
+    @property
+    def selections_dir(self) -> Path:
+        return self.root / "selections"
+
+    def selections(self, run: str = "default") -> SelectionRunPaths:
+        """``selections/<run>/`` (``selections.md``)."""
+        return SelectionRunPaths(self.selections_dir / run)
+
+    @property
+    def labels(self) -> Path:
+        """``labels/``: the label table when no other destination is given (``labels.md``)."""
+        return self.root / "labels"
+
+    def report(self, run: str) -> Path:
+        """``reports/<label run>/``: ``report.html`` and its figures."""
+        return self.root / "reports" / run
+
+    def classifier(self, run: str) -> Path:
+        """``classifiers/<run>/``: a classifier retrained from a label run."""
+        return self.root / "classifiers" / run
