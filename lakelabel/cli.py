@@ -274,16 +274,13 @@ def cmd_labels(args: argparse.Namespace) -> int:
         print(f"run {table.run_id.iloc[0] if len(table) else args.run}{at}: {len(table)} rows\n")
         counts = table.groupby(["role", "label_name"], dropna=False).size().rename("images")
         print(counts.to_string())
-    elif args.action == "vacuum":
-        from lakelabel.pipeline.labels import vacuum_labels
+    else:  # the store's maintenance: vacuum | migrate
+        from lakelabel.pipeline.label_stores import open_store
 
-        if args.keep is None:
+        store = open_store(dest, options)
+        if args.action == "vacuum" and args.keep is None:
             raise ValueError("labels vacuum needs --keep N (the newest N runs stay)")
-        _emit(vacuum_labels(dest, args.keep, options), args)
-    else:
-        from lakelabel.pipeline.labels import migrate_labels
-
-        _emit(migrate_labels(dest, options), args)
+        _emit(store.vacuum(args.keep) if args.action == "vacuum" else store.migrate(), args)
     return 0
 
 

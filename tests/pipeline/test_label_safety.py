@@ -26,6 +26,7 @@ from lakelabel.data_specs.labels import (
     LABELS_SCHEMA,
     LabelsNotFound,
     LabelTableWarning,
+    delta_options,
     latest_run,
     list_runs,
     read_labels,
@@ -104,7 +105,7 @@ def _check_every_run_landed(dest: str, records: list[dict], options=None) -> Non
     assert sorted(r["run_id"] for r in runs) == sorted(r["run_id"] for r in records)
     assert sorted(r["version"] for r in runs) == list(range(1, len(records) + 1))  # 0: the creation
     assert all(r["rows"] == 400 for r in runs)
-    table = DeltaTable(dest, storage_options=labels_module.delta_options(options))
+    table = DeltaTable(dest, storage_options=delta_options(options))
     creations = [c for c in table.history() if c["operation"] == "CREATE TABLE"]
     assert [c["version"] for c in creations] == [0]  # created once: no second "create" replaced it
 
