@@ -1,6 +1,7 @@
 """Cluster assignments contract: ``ROOT/clusters/<run>/assignments.parquet``. See ``clusters.md``.
 
-Each clustering method (``pipeline/clustering/``) writes the columns named here for it, in this order.
+Each clustering method (``pipeline/clustering/``) declares the columns it writes: cluster labels (int32,
+in [0, K)) and per-image scores (float32); each column's field metadata names its method.
 """
 
 from __future__ import annotations
@@ -18,68 +19,83 @@ from lakelabel.data_specs.validation import ContractError, check_table
 
 CLUSTERS_SCHEMA_VERSION = "2"
 
-#: method → its (column, type) pairs; the first column of each is a cluster label in [0, K).
-#: SeLa writes one pair per head: ``head_<t>`` (label) and ``posterior_<t>``.
-METHOD_COLUMNS: dict[str, list[tuple[str, pa.DataType]]] = {
-    "kmeans": [("kmeans", pa.int32()), ("kmeans_similarity", pa.float32())],
-    "sinkhorn": [("sinkhorn", pa.int32())],
-    "sela": [("head_{t}", pa.int32()), ("posterior_{t}", pa.float32())],
-    "scan": [("scan", pa.int32()), ("scan_confidence", pa.float32())],
-}
+#: a method's column kinds: a cluster label in [0, K) per image, or a per-image score of it
+COLUMN_TYPES: dict[str, pa.DataType] = {"label": pa.int32(), "score": pa.float32()}
+#: field metadata key naming the method that wrote a column
+METHOD_KEY = b"lakelabel.method"
 
 
-def method_fields(method: str, heads: int = 1) -> list[pa.Field]:
-    """The columns ``method`` writes (``heads``: SeLa's T)."""
-    if method not in METHOD_COLUMNS:
-        raise ContractError(f"clusters: unknown method {method!r}; known: {', '.join(METHOD_COLUMNS)}")
-    spec = METHOD_COLUMNS[method]
-    rows = [(n.format(t=t), ty) for t in range(heads) for n, ty in spec] if method == "sela" else spec
-    return [pa.field(name, ty, nullable=False) for name, ty in rows]
-
-
-def head_columns(heads: int) -> list[str]:
-    return [f"head_{t}" for t in range(heads)]
-
-
-def assignments_schema(methods: list[str], heads: int = 0) -> pa.Schema:
-    """key, shard, then each method's columns in ``methods`` order (SeLa with ``heads`` heads)."""
+def assignments_schema(columns: list[tuple[str, str, str]]) -> pa.Schema:
+    """key, shard, then each ``(column, kind, method)`` in order (kind: ``label`` | ``score``; each
+    clustering method declares its own, ``pipeline/clustering``)."""
     fields = [pa.field("key", pa.string(), nullable=False), pa.field("shard", pa.string(), nullable=False)]
-    for method in methods:
-        fields += method_fields(method, heads)
+    methods: list[str] = []
+    for name, kind, method in columns:
+        if kind not in COLUMN_TYPES:
+            raise ContractError(
+                f"clusters: column {name!r} of {method!r} has kind {kind!r}; valid: label, score"
+            )
+        fields.append(
+            pa.field(name, COLUMN_TYPES[kind], nullable=False, metadata={METHOD_KEY: method.encode()})
+        )
+        methods += [] if method in methods else [method]
     return pa.schema(
         fields,
         metadata={
             "lakelabel.contract": "clusters",
             "lakelabel.schema_version": CLUSTERS_SCHEMA_VERSION,
             "lakelabel.methods": ",".join(methods),
-            "lakelabel.heads": str(heads),
+            "lakelabel.columns": json.dumps([list(c) for c in columns]),  # what the methods declared
         },
     )
 
 
-def heads_in(table: pa.Table) -> int:
-    return sum(1 for name in table.column_names if name.startswith("head_"))
+def _table_columns(table: pa.Table) -> list[tuple[str, str, str]]:
+    """``(column, kind, method)`` of an assignments table: as its methods declared them (the schema
+    metadata; a table that lost a column still declares it), else from its fields (a column without
+    the method metadata, written before it existed, counts as its own method)."""
+    declared = (table.schema.metadata or {}).get(b"lakelabel.columns")
+    if declared:
+        return [(name, kind, method) for name, kind, method in json.loads(declared)]
+    out = []
+    for field in table.schema:
+        if field.name in ("key", "shard"):
+            continue
+        kind = next((k for k, t in COLUMN_TYPES.items() if field.type == t), None)
+        if kind is None:
+            raise ContractError(
+                f"clusters: column {field.name!r} has type {field.type}; expected int32 or float32"
+            )
+        method = (field.metadata or {}).get(METHOD_KEY, field.name.encode()).decode()
+        out.append((field.name, kind, method))
+    return out
 
 
 def methods_in(table: pa.Table) -> list[str]:
-    """The methods whose label column the table holds, in the table's column order."""
-    first = {"head_0" if m == "sela" else METHOD_COLUMNS[m][0][0]: m for m in METHOD_COLUMNS}
-    return [first[name] for name in table.column_names if name in first]
+    """The methods whose columns the table holds, in the order they ran."""
+    return list(dict.fromkeys(method for _, _, method in _table_columns(table)))
 
 
-def label_columns(table: pa.Table) -> list[str]:
-    """The cluster-label columns of an assignments table (kmeans, sinkhorn, head_<t>, scan, as present)."""
-    return [
-        f.name for m in methods_in(table) for f in method_fields(m, heads_in(table)) if f.type == pa.int32()
-    ]
+def label_columns(table: pa.Table, method: str | None = None) -> list[str]:
+    """The cluster-label columns of an assignments table (of ``method`` only, when given), in order."""
+    return [n for n, kind, m in _table_columns(table) if kind == "label" and method in (None, m)]
+
+
+def head_columns(table: pa.Table) -> list[str]:
+    """The label columns of a method with several heads, ``head_<t>`` in head order (the label table's
+    ``cluster_heads``)."""
+    return sorted(
+        (n for n in label_columns(table) if n.startswith("head_") and n[5:].isdigit()),
+        key=lambda n: int(n[5:]),
+    )
 
 
 def validate_assignments(table: pa.Table, k: int | None = None) -> pa.Table:
     """Check an assignments table; ``k`` bounds every label column when given."""
-    methods = methods_in(table)
-    if not methods:
-        raise ContractError("clusters: no cluster-label column (kmeans, sinkhorn, head_0 or scan)")
-    table = check_table(table, assignments_schema(methods, heads_in(table)), "clusters")
+    columns = _table_columns(table)
+    if not any(kind == "label" for _, kind, _ in columns):
+        raise ContractError("clusters: no cluster-label (int32) column")
+    table = check_table(table, assignments_schema(columns), "clusters")
     if pc.count_distinct(table.column("key")).as_py() != table.num_rows:
         raise ContractError("clusters: duplicate keys")
     if k is not None:

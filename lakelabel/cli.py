@@ -416,6 +416,10 @@ def add_config_flags(p: argparse.ArgumentParser, model) -> None:
         base = next(a for a in typing.get_args(kind) if a is not type(None)) if optional else kind
         many = typing.get_origin(base) is list
         base = typing.get_args(base)[0] if many else base
+        if typing.get_origin(base) is typing.Annotated:  # a choice (checks.choice): its Literal
+            base = typing.get_args(base)[0]
+        choices = typing.get_args(base) if typing.get_origin(base) is typing.Literal else None
+        base = str if choices else base
         default = field.get_default(call_default_factory=True)
         help_ = f"{(field.description or '').rstrip('.')} (default: {default})".lstrip()
         flag = "--" + dest.replace(".", "-").replace("_", "-")
@@ -424,10 +428,17 @@ def add_config_flags(p: argparse.ArgumentParser, model) -> None:
             p.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_)
         elif many:
             p.add_argument(
-                flag, dest=dest, type=base, nargs="+", action="extend", metavar=metavar, help=help_
+                flag,
+                dest=dest,
+                type=base,
+                nargs="+",
+                action="extend",
+                choices=choices,
+                metavar=metavar,
+                help=help_,
             )
         else:
-            p.add_argument(flag, dest=dest, type=base, metavar=metavar, help=help_)
+            p.add_argument(flag, dest=dest, type=base, choices=choices, metavar=metavar, help=help_)
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:

@@ -8,20 +8,16 @@ solarization (BYOL and Barlow Twins use asymmetric views).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torchvision.transforms import v2
 
-from lakelabel.pipeline.checks import check_choice
+if TYPE_CHECKING:
+    from lakelabel.pipeline.ssl import ViewRecipe
+
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-# (blur p, solarize p) for view 1 and view 2 at >= 96 px; at 32 px blur is off.
-_ASYMMETRY: dict[str, tuple[tuple[float, float], tuple[float, float]]] = {
-    "simsiam": ((0.5, 0.0), (0.5, 0.0)),
-    "simclr": ((0.5, 0.0), (0.5, 0.0)),
-    "byol": ((1.0, 0.0), (0.1, 0.2)),
-    "barlow_twins": ((1.0, 0.0), (0.1, 0.2)),
-}
 
 
 def view_transform(
@@ -49,11 +45,10 @@ def view_transform(
 
 
 class TwoViews:
-    """Callable returning two independently augmented views of one image."""
+    """Callable returning two independently augmented views of one image (an SSL method's ``recipe``)."""
 
-    def __init__(self, method: str, image_size: int, mean=MEAN, std=STD):
-        check_choice("SSL method", method, _ASYMMETRY)
-        (b1, s1), (b2, s2) = _ASYMMETRY[method]
+    def __init__(self, recipe: ViewRecipe, image_size: int, mean=MEAN, std=STD):
+        (b1, s1), (b2, s2) = recipe.first, recipe.second
         self.view1 = view_transform(image_size, b1, s1, mean=mean, std=std)
         self.view2 = view_transform(image_size, b2, s2, mean=mean, std=std)
 
@@ -89,10 +84,9 @@ class BatchViews(torch.nn.Module):
     recipe as :class:`TwoViews`, per-sample parameters, deterministic under ``seed`` (parameters
     are drawn from the CPU RNG, forked, so the process's global RNG is untouched)."""
 
-    def __init__(self, method: str, image_size: int, mean=MEAN, std=STD):
+    def __init__(self, recipe: ViewRecipe, image_size: int, mean=MEAN, std=STD):
         super().__init__()
-        check_choice("SSL method", method, _ASYMMETRY)
-        (b1, s1), (b2, s2) = _ASYMMETRY[method]
+        (b1, s1), (b2, s2) = recipe.first, recipe.second
         self.view1 = _batch_view(image_size, b1, s1, mean, std)
         self.view2 = _batch_view(image_size, b2, s2, mean, std)
 

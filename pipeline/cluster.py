@@ -60,15 +60,19 @@ def cluster(
     timings: dict[str, float] = {}
     columns: dict[str, np.ndarray] = {"key": np.asarray(emb.keys), "shard": np.asarray(emb.shards)}
     methods: dict[str, dict] = {}
-    heads = 0
+    declared: list[tuple[str, str, str]] = []
     for name in config.methods:
         method = METHODS[name](getattr(config, name))
         start = time.perf_counter()
         output = method.run(inputs)
+        declared += [(column, kind, name) for column, kind in method.columns()]
+        if list(output.columns) != [column for column, _ in method.columns()]:
+            raise RuntimeError(
+                f"clustering method {name!r} wrote {list(output.columns)}, not its declared columns"
+            )
         timings[f"{name}_s"] = round(time.perf_counter() - start, 2)
         columns.update(output.columns)
         methods[name] = output.summary
-        heads = method.heads() if name == "sela" else heads
         for state_name, state in output.state.items():
             if isinstance(state, np.ndarray):
                 atomic_write(
@@ -78,7 +82,7 @@ def cluster(
                 atomic_write(out_dir / f"{state_name}.pt", lambda f, d=state: torch.save(d, f))
         if log:
             log({"method": name, "seconds": timings[f"{name}_s"]})
-    schema = assignments_schema(config.methods, heads)
+    schema = assignments_schema(declared)
     table = validate_assignments(
         pa.table({f.name: pa.array(columns[f.name], f.type) for f in schema}, schema=schema), config.k
     )

@@ -7,21 +7,32 @@ parameters and the Prefect UI form. ``extra="forbid"`` everywhere: a misspelt ke
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
-from lakelabel.pipeline.checks import ConfigError, check_choice
+from lakelabel.pipeline.checks import PRECISIONS, STEMS, ConfigError, choice
 from lakelabel.pipeline.clustering import METHODS
-from lakelabel.pipeline.clustering.kmeans import KMeansSettings
-from lakelabel.pipeline.clustering.scan import ScanSettings
-from lakelabel.pipeline.clustering.sela import SelaSettings
-from lakelabel.pipeline.clustering.sinkhorn import SinkhornSettings
+from lakelabel.pipeline.registry import block_fields
 from lakelabel.pipeline.selection import RULES
-from lakelabel.pipeline.selection.confidence import ConfidenceSettings
-from lakelabel.pipeline.selection.ups import UpsSettings
+from lakelabel.pipeline.ssl import METHODS as SSL_METHODS
+
+#: the choices of the stages' own options (the registries' keys are choices too)
+OPTIMIZERS = ("sgd", "lars")
+AUGMENT = ("auto", "device", "loader")
+PRETRAIN_STEMS = ("auto", *STEMS)
+LOSSES = ("default", "wasserstein")
+LABEL_SOURCES = ("clusters", "seed")
+NAMINGS = ("hungarian", "majority")
 
 
 class StrictModel(BaseModel):
@@ -82,18 +93,22 @@ class RunnerConfig(StrictModel):
 RUNNER_KINDS = ("threads", "processes", "dask")
 
 
-class PretrainConfig(StrictModel):
-    """Self-supervised encoder training from shards."""
+class _Pretrain(StrictModel):
+    """Self-supervised encoder training from shards; each SSL method's own settings in its block."""
 
-    method: str = Field("simsiam", description="simsiam | byol | barlow_twins | simclr")
-    loss: str = Field("default", description="default | wasserstein (SimSiam, BYOL)")
+    method: choice("SSL method", SSL_METHODS) = Field(
+        "simsiam", description="SSL method (registry pipeline/ssl): " + " | ".join(SSL_METHODS)
+    )
+    loss: choice("loss", LOSSES) = Field(
+        "default", description="default | wasserstein (a sliced Wasserstein similarity)"
+    )
     backbone: str = Field("resnet18", description="resnet18 | resnet34 | resnet50")
     image_size: int | None = Field(
         None,
         gt=0,
         description="Training crop size; None = 32, or the pretrained size with a named init_from.",
     )
-    stem: str = Field(
+    stem: choice("stem", PRETRAIN_STEMS) = Field(
         "auto",
         description="auto (small for image_size <= 64) | small (3x3 stride-1, no max-pool) | imagenet "
         "(7x7 stride-2 + max-pool: ~9x cheaper at 32 px, the fast CPU choice)",
@@ -103,7 +118,7 @@ class PretrainConfig(StrictModel):
     max_steps: int | None = Field(
         None, gt=0, description="Stop after this many steps (budgeted runs, tests)."
     )
-    optimizer: str = Field("sgd", description="sgd | lars")
+    optimizer: choice("optimizer", OPTIMIZERS) = Field("sgd", description="sgd | lars")
     lr: float = Field(
         0.05, gt=0, description="Base learning rate for a total batch of 256 (scaled linearly)."
     )
@@ -114,8 +129,10 @@ class PretrainConfig(StrictModel):
     shuffle_buffer: int = Field(2000, gt=0, description="Sample shuffle buffer.")
     checkpoint_every: int = Field(200, gt=0, description="Steps between atomic checkpoints.")
     seed: int = Field(0, description="Seed of initialisation, augmentation and shuffling.")
-    precision: str = Field("auto", description="auto (bf16 on CUDA) | fp32 | bf16")
-    augment: str = Field(
+    precision: choice("precision", PRECISIONS) = Field(
+        "auto", description="auto (bf16 on CUDA) | fp32 | bf16"
+    )
+    augment: choice("augment", AUGMENT) = Field(
         "auto",
         description="auto = device | device (kornia, batched where the model runs, per-sample "
         "parameters; loaders only decode) | loader (torchvision per image in the loader workers)",
@@ -144,6 +161,11 @@ class PretrainConfig(StrictModel):
     )
 
 
+PretrainConfig = create_model(
+    "PretrainConfig", __base__=_Pretrain, __module__=__name__, **block_fields(SSL_METHODS, "SSL method")
+)
+
+
 class EmbedConfig(StrictModel):
     """Encoder over every shard → per-shard embedding matrices."""
 
@@ -157,14 +179,18 @@ class EmbedConfig(StrictModel):
         None,
         description="For a plain state-dict file: resnet18 | resnet34 | resnet50 | timm:<model> | torchvision:<model>.",
     )
-    stem: str | None = Field(None, description="For a plain state-dict file: small | imagenet.")
+    stem: choice("stem", STEMS) | None = Field(
+        None, description="For a plain state-dict file: small | imagenet."
+    )
     image_size: int | None = Field(
         None, gt=0, description="Input size; None = the encoder's training (or pretrained) size."
     )
     batch_size: int = Field(256, gt=0, description="Images per forward pass.")
     workers: int = Field(2, ge=0, description="DataLoader decode workers.")
     dtype: str = Field("float16", description="float16 | float32 (stored matrices).")
-    precision: str = Field("auto", description="auto (bf16 on CUDA) | fp32 | bf16")
+    precision: choice("precision", PRECISIONS) = Field(
+        "auto", description="auto (bf16 on CUDA) | fp32 | bf16"
+    )
     seed: int = Field(0, description="Seed of the 'random' encoder.")
     shards_per_task: int = Field(8, gt=0, description="Shards per mapped task in embed_flow.")
     parallel_tasks: int = Field(
@@ -172,72 +198,40 @@ class EmbedConfig(StrictModel):
     )
 
 
-class ClusterConfig(StrictModel):
+class _Cluster(StrictModel):
     """Clustering methods on the embeddings (registry: ``pipeline/clustering``), each with its own block."""
 
     k: int = Field(10, gt=1, description="Clusters per label column.")
-    methods: list[str] = Field(
+    methods: list[choice("clustering method", METHODS)] = Field(
         default_factory=lambda: list(METHODS),
-        description="Clustering methods to run, in order: kmeans | sinkhorn | sela | scan.",
+        description="Clustering methods to run, in order: " + " | ".join(METHODS),
     )
     target: list[float] | None = Field(
         None, description="Cluster proportions (K positive numbers) for lakes known to be imbalanced."
     )
-    kmeans: KMeansSettings = Field(default_factory=KMeansSettings)
-    sinkhorn: SinkhornSettings = Field(default_factory=SinkhornSettings)
-    sela: SelaSettings = Field(default_factory=SelaSettings)
-    scan: ScanSettings = Field(default_factory=ScanSettings)
-    seed: int = Field(0, description="Seed of k-means, SeLa and SCAN (head t of SeLa uses seed + t).")
+    seed: int = Field(0, description="Seed of the methods (a method with T heads uses seed + t for head t).")
     run_name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$", description="Folder under ROOT/clusters.")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _flat_keys(cls, data: Any) -> Any:
-        """Keys of the flat layout before method blocks (``heads: 2``) still work: moved into their block."""
-        data = _move_flat_keys(data, _FLAT_CLUSTER_KEYS, "cluster")
-        if isinstance(data, dict) and data.get("scan", ...) is None:  # `scan: null` meant "no SCAN"
-            data = {
-                **data,
-                "scan": {},
-                "methods": [m for m in data.get("methods", METHODS) if m != "scan"],
-            }
-        return data
 
     @field_validator("methods")
     @classmethod
-    def _known_methods(cls, methods: list[str]) -> list[str]:
-        unknown = [m for m in methods if m not in METHODS]
-        if unknown or not methods or len(set(methods)) != len(methods):
-            raise ValueError(
-                f"methods {methods!r}: need one or more of {', '.join(METHODS)}, each once"
-                + (f" (unknown: {', '.join(unknown)})" if unknown else "")
-            )
+    def _each_once(cls, methods: list[str]) -> list[str]:
+        if not methods or len(set(methods)) != len(methods):
+            raise ValueError(f"methods {methods!r}: need one or more of {', '.join(METHODS)}, each once")
         return methods
 
 
-_FLAT_CLUSTER_KEYS = {
-    "heads": ("sela", "heads"),
-    "lam": ("sela", "lam"),
-    "head_hidden": ("sela", "hidden"),
-    "epochs": ("sela", "epochs"),
-    "label_updates": ("sela", "label_updates"),
-    "batch_size": ("sela", "batch_size"),
-    "lr": ("sela", "lr"),
-    "weight_decay": ("sela", "weight_decay"),
-    "kmeans_iters": ("kmeans", "iters"),
-    "kmeans_redo": ("kmeans", "redo"),
-    "max_points_per_centroid": ("kmeans", "max_points_per_centroid"),
-    "use_gpu": ("kmeans", "use_gpu"),
-    "centroid_temperature": ("sinkhorn", "centroid_temperature"),
-    "sinkhorn_tol": ("sinkhorn", "tol"),
-    "balance": ("sinkhorn", "balance"),
-}
+ClusterConfig = create_model(
+    "ClusterConfig", __base__=_Cluster, __module__=__name__, **block_fields(METHODS, "clustering method")
+)
 
 
-class SelectConfig(StrictModel):
-    """UPS selection: a dropout classifier on the embeddings, M MC-dropout passes, R rounds."""
+class _Select(StrictModel):
+    """UPS selection: a dropout classifier on the embeddings, M MC-dropout passes, R rounds; each
+    selection rule's settings in its block."""
 
-    labels_from: str = Field("clusters", description="clusters (no human labels) | seed (seed-label CSVs)")
+    labels_from: choice("labels_from", LABEL_SOURCES) = Field(
+        "clusters", description="clusters (no human labels) | seed (seed-label CSVs)"
+    )
     seed_labels: list[str] = Field(
         default_factory=list,
         description="CSVs with path or key, label[, label_name]: seed labels, reviewed labels; with "
@@ -249,20 +243,19 @@ class SelectConfig(StrictModel):
     )
     cluster_column: str = Field(
         "auto",
-        description="auto (scan when the run has it, else head_0) | kmeans | sinkhorn | head_<t> | scan",
+        description="auto (the strongest method the run has: scan, else head_0, sinkhorn, kmeans) | a label "
+        "column of the cluster run (kmeans, sinkhorn, head_<t>, scan, …)",
     )
-    naming: str = Field(
+    naming: choice("naming", NAMINGS) = Field(
         "hungarian", description="Cluster → class naming with seed labels: hungarian | majority"
     )
-    method: str = Field("ups", description="Selection rule (registry pipeline/selection): ups | confidence")
+    method: choice("selection rule method", RULES) = Field(
+        "ups", description="Selection rule (registry pipeline/selection): " + " | ".join(RULES)
+    )
     rounds: int = Field(3, gt=0, description="Selection rounds R (classifier re-initialised each round).")
     epochs: int = Field(20, gt=0, description="Classifier epochs per round.")
     min_steps: int = Field(400, gt=0, description="At least this many steps per round (small seed sets).")
     passes: int = Field(10, ge=2, description="MC-dropout passes M.")
-    ups: UpsSettings = Field(default_factory=UpsSettings, description="settings of method=ups")
-    confidence: ConfidenceSettings = Field(
-        default_factory=ConfidenceSettings, description="settings of method=confidence"
-    )
     neg_temperature: float = Field(2.0, gt=0, description="Softmax temperature for negative selection.")
     hidden: int = Field(
         0, ge=0, description="Classifier hidden width; 0 = linear (dropout on the inputs), the best here."
@@ -308,45 +301,19 @@ class SelectConfig(StrictModel):
     )
     workers: int = Field(2, ge=0, description="Decode workers for fine-tuning and re-embedding.")
     shuffle_buffer: int = Field(2000, ge=0, description="Sample shuffle buffer of the fine-tuning stream.")
-    precision: str = Field("auto", description="auto (bf16 on CUDA) | fp32 | bf16 (fine-tuning)")
+    precision: choice("precision", PRECISIONS) = Field(
+        "auto", description="auto (bf16 on CUDA) | fp32 | bf16 (fine-tuning)"
+    )
     truth: str | None = Field(None, description="Ground-truth CSV, for evaluation only (never trains).")
     seed: int = Field(0, description="Seed of training, dropout and fold splits.")
     run_name: str = Field(
         "default", pattern=r"^[A-Za-z0-9_.-]+$", description="Folder under ROOT/selections."
     )
 
-    @model_validator(mode="before")
-    @classmethod
-    def _flat_keys(cls, data: Any) -> Any:
-        return _move_flat_keys(data, _FLAT_SELECT_KEYS, "select")
 
-    @field_validator("method")
-    @classmethod
-    def _known_rule(cls, method: str) -> str:
-        check_choice("selection rule method", method, RULES)
-        return method
-
-
-_FLAT_SELECT_KEYS = {
-    "tau_p": ("ups", "tau_p"),
-    "kappa_p": ("ups", "kappa_p"),
-    "tau_n": ("ups", "tau_n"),
-    "kappa_n": ("ups", "kappa_n"),
-    "class_balance": ("ups", "class_balance"),
-    "confidence_tau": ("confidence", "tau"),
-}
-
-
-def _move_flat_keys(data: Any, keys: dict[str, tuple[str, str]], section: str) -> Any:
-    """Keys of the flat layout before method blocks (``tau_p: 0.3``) move into their block, with a warning."""
-    if not isinstance(data, dict) or not any(key in keys for key in data):
-        return data
-    data = dict(data)
-    for key in [key for key in data if key in keys]:
-        block, name = keys[key]
-        data[block] = {**(data.get(block) or {}), name: data.pop(key)}
-        warnings.warn(f"{section}.{key} is now {section}.{block}.{name}", DeprecationWarning, stacklevel=2)
-    return data
+SelectConfig = create_model(
+    "SelectConfig", __base__=_Select, __module__=__name__, **block_fields(RULES, "selection rule")
+)
 
 
 class TrainClassifierConfig(StrictModel):
@@ -358,7 +325,9 @@ class TrainClassifierConfig(StrictModel):
     backbone: str = Field(
         "resnet18", description="resnet18 | resnet34 | resnet50 (torchvision, from scratch)"
     )
-    stem: str = Field("imagenet", description="small | imagenet (the cheap one at 32 px on CPU)")
+    stem: choice("stem", STEMS) = Field(
+        "imagenet", description="small | imagenet (the cheap one at 32 px on CPU)"
+    )
     init_from: str | None = Field(
         None,
         description="Start from: timm:<model> | torchvision:<model> (pretrained; replaces backbone/stem), "
@@ -389,7 +358,9 @@ class TrainClassifierConfig(StrictModel):
     )
     workers: int = Field(2, ge=0, description="DataLoader decode workers.")
     shuffle_buffer: int = Field(2000, ge=0, description="Sample shuffle buffer.")
-    precision: str = Field("auto", description="auto (bf16 on CUDA) | fp32 | bf16")
+    precision: choice("precision", PRECISIONS) = Field(
+        "auto", description="auto (bf16 on CUDA) | fp32 | bf16"
+    )
     seed: int = Field(0, description="Seed of initialisation, augmentation and shuffling.")
     run_name: str = Field(
         "default", pattern=r"^[A-Za-z0-9_.-]+$", description="Folder under ROOT/classifiers."

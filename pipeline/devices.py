@@ -7,9 +7,7 @@ from contextlib import contextmanager, nullcontext
 
 import torch
 
-from lakelabel.pipeline.checks import check_choice
-
-PRECISIONS = ("auto", "fp32", "bf16")
+from lakelabel.pipeline.checks import PRECISIONS, check_choice
 
 
 def compute_device(device: str | None = None) -> torch.device:

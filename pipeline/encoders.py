@@ -26,9 +26,9 @@ from lakelabel.data_specs.checkpoints import read_encoder_meta
 from lakelabel.data_specs.layout import Layout
 from lakelabel.models.backbones import IMAGENET_MEAN, IMAGENET_STD, build_with_preprocess, is_named
 from lakelabel.models.weights import fit_state_dict
+from lakelabel.pipeline.checks import STEMS
 
 ALLOW_DOWNLOAD_ENV = "LAKELABEL_ALLOW_DOWNLOAD"
-STEMS = ("small", "imagenet")
 
 
 class CheckpointError(ValueError):

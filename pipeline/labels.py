@@ -18,7 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lakelabel.data_specs.clusters import head_columns, heads_in, read_assignments
+from lakelabel.data_specs.clusters import head_columns, read_assignments
 from lakelabel.data_specs.labels import (
     LABELS_SCHEMA,
     LABELS_SCHEMA_VERSION,
@@ -58,7 +58,7 @@ def build_label_table(root: str | Path, selection_run: str = "default", run_id: 
     heads: pd.Series
     if Layout(root).clusters(info.cluster_run).assignments.exists():
         assignments = read_assignments(root, info.cluster_run)
-        head_cols = head_columns(heads_in(assignments))
+        head_cols = head_columns(assignments)
         clusters = assignments.select(["key", *head_cols]).to_pandas().set_index("key")
         heads = pd.Series(clusters[head_cols].to_numpy().tolist(), index=clusters.index).reindex(
             selection.key

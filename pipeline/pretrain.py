@@ -24,20 +24,15 @@ from lakelabel.data_specs.layout import Layout
 from lakelabel.data_specs.manifest import MANIFEST_SCHEMA
 from lakelabel.models.backbones import build_with_preprocess, is_named
 from lakelabel.models.knn import knn_predict
-from lakelabel.models.methods import build_method
 from lakelabel.models.optim import LARS, warmup_cosine
 from lakelabel.pipeline.atomic import atomic_write, atomic_write_bytes
 from lakelabel.pipeline.augment import BatchViews, DecodeUint8, TwoViews, eval_transform, load_size
-from lakelabel.pipeline.checks import check_choice
 from lakelabel.pipeline.config import PretrainConfig
 from lakelabel.pipeline.devices import autocast, compute_device
 from lakelabel.pipeline.encoders import CheckpointError, file_sha256, init_backbone_from, pretrained_weights
 from lakelabel.pipeline.shard_data import eval_loader, list_shards, train_batches
+from lakelabel.pipeline.ssl import METHODS as SSL_METHODS
 from lakelabel.pipeline.truth import attach_keys, read_label_csv
-
-OPTIMIZERS = ("sgd", "lars")
-AUGMENT = ("auto", "device", "loader")
-STEMS = ("auto", "small", "imagenet")
 
 
 @dataclass
@@ -78,8 +73,7 @@ class Pretrainer:
 
     def __init__(self, root: str | Path, config: PretrainConfig, device: str | None = None):
         self.root, self.config = Path(root), config
-        check_choice("optimizer", config.optimizer, OPTIMIZERS)
-        check_choice("stem", config.stem, STEMS)
+        self.entry = SSL_METHODS[config.method](getattr(config, config.method))  # its block, its views
         self.dist = setup_distributed()
         self.device = compute_device(device)
         self.shards = list_shards(self.root)
@@ -108,7 +102,7 @@ class Pretrainer:
             )
             self.init_report = init_backbone_from(backbone, weights, complete=named)
             self.init_report |= {"weights": str(weights), "weights_sha256": file_sha256(weights)}
-        self.method = build_method(config.method, backbone, feat_dim, loss=config.loss).to(self.device)
+        self.method = self.entry.build(backbone, feat_dim, loss=config.loss).to(self.device)
         if config.channels_last:
             self.method = self.method.to(memory_format=torch.channels_last)
         self.model: torch.nn.Module = self.method
@@ -145,15 +139,14 @@ class Pretrainer:
         self.step_times: list[float] = []
         self.progress: Callable[[int, int], None] | None = None
         self.history: list[dict] = []
-        check_choice("augment", config.augment, AUGMENT)
         self.device_augment = config.augment in ("auto", "device")  # batched kornia: faster on CPU too
         if self.device_augment:  # loaders only decode; the views are made batched on the device
-            self.views = BatchViews(config.method, self.pre.image_size, self.pre.mean, self.pre.std).to(
+            self.views = BatchViews(self.entry.views, self.pre.image_size, self.pre.mean, self.pre.std).to(
                 self.device
             )
             self.transform = DecodeUint8(load_size(self.pre.image_size))
         else:
-            self.transform = TwoViews(config.method, self.pre.image_size, self.pre.mean, self.pre.std)
+            self.transform = TwoViews(self.entry.views, self.pre.image_size, self.pre.mean, self.pre.std)
 
     # -- checkpoints -------------------------------------------------------------------------
     def state(self) -> dict:

@@ -3,9 +3,9 @@ validated, and a constructor that refuses another entry's settings."""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class BlockSettings(BaseModel):
@@ -26,3 +26,15 @@ class Configured:
                 f"{self.name}: settings must be {self.Settings.__name__}, not {type(settings).__name__}"
             )
         self.settings = settings
+
+
+def block_fields(registry: dict[str, Any], what: str) -> dict[str, Any]:
+    """One config block per registry entry, named as the entry, of its ``Settings`` (for
+    ``pydantic.create_model``): a new entry brings its block, flags and UI form with it."""
+    return {
+        name: (
+            entry.Settings,
+            Field(default_factory=entry.Settings, description=f"settings of {what} {name}"),
+        )
+        for name, entry in registry.items()
+    }

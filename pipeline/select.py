@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
-from lakelabel.data_specs.clusters import label_columns, read_assignments, read_cluster_info
+from lakelabel.data_specs.clusters import label_columns, methods_in, read_assignments, read_cluster_info
 from lakelabel.data_specs.embeddings import find_embeddings, read_embeddings
 from lakelabel.data_specs.labels import ROLES
 from lakelabel.data_specs.layout import Layout
@@ -40,6 +40,7 @@ from lakelabel.models.ups import (
 )
 from lakelabel.pipeline.atomic import atomic_write, atomic_write_bytes
 from lakelabel.pipeline.checks import check_choice
+from lakelabel.pipeline.clustering import METHODS as CLUSTERING_METHODS
 from lakelabel.pipeline.config import SelectConfig
 from lakelabel.pipeline.devices import compute_device, cpu_threads
 from lakelabel.pipeline.finetune import finetune_round, load_finetune_encoder
@@ -55,20 +56,20 @@ from lakelabel.pipeline.selection import RULES
 from lakelabel.pipeline.shard_data import read_shard_images
 from lakelabel.pipeline.truth import attach_keys, read_label_csv, read_seed_labels
 
-LABEL_SOURCES = ("clusters", "seed")
-NAMINGS = ("hungarian", "majority")
-
 
 #: ``selection.parquet``: the label table's per-image columns (data_specs/labels.py) plus ``predicted``.
 def check_select_config(config: SelectConfig) -> None:
-    check_choice("labels_from", config.labels_from, LABEL_SOURCES)
-    check_choice("naming", config.naming, NAMINGS)
     if config.labels_from == "seed" and not config.seed_labels:
         raise ValueError("labels_from=seed needs at least one seed-label CSV (--seed-labels)")
 
 
-#: ``cluster_column: auto`` takes the first of these the cluster run has
-AUTO_COLUMNS: tuple[str, ...] = ("scan", "head_0", "sinkhorn", "kmeans")
+def auto_column(assignments: pa.Table) -> str:
+    """``cluster_column: auto``: the first label column of the strongest method the run has, the one
+    latest in the clustering registry (scan, then sela's head_0, sinkhorn, kmeans)."""
+    order = list(CLUSTERING_METHODS)
+    ran = methods_in(assignments)
+    strongest = max(ran, key=lambda m: order.index(m) if m in order else -1)
+    return label_columns(assignments, strongest)[0]
 
 
 def check_select_inputs(root: Path, config: SelectConfig) -> None:
@@ -300,8 +301,8 @@ def select(root: str | Path, config: SelectConfig | None = None, log=None, devic
         assignments = read_assignments(root, config.cluster_run)
         table = assignments.to_pandas()
         column = config.cluster_column
-        if column == "auto":  # the strongest method the cluster run has
-            column = next((c for c in AUTO_COLUMNS if c in table.columns), column)
+        if column == "auto":
+            column = auto_column(assignments)
         check_choice("cluster_column", column, label_columns(assignments))
         summary["cluster_column"] = column
         cluster_of = table.set_index("key")[column].reindex(emb.keys)

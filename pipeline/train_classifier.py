@@ -20,15 +20,12 @@ from lakelabel.models.optim import warmup_cosine
 from lakelabel.models.ups import pseudo_label_loss
 from lakelabel.pipeline.atomic import atomic_write, atomic_write_bytes
 from lakelabel.pipeline.augment import classifier_transform, eval_transform
-from lakelabel.pipeline.checks import check_choice
 from lakelabel.pipeline.config import TrainClassifierConfig
 from lakelabel.pipeline.devices import autocast, compute_device
 from lakelabel.pipeline.encoders import Encoder, load_encoder, random_encoder
 from lakelabel.pipeline.labeled_shards import LabeledShards
 from lakelabel.pipeline.shard_data import eval_loader, list_shards
 from lakelabel.pipeline.truth import attach_keys, read_label_csv
-
-STEMS = ("small", "imagenet")
 
 
 def holdout_keys(root: Path, config: TrainClassifierConfig) -> tuple[pd.DataFrame | None, str | None]:
@@ -77,7 +74,6 @@ def train_classifier(
 ) -> dict:
     """Train on ROOT's shards joined to a label run; ``progress(step, total_steps)`` after every step."""
     config = config or TrainClassifierConfig()
-    check_choice("stem", config.stem, STEMS)
     root = Path(root)
     started = time.perf_counter()
     torch.manual_seed(config.seed)

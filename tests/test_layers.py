@@ -68,3 +68,23 @@ def test_the_import_linter_contracts_are_kept() -> None:
     done = subprocess.run([lint], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:]
     assert "0 broken" in done.stdout
+
+
+def test_every_module_sits_in_a_layer() -> None:
+    """A module outside every layer would escape the contract: each belongs to one (or is a package
+    whose modules do)."""
+    import tomllib
+
+    contract = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"][0]
+    layers = [
+        name.strip() for layer in contract["layers"] for part in layer.split("|") for name in part.split(":")
+    ]
+    graph = grimp.build_graph("lakelabel")
+    loose = [
+        m
+        for m in sorted(graph.modules)
+        if m != "lakelabel"
+        and not any(m == layer or m.startswith(layer + ".") for layer in layers)
+        and not any(other.startswith(m + ".") for other in graph.modules)  # a package of layered modules
+    ]
+    assert loose == []

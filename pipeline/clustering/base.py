@@ -16,8 +16,8 @@ MethodSettings = BlockSettings
 
 @dataclass
 class MethodOutput:
-    """Columns named in ``lakelabel.data_specs.clusters.METHOD_COLUMNS`` (N rows each), a summary block and
-    state to save (``<name>.pt`` state dicts, ``<name>.npy`` arrays)."""
+    """The columns the method declares (:meth:`ClusteringMethod.columns`; N rows each), a summary block
+    and state to save (``<name>.pt`` state dicts, ``<name>.npy`` arrays)."""
 
     columns: dict[str, np.ndarray]
     summary: dict = field(default_factory=dict)
@@ -25,12 +25,13 @@ class MethodOutput:
 
 
 class ClusteringMethod(Configured):
-    """One clustering method: ``name`` (its registry key, config block and data_specs entry),
-    ``Settings``, and :meth:`run`. Subclasses quote their paper in the module docstring."""
+    """One clustering method: ``name`` (its registry key and config block), ``Settings``, the
+    :meth:`columns` it writes and :meth:`run`. Subclasses quote their paper in the module docstring."""
 
-    def heads(self) -> int:
-        """Label columns this method writes (SeLa: T; others 1)."""
-        return 1
+    def columns(self) -> list[tuple[str, str]]:  # pragma: no cover - interface
+        """``(column, kind)`` it writes, in order; kind ``label`` (int32 cluster in [0, K)) or ``score``
+        (float32), as ``data_specs/clusters.md`` defines them."""
+        raise NotImplementedError
 
     def run(self, inputs: ClusterInputs) -> MethodOutput:  # pragma: no cover - interface
         raise NotImplementedError

@@ -22,6 +22,9 @@ class KMeans(ClusteringMethod):
     name = "kmeans"
     Settings = KMeansSettings
 
+    def columns(self) -> list[tuple[str, str]]:
+        return [("kmeans", "label"), ("kmeans_similarity", "score")]
+
     def run(self, inputs: ClusterInputs) -> MethodOutput:
         fit = inputs.kmeans(inputs.config.seed)
         similarity, labels = inputs.similarities(inputs.config.seed).max(dim=1)

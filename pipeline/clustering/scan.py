@@ -17,6 +17,7 @@ import numpy as np
 from pydantic import Field
 
 from lakelabel.data_specs.layout import Layout
+from lakelabel.pipeline.checks import PRECISIONS, choice
 from lakelabel.pipeline.clustering.base import ClusteringMethod, ClusterInputs, MethodOutput, MethodSettings
 
 
@@ -41,7 +42,9 @@ class ScanSettings(MethodSettings):
     encoder_lr: float = Field(1e-5, gt=0, description="AdamW learning rate of the encoder update")
     encoder_batch_size: int = Field(128, gt=1, description="images per step of the encoder update")
     workers: int = Field(2, ge=0, description="decode workers of the encoder update and re-embedding")
-    precision: str = Field("auto", description="auto (bf16 on CUDA) | fp32 | bf16 (encoder update)")
+    precision: choice("scan.precision", PRECISIONS) = Field(
+        "auto", description="auto (bf16 on CUDA) | fp32 | bf16 (encoder update)"
+    )
 
 
 _HEAD_ONLY = {
@@ -59,22 +62,21 @@ class Scan(ClusteringMethod):
     name = "scan"
     Settings = ScanSettings
 
+    def columns(self) -> list[tuple[str, str]]:
+        return [("scan", "label"), ("scan_confidence", "score")]
+
     def run(self, inputs: ClusterInputs) -> MethodOutput:
         import torch
 
         from lakelabel.models.scan import mine_neighbours, predict, self_label, train_scan
-        from lakelabel.pipeline.checks import check_choice
-        from lakelabel.pipeline.devices import PRECISIONS
 
         s = self.settings
         if s.neighbours >= inputs.n:
             raise ValueError(f"scan.neighbours={s.neighbours} needs more than {s.neighbours} embedded images")
-        if s.encoder_epochs:  # fail before any training
-            if inputs.emb is None or inputs.root is None:
-                raise ValueError(
-                    "scan.encoder_epochs > 0 needs the lake's shards: run it with `lakelabel cluster`"
-                )
-            check_choice("scan.precision", s.precision, PRECISIONS)
+        if s.encoder_epochs and (inputs.emb is None or inputs.root is None):  # fail before any training
+            raise ValueError(
+                "scan.encoder_epochs > 0 needs the lake's shards: run it with `lakelabel cluster`"
+            )
         neighbours = mine_neighbours(inputs.x, s.neighbours)
         x = torch.from_numpy(inputs.x) * float(np.sqrt(inputs.x.shape[1]))  # coordinates of order 1
         settings = s.model_dump(exclude=_HEAD_ONLY)

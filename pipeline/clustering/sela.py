@@ -31,8 +31,12 @@ class SeLa(ClusteringMethod):
     name = "sela"
     Settings = SelaSettings
 
-    def heads(self) -> int:
-        return self.settings.heads
+    def columns(self) -> list[tuple[str, str]]:  # per head t: its cluster and that cluster's probability
+        return [
+            (f"{n}_{t}", kind)
+            for t in range(self.settings.heads)
+            for n, kind in (("head", "label"), ("posterior", "score"))
+        ]
 
     def run(self, inputs: ClusterInputs) -> MethodOutput:
         import torch

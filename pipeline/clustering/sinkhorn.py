@@ -25,6 +25,9 @@ class Sinkhorn(ClusteringMethod):
     name = "sinkhorn"
     Settings = SinkhornSettings
 
+    def columns(self) -> list[tuple[str, str]]:
+        return [("sinkhorn", "label")]
+
     def run(self, inputs: ClusterInputs) -> MethodOutput:
         solved = inputs.balanced(inputs.config.seed)
         return MethodOutput(

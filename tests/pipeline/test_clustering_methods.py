@@ -1,16 +1,14 @@
 """Contract of every registered clustering method (pipeline/clustering): a new method passes these
-by adding its file, its registry entry and its columns in data_specs/clusters.py."""
+by adding its file (settings, declared columns, run) and its registry entry."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 
-from lakelabel.data_specs.clusters import method_fields
+from lakelabel.data_specs.clusters import COLUMN_TYPES
 from lakelabel.pipeline.clustering import METHODS
 from lakelabel.pipeline.clustering.base import ClusterInputs
 from lakelabel.pipeline.config import ClusterConfig
@@ -43,8 +41,8 @@ def run(name: str, seed: int = 0):
 def test_method_contract(name: str) -> None:
     method, out, truth = run(name)
     # its columns are exactly data_specs', with the contract's types and one row per image
-    fields = method_fields(name, method.heads())
-    assert list(out.columns) == [f.name for f in fields]
+    fields = [pa.field(column, COLUMN_TYPES[kind]) for column, kind in method.columns()]
+    assert list(out.columns) == [f.name for f in fields] and fields
     for f in fields:
         column = pa.array(out.columns[f.name])
         assert len(column) == K * PER and column.type == f.type and column.null_count == 0
@@ -70,16 +68,15 @@ def test_method_owns_a_validated_config_block(name: str) -> None:
 
 
 def test_unknown_or_repeated_methods_are_refused() -> None:
-    with pytest.raises(ValidationError, match="unknown: magic"):
+    with pytest.raises(ValidationError, match="unknown clustering method 'magic'"):
         ClusterConfig(methods=["kmeans", "magic"])
     with pytest.raises(ValidationError, match="each once"):
         ClusterConfig(methods=["kmeans", "kmeans"])
 
 
-def test_flat_keys_of_the_old_layout_move_into_their_block() -> None:
-    with pytest.warns(DeprecationWarning, match="cluster.heads is now cluster.sela.heads"):
-        config = ClusterConfig(heads=2, sela={"epochs": 3})
-    assert config.sela.heads == 2 and config.sela.epochs == 3
+def test_keys_outside_their_block_are_refused() -> None:
+    with pytest.raises(ValidationError, match="heads"):  # the flat layout of 0.1 is gone: cluster.sela.heads
+        ClusterConfig(heads=2)
 
 
 def test_scan_encoder_update_needs_the_shards_and_a_known_precision() -> None:
@@ -87,6 +84,5 @@ def test_scan_encoder_update_needs_the_shards_and_a_known_precision() -> None:
     config = ClusterConfig(k=K, methods=["scan"], scan=SMALL["scan"] | {"encoder_epochs": 1.0})
     with pytest.raises(ValueError, match="needs the lake's shards"):
         METHODS["scan"](config.scan).run(ClusterInputs(x, K, config))
-    config.scan.precision = "fp8"
-    with pytest.raises(ValueError, match="fp8"):  # before any training
-        METHODS["scan"](config.scan).run(ClusterInputs(x, K, config, root=Path("."), emb=object()))
+    with pytest.raises(ValueError, match="fp8"):  # the config refuses it, before any training
+        config.scan.precision = "fp8"

@@ -158,11 +158,12 @@ def test_device_augmentation_per_sample_parameters_deterministic_and_on_recipe()
     """BatchViews (kornia) on CPU tensors: per-sample parameters, same seed → same views, the
     recipe's ranges (normalised output, grayscale in about 20 %, BYOL's second view solarized)."""
     from lakelabel.pipeline.augment import MEAN, STD, BatchViews
+    from lakelabel.pipeline.ssl import METHODS as SSL_METHODS
 
     gen = torch.Generator().manual_seed(0)
     image = torch.randint(0, 256, (1, 3, 40, 40), dtype=torch.uint8, generator=gen)
     batch = image.repeat(400, 1, 1, 1)  # one image 400 times: any difference is per-sample randomness
-    views = BatchViews("byol", 32)
+    views = BatchViews(SSL_METHODS["byol"].views, 32)
     v1, v2 = views(batch, seed=1)
     assert v1.shape == v2.shape == (400, 3, 32, 32)
     assert len({tuple(v.flatten()[:16].tolist()) for v in v1}) > 390

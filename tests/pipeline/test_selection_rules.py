@@ -60,8 +60,8 @@ def test_rule_owns_a_validated_config_block(name: str) -> None:
         RULES[name](object())
 
 
-def test_unknown_rule_and_flat_keys() -> None:
+def test_unknown_rule_and_keys_outside_their_block() -> None:
     with pytest.raises(ValidationError, match="valid: ups, confidence"):
         SelectConfig(method="magic")
-    with pytest.warns(DeprecationWarning, match="select.tau_p is now select.ups.tau_p"):
-        assert SelectConfig(tau_p=0.3).ups.tau_p == 0.3
+    with pytest.raises(ValidationError, match="tau_p"):  # the flat layout of 0.1 is gone: select.ups.tau_p
+        SelectConfig(tau_p=0.3)
