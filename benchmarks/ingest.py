@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from lakelabel.data_specs.layout import Layout
-from lakelabel.pipeline.ingest_worker import HAS_COMPILED_CORE
+from lakelabel.pipeline.ingest.worker import HAS_COMPILED_CORE
 from lakelabel.pipeline.lake_index import INDEX_DIR
 
 DEFAULT_LAKE = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "cifar10" / "lake.tar.gz"

@@ -15,7 +15,7 @@ from prefect.cache_policies import NO_CACHE
 from lakelabel.flows.runners import make_task_runner, retry_unless_deterministic
 from lakelabel.pipeline.config import IngestConfig, RunnerConfig
 from lakelabel.pipeline.ingest import IngestSession, pending_batches
-from lakelabel.pipeline.ingest_worker import BatchResult, WorkerOptions, process_batch
+from lakelabel.pipeline.ingest.worker import BatchResult, WorkerOptions, process_batch
 from lakelabel.pipeline.lake import SourceSpec, iter_lake_chunks
 
 

@@ -18,7 +18,7 @@ import sys
 import time
 import urllib.request
 
-from lakelabel.pipeline.ingest_worker import set_parent_death_signal
+from lakelabel.pipeline.ingest.worker import set_parent_death_signal
 
 #: what Prefect's own temporary server runs with: no UI, only the services a temporary server needs
 EPHEMERAL_ENV = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}

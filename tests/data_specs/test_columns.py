@@ -98,8 +98,8 @@ import sys
 from array import array
 from datetime import datetime, timezone
 import pyarrow.parquet as pq
-from lakelabel.pipeline.ingest import _UnitRows, _write_part, SHARDED, REJECTED
-from lakelabel.pipeline.ingest_worker import BatchResult
+from lakelabel.pipeline.ingest.rows import _UnitRows, _write_part, SHARDED, REJECTED
+from lakelabel.pipeline.ingest.worker import BatchResult
 batch = BatchResult(
     hexes=b"ab" * 32 + b"cd" * 32, numbers=array("q", [4, 3, 10, 0, 9, -1, -1, 5, 9, 9]).tobytes(),
     reasons=[None, "truncated"], formats=["JPEG", "PNG"], reencoded=[False, None], blob=b"",

@@ -17,7 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
-import lakelabel.pipeline.ingest as ingest
+import lakelabel.pipeline.ingest.pool as ingest_pool
+import lakelabel.pipeline.ingest.session as ingest_session
 from lakelabel.data_specs.manifest import read_manifest
 from lakelabel.data_specs.shards import KEY_RE, validate_sample_json
 from lakelabel.pipeline.config import IngestConfig
@@ -326,7 +327,7 @@ def test_workers_fork_only_in_a_single_threaded_process_without_faiss_or_torch()
 def test_row_columns_are_the_manifest_schema_and_the_cli_path_loads_no_arrow():
     """ingest names the manifest columns itself so that pyarrow loads after the workers start."""
     from lakelabel.data_specs.manifest import MANIFEST_SCHEMA, STATUSES
-    from lakelabel.pipeline.ingest import _ROW_COLUMNS, STATUS_CODES
+    from lakelabel.pipeline.ingest.rows import _ROW_COLUMNS, STATUS_CODES
 
     assert [*_ROW_COLUMNS, "run_id", "ingested_at"] == MANIFEST_SCHEMA.names
     assert STATUS_CODES == STATUSES
@@ -337,7 +338,7 @@ def test_row_columns_are_the_manifest_schema_and_the_cli_path_loads_no_arrow():
 
 def test_spooled_samples_are_copied_without_copy_file_range(tmp_path, monkeypatch):
     """Where the OS lacks copy_file_range (macOS) or refuses it, the writer reads and writes."""
-    import lakelabel.pipeline.ingest as ingest
+    import lakelabel.pipeline.ingest.writer as ingest
 
     def refuse(*args, **kwargs):
         raise OSError("not here")
@@ -413,7 +414,7 @@ def test_map_ordered_reports_a_worker_that_dies():
 
 
 def test_map_ordered_spawns_workers_when_fork_is_unsafe(monkeypatch):
-    monkeypatch.setattr(ingest, "fork_is_safe", lambda: False)
+    monkeypatch.setattr(ingest_pool, "fork_is_safe", lambda: False)
     assert list(map_ordered(len, [[1, 2], [3], [], [4, 5, 6]], 2)) == [2, 1, 0, 3]
 
 
@@ -422,7 +423,7 @@ def test_workers_reuse_spool_files_in_a_ring_without_mixing_batches(tmp_path, mo
     every kept sample must hold its own file's bytes, and no spool file outlives the run."""
     import hashlib
 
-    monkeypatch.setattr(ingest, "IN_FLIGHT_FILES", 8)
+    monkeypatch.setattr(ingest_session, "IN_FLIGHT_FILES", 8)
     lake, root = tmp_path / "lake", tmp_path / "out"
     paths = make_plain_lake(lake, 150, size=(24, 16))
     summary = run_ingest(str(lake), root, IngestConfig(workers=2, batch_size=3, shard_max_count=40))

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lakelabel.pipeline.ingest_worker import HAS_COMPILED_CORE, BatchResult, WorkerOptions, process_batch
+from lakelabel.pipeline.ingest.worker import HAS_COMPILED_CORE, BatchResult, WorkerOptions, process_batch
 from lakelabel.pipeline.lake import iter_lake, resolve_source
 from lakelabel.pipeline.lake_index import uri_digest, uri_digests
 from tests.lakes import make_bad_lake
@@ -246,7 +246,7 @@ def test_a_file_never_borrows_tables_from_the_file_before_it(tmp_path):
 
 _DIES_WITH_PARENT = """
 import os, signal, sys, time
-import lakelabel.pipeline.ingest_worker as worker
+import lakelabel.pipeline.ingest.worker as worker
 if sys.argv[1] == "python":
     worker._fastscan = None  # the ctypes fallback
 pid = os.fork()

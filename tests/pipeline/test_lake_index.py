@@ -220,7 +220,7 @@ def test_duplicates_of_earlier_batches_and_units_are_found(tmp_path, index_batch
 
 
 def test_key_bytes_decode_the_key_digits_of_the_valid_rows():
-    from lakelabel.pipeline.ingest import _key_bytes
+    from lakelabel.pipeline.ingest.writer import _key_bytes
 
     hexes = bytes.fromhex("00" * 64) + b"0123456789abcdef" * 4 + b"fedcba9876543210" * 4
     assert _key_bytes(hexes, np.array([1, 2])) == bytes.fromhex(

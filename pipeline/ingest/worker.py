@@ -23,6 +23,10 @@ except ImportError:  # pragma: no cover - installed without a C compiler or libj
 HAS_COMPILED_CORE = _fastscan is not None
 
 
+#: one lake file to validate: (its URI, the path its filesystem opens or None, its bytes or None)
+WorkItem = tuple[str, str | None, bytes | None]
+
+
 def set_parent_death_signal(sig: int) -> bool:
     """Have the kernel send ``sig`` to this process when its parent dies (Linux ``prctl``);
     False where that is not available. The compiled core does it without loading ctypes (~6 ms
