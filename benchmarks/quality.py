@@ -75,7 +75,8 @@ def main() -> None:
         "--step-overhead",
         type=float,
         default=1.2,
-        help="long-run seconds per step / calibrated steady ones (checkpoints, epoch restarts; 1.2 measured here)",
+        help="long-run seconds per step / calibrated steady ones (checkpoints, epoch restarts; "
+        "1.2 measured here)",
     )
     parser.add_argument("--config", type=Path, help="settings (default: the preset's YAML)")
     parser.add_argument(
@@ -384,7 +385,8 @@ def markdown(r: dict) -> str:
         f"{e['batch_size']} ({e['epochs_seen']} epochs)"
     )
     lines = [
-        f"Preset `{r['preset']}`. Machine: {r['machine']}; budget {r['budget_min']:g} min, used {r['total_min']} min; "
+        f"Preset `{r['preset']}`. Machine: {r['machine']}; budget {r['budget_min']:g} min, used "
+        f"{r['total_min']} min; "
         f"{r['images']:,} images; encoder {what}.",
         "",
         "| clustering (no labels) | ACC | NMI | ARI |",
@@ -403,7 +405,8 @@ def markdown(r: dict) -> str:
         f"Sinkhorn iterations per head: centroid scores {r['sinkhorn_iterations']['centroid']}, SeLa label "
         f"updates {r['sinkhorn_iterations']['sela_label_updates']} (max {r['sinkhorn_iterations']['max']}).",
         "",
-        "| selection | accuracy at full coverage | precision at 50 % coverage | positives: precision at coverage | ECE (uncalibrated) |",
+        "| selection | accuracy at full coverage | precision at 50 % coverage | positives: precision at "
+        "coverage | ECE (uncalibrated) |",
         "|---|---|---|---|---|",
     ]
 
@@ -412,7 +415,8 @@ def markdown(r: dict) -> str:
         ece = f"{m['ece']:.3f}" + (
             f" ({m['ece_uncalibrated']:.3f})" if m.get("ece_uncalibrated") is not None else ""
         )
-        return f"| {name} | {m['accuracy_full_coverage']:.3f} | {m['precision_at_50pct_coverage']:.3f} | {pos} | {ece} |"
+        full, half = m["accuracy_full_coverage"], m["precision_at_50pct_coverage"]
+        return f"| {name} | {full:.3f} | {half:.3f} | {pos} | {ece} |"
 
     lines.append(row(f"no labels: UPS on `{u['cluster_column']}` clusters", u))
     for rule, m in s.items():  # one row per selection rule (registry pipeline/selection)
@@ -420,17 +424,20 @@ def markdown(r: dict) -> str:
     if b["logreg"]:
         lg = b["logreg"]
         lines.append(
-            f"| seed-250 baseline: logistic regression (same embeddings) | {lg['accuracy_full_coverage']:.3f} | "
+            "| seed-250 baseline: logistic regression (same embeddings) | "
+            f"{lg['accuracy_full_coverage']:.3f} | "
             f"{lg['precision_at_50pct_coverage']:.3f} | — | {lg['ece']:.3f} |"
         )
     lines.append(
-        f"| seed-250 baseline: 1-NN (same embeddings) | {b['1nn']['accuracy_full_coverage']:.3f} | — | — | — |"
+        f"| seed-250 baseline: 1-NN (same embeddings) | {b['1nn']['accuracy_full_coverage']:.3f} | — | — | "
+        "— |"
     )
     if r["retrain"]:
         t = r["retrain"]
         lines += [
             "",
-            f"Retrained classifier ({t['init_from']} fine-tuned {t['steps']} steps on the seed-250 label run): "
+            f"Retrained classifier ({t['init_from']} fine-tuned {t['steps']} steps on the seed-250 label "
+            "run): "
             f"{t['holdout_accuracy']:.3f} top-1 on {t['holdout_images']:,} held-out test-split images.",
         ]
     lines += ["", "| goal | measured | met |", "|---|---|---|"]

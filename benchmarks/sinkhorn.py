@@ -21,7 +21,8 @@ at λ = 25 POT's (non-log) ``ot.sinkhorn`` underflows in float32, stops at itera
 shows (the ``lambda25`` row).
 
 Prints JSON lines: per case, both wall times (best of ``REPEATS`` runs each) and their ratios; our
-time per iteration against a memory-bandwidth floor (two numpy passes ``A @ v`` and ``u @ A`` over the same float32 array);
+time per iteration against a memory-bandwidth floor (two numpy passes ``A @ v`` and ``u @ A`` over the
+same float32 array);
 and for the streamed case (N × 100 read from an ``.npy`` on disk in a subprocess) the peak RSS
 against ``N × K × 4`` bytes.
 """
@@ -197,7 +198,8 @@ def _write(path: str, n: int, k: int) -> None:
 
 
 def _status_mib(field: str) -> float:
-    """``VmRSS``/``VmHWM`` of this process (``ru_maxrss`` survives exec and would report the parent's peak)."""
+    """``VmRSS``/``VmHWM`` of this process (``ru_maxrss`` survives exec and would report the parent's
+    peak)."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024

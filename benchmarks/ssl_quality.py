@@ -112,7 +112,8 @@ def main() -> None:
             )
             print(json.dumps(rows[-1]), flush=True)
         print(
-            f"\nbudget: {args.steps} steps × batch {args.batch_size} = {args.steps * args.batch_size} images, "
+            f"\nbudget: {args.steps} steps × batch {args.batch_size} = {args.steps * args.batch_size} "
+            "images, "
             f"ResNet-18 ({args.stem} stem), 32 px, SGD lr {args.lr}, CPU\n"
         )
         print("| method | loss | steps | kNN top-1 | seconds |\n|---|---|---|---|---|")

@@ -1,4 +1,5 @@
-"""Embeddings contract: per-shard matrices written by ``lakelabel embed``. See ``data_specs/embeddings.md``."""
+"""Embeddings contract: per-shard matrices written by ``lakelabel embed``. See
+``data_specs/embeddings.md``."""
 
 from __future__ import annotations
 

@@ -25,7 +25,8 @@ def cluster_task(root: str, config: ClusterConfig, embeddings: str | None) -> di
 
 @flow(name="cluster", persist_result=False)
 def cluster_flow(root: str, config: ClusterConfig | None = None, embeddings: str | None = None) -> dict:
-    """Cluster the newest embeddings of ``root`` (or those of encoder ``embeddings``); skipped when unchanged."""
+    """Cluster the newest embeddings of ``root`` (or those of encoder ``embeddings``); skipped when
+    unchanged."""
     summary = cluster_task(root, config or ClusterConfig(), embeddings)
     get_run_logger().info("clusters: %s (skipped=%s)", summary["clusters"], summary["skipped"])
     return summary

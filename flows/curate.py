@@ -75,6 +75,10 @@ def curate_flow(config: LakelabelConfig | None = None) -> dict:
         ),
     )
     metrics = selection.get("metrics") or {}
+    if config.pretrain is None:
+        pretrain_result = "none: " + config.embed.encoder
+    else:
+        pretrain_result = "reused" if pretrain.get("skipped") else f"{pretrain.get('steps')} steps"
     lines = [
         "# lakelabel curate run",
         f"- source: `{source}`",
@@ -87,12 +91,14 @@ def curate_flow(config: LakelabelConfig | None = None) -> dict:
         "|---|---|---|",
         f"| ingest | {timings['ingest']} | {ingest['sharded']} sharded, {ingest['duplicate']} duplicate, "
         f"{ingest['rejected']} rejected, {ingest['skipped']} skipped |",
-        f"| pretrain | {timings['pretrain']} | {('none: ' + config.embed.encoder) if config.pretrain is None else 'reused' if pretrain.get('skipped') else str(pretrain.get('steps')) + ' steps'} |",
-        f"| embed | {timings['embed']} | {embed['shards_embedded']} shards embedded, {embed['shards_skipped']} skipped |",
+        f"| pretrain | {timings['pretrain']} | {pretrain_result} |",
+        f"| embed | {timings['embed']} | {embed['shards_embedded']} shards embedded, "
+        f"{embed['shards_skipped']} skipped |",
         f"| cluster | {timings['cluster']} | K={clusters['k']}: {', '.join(clusters['methods'])}"
         f"{' (unchanged, skipped)' if clusters['skipped'] else ''} |",
         f"| select | {timings['select']} | {selection['roles']} |",
-        f"| publish | {timings['publish']} | {published['rows']} rows{' (unchanged)' if published['skipped'] else ''} |",
+        f"| publish | {timings['publish']} | {published['rows']} "
+        f"rows{' (unchanged)' if published['skipped'] else ''} |",
         f"| report | {timings['report']} | {report['images_inlined']} figures |",
     ]
     if metrics:

@@ -462,7 +462,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "pretrain",
         help="train a self-supervised encoder from ROOT's shards (resumes from ROOT/checkpoints/RUN/last.pt)",
-        description="Train SimSiam, BYOL, Barlow Twins or SimCLR on ROOT/shards. Under torchrun it trains with DDP.",
+        description="Train SimSiam, BYOL, Barlow Twins or SimCLR on ROOT/shards. Under torchrun it trains "
+        "with DDP.",
     )
     p.add_argument("root", help="output root of `lakelabel ingest`")
     p.add_argument("--config", help="YAML file with a `pretrain:` section (flags override it)")
@@ -493,8 +494,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "eval",
         help="score cluster assignments against a ground-truth CSV (ACC, NMI, ARI, purity)",
-        description="Join ROOT/clusters/RUN to a CSV with path,label[,label_name,split] (paths relative to the "
-        "lake; CIFAR-10's labels.csv.gz works as is) and score every label column.",
+        description="Join ROOT/clusters/RUN to a CSV with path,label[,label_name,split] (paths relative to "
+        "the lake; CIFAR-10's labels.csv.gz works as is) and score every label column.",
     )
     p.add_argument("root")
     p.add_argument("--truth", required=True, help="ground-truth CSV (.csv or .csv.gz)")
@@ -547,8 +548,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "train-classifier",
         help="retrain a torchvision classifier from a label run; evaluate it on a labeled hold-out",
-        description="Train on ROOT's shards joined to a label run (cross-entropy on positives, negative-learning "
-        "loss on negatives), evaluate on --holdout, save ROOT/classifiers/RUN/{model.pt,metrics.json}.",
+        description="Train on ROOT's shards joined to a label run (cross-entropy on positives, "
+        "negative-learning loss on negatives), evaluate on --holdout, save "
+        "ROOT/classifiers/RUN/{model.pt,metrics.json}.",
     )
     p.add_argument("root")
     p.add_argument("--config", help="YAML file with a `train_classifier:` section (flags override it)")

@@ -50,7 +50,8 @@ def nt_xent(
 
 
 def barlow_twins(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 5e-3) -> torch.Tensor:
-    """Barlow Twins: push the cross-correlation of the standardised views to identity (Zbontar et al. 2021, eq. 1).
+    """Barlow Twins: push the cross-correlation of the standardised views to identity (Zbontar et al. 2021,
+    eq. 1).
 
     ``z1``, ``z2``: ``(B, D)``, B > 1. Returns ``sum_i (1 - C_ii)^2 + lambd * sum_{i≠j} C_ij^2``.
     """

@@ -266,7 +266,8 @@ def sinkhorn_assign(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Hard labels and their posterior for a chunk: ``argmax`` and ``max`` of ``softmax(λS + b)``.
 
-    ``scores`` ``(n, K)``, ``log_scale`` ``(K,)`` from :func:`sinkhorn_knopp` → ``(n,)`` int64, ``(n,)`` float32.
+    ``scores`` ``(n, K)``, ``log_scale`` ``(K,)`` from :func:`sinkhorn_knopp` → ``(n,)`` int64,
+    ``(n,)`` float32.
     """
     q = torch.softmax(scores.float() * float(lam) + log_scale, dim=1)
     posterior, labels = q.max(dim=1)

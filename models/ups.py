@@ -74,7 +74,8 @@ def mc_dropout_stats(
     batch: int = 4096,
     seed: int = 0,
 ) -> McStats:
-    """``passes`` stochastic forward passes (dropout on) over ``x`` ``(N, D)``; deterministic under ``seed``."""
+    """``passes`` stochastic forward passes (dropout on) over ``x`` ``(N, D)``; deterministic under
+    ``seed``."""
     if passes < 2:
         raise ValueError(f"passes must be >= 2 for a standard deviation, got {passes}")
     model.train()  # dropout on: that is the point of MC dropout

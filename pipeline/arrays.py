@@ -17,7 +17,8 @@ class NpyRows:
     """Row chunks of a C-ordered 2-D ``.npy`` file; iterate as often as needed (one pass each).
 
     ``NpyRows(path, chunk_rows)`` is a zero-argument callable returning a fresh iterator of
-    float32 tensors ``(≤ chunk_rows, n_cols)`` — the chunk source of :func:`lakelabel.models.sinkhorn.sinkhorn_knopp`.
+    float32 tensors ``(≤ chunk_rows, n_cols)`` — the chunk source of
+    :func:`lakelabel.models.sinkhorn.sinkhorn_knopp`.
     The yielded tensor is reused by the next chunk: consume it before advancing.
     """
 

@@ -1,4 +1,5 @@
-"""Cluster the embeddings with the configured methods (``pipeline/clustering``: k-means, Sinkhorn, SeLa, SCAN).
+"""Cluster the embeddings with the configured methods (``pipeline/clustering``: k-means, Sinkhorn, SeLa,
+SCAN).
 
 Writes ``ROOT/clusters/<run>/`` (``data_specs/clusters.md``). A re-run with the same embeddings and
 config is skipped (fingerprint in ``summary.json``); new embeddings or another config re-cluster.

@@ -177,7 +177,8 @@ class EmbedConfig(StrictModel):
     weights: str | None = Field(None, description="Weights file of a timm:/torchvision: encoder.")
     backbone: str | None = Field(
         None,
-        description="For a plain state-dict file: resnet18 | resnet34 | resnet50 | timm:<model> | torchvision:<model>.",
+        description="For a plain state-dict file: resnet18 | resnet34 | resnet50 | timm:<model> | "
+        "torchvision:<model>.",
     )
     stem: choice("stem", STEMS) | None = Field(
         None, description="For a plain state-dict file: small | imagenet."

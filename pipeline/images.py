@@ -28,7 +28,8 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 @dataclass(frozen=True)
 class ImageCheck:
-    """Outcome of :func:`check_image`: either ``reason`` is set (rejected) or ``data`` holds RGB JPEG bytes."""
+    """Outcome of :func:`check_image`: either ``reason`` is set (rejected) or ``data`` holds RGB JPEG
+    bytes."""
 
     reason: str | None
     data: bytes = b""

@@ -58,7 +58,8 @@ class LabeledShards(KeyedShards):
         missing = set(names) - set(id_to_name.values())
         if classes is not None and missing:
             raise ValueError(
-                f"class(es) {sorted(missing)} have no positive label in this run; it has {sorted(set(id_to_name.values()))}"
+                f"class(es) {sorted(missing)} have no positive label in this run; it has "
+                f"{sorted(set(id_to_name.values()))}"
             )
         index_of_name = {n: i for i, n in enumerate(names)}
         index_of_id = {i: index_of_name[n] for i, n in id_to_name.items() if n in index_of_name}

@@ -127,7 +127,8 @@ def quality_warnings(metrics: dict, classes: int) -> list[str]:
         )
     if ece is not None and ece > 0.15:
         out.append(
-            f"confidences are off: expected calibration error {ece:.2f} (their stated confidence is not their accuracy)"
+            f"confidences are off: expected calibration error {ece:.2f} (their stated confidence is not "
+            "their accuracy)"
         )
     baseline = (metrics.get("baseline_logreg") or {}).get("accuracy_full_coverage")
     if accuracy is not None and baseline is not None and accuracy < baseline - 0.01:  # beyond noise

@@ -81,7 +81,8 @@ class Pretrainer:
         world_batch = config.batch_size * self.dist.world
         if n < world_batch:
             raise ValueError(
-                f"batch_size {config.batch_size} × {self.dist.world} process(es) exceeds the {n} images in {self.root}"
+                f"batch_size {config.batch_size} × {self.dist.world} process(es) exceeds the {n} images in "
+                f"{self.root}"
             )
         self.steps_per_epoch = n // world_batch
         self.total_steps = config.epochs * self.steps_per_epoch
@@ -175,7 +176,8 @@ class Pretrainer:
         for field in ("method", "loss", "backbone", "stem", "image_size", "batch_size", "init_from"):
             if getattr(saved, field) != getattr(self.config, field):
                 raise CheckpointError(
-                    f"{path} was trained with {field}={getattr(saved, field)!r}, not {getattr(self.config, field)!r}; "
+                    f"{path} was trained with {field}={getattr(saved, field)!r}, not "
+                    f"{getattr(self.config, field)!r}; "
                     "use another run_name"
                 )
         self.method.load_state_dict(state["model"])
@@ -270,7 +272,8 @@ class Pretrainer:
         return out_keys, torch.cat(feats) if feats else torch.empty(0, 1)
 
     def knn_top1(self) -> float:
-        """kNN top-1 (k, T from the config) on the labeled set: train split as memory, test split as queries."""
+        """kNN top-1 (k, T from the config) on the labeled set: train split as memory, test split as
+        queries."""
         cfg = self.config
         labels = attach_keys(self.root, read_label_csv(cfg.knn_labels)).drop_duplicates("key")
         if "split" in labels.columns:

@@ -384,7 +384,8 @@ def _html(run_id, record, summary, encoder, timings, per_class, scores, figures)
     if scores:
         parts += [
             "<h2>Against ground truth</h2>",
-            f"<p>Matching of pseudo-labels to classes: {esc(scores['matching'])}; seed-labelled images excluded.</p>",
+            f"<p>Matching of pseudo-labels to classes: {esc(scores['matching'])}; seed-labelled images "
+            "excluded.</p>",
             _table(
                 ["evaluated", "accuracy (full coverage)", "positives", "coverage", "precision"],
                 [
@@ -449,7 +450,8 @@ def _html(run_id, record, summary, encoder, timings, per_class, scores, figures)
         # the page counts its own decoded figures into data attributes (read by the tests; not shown)
         "<p id='render-check' hidden></p>",
         "<script>window.addEventListener('load',()=>{const im=[...document.images];"
-        "const ok=im.filter(i=>i.complete&&i.naturalWidth>0).length;const p=document.getElementById('render-check');"
+        "const ok=im.filter(i=>i.complete&&i.naturalWidth>0).length;const "
+        "p=document.getElementById('render-check');"
         "p.dataset.rendered=ok;p.dataset.total=im.length;});"
         "</script></body></html>",
     ]

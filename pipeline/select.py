@@ -308,7 +308,8 @@ def select(root: str | Path, config: SelectConfig | None = None, log=None, devic
         cluster_of = table.set_index("key")[column].reindex(emb.keys)
         if cluster_of.isna().any():
             raise ValueError(
-                f"{int(cluster_of.isna().sum())} embedded images have no cluster in run {config.cluster_run!r}: "
+                f"{int(cluster_of.isna().sum())} embedded images have no cluster in run "
+                f"{config.cluster_run!r}: "
                 "re-run `lakelabel cluster`"
             )
         initial = torch.as_tensor(cluster_of.to_numpy().astype(np.int64))

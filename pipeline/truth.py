@@ -58,7 +58,8 @@ def read_seed_labels(root: str | Path, csvs: list[str | Path]) -> pd.DataFrame:
         df = pd.read_csv(csv)
         if "label" not in df.columns or not ({"path", "key"} & set(df.columns)):
             raise ValueError(
-                f"seed-label CSV {str(csv)!r} needs a label column and a path or key column; has {list(df.columns)}"
+                f"seed-label CSV {str(csv)!r} needs a label column and a path or key column; has "
+                f"{list(df.columns)}"
             )
         df = df.dropna(subset=["label"])
         ids = pd.to_numeric(df.label, errors="coerce")

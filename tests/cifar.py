@@ -30,7 +30,8 @@ def cifar_available() -> bool:
 
 
 def cifar_subset(dest: Path, n_train: int, n_test: int = 0) -> tuple[Path, Path]:
-    """Extract ``n_train`` train and ``n_test`` test images into ``dest/lake``; returns ``(lake, truth_csv)``."""
+    """Extract ``n_train`` train and ``n_test`` test images into ``dest/lake``; returns ``(lake,
+    truth_csv)``."""
     if not cifar_available():
         pytest.skip(f"shared CIFAR-10 lake not found at {CIFAR}")
     lake = dest / "lake"

@@ -69,7 +69,8 @@ def test_the_installed_package_does_not_shadow_a_users_models(tmp_path: Path) ->
 
 def test_the_public_api_loads_lazily() -> None:
     code = (
-        "import sys, lakelabel; print(sorted(m for m in ('torch', 'prefect', 'pyarrow') if m in sys.modules));"
+        "import sys, lakelabel; print(sorted(m for m in ('torch', 'prefect', 'pyarrow') if m in "
+        "sys.modules));"
         "from lakelabel import LabeledShards, curate_flow, read_labels, read_embeddings, read_assignments;"
         "print(LabeledShards.__module__, curate_flow.name)"
     )

@@ -123,8 +123,8 @@ class Scan(ClusteringMethod):
 
 def _update_encoder(inputs: ClusterInputs, x, head, neighbours: np.ndarray, s: ScanSettings):
     """Train a copy of the embeddings' encoder + ``head`` with the SCAN loss against a memory bank of
-    predictions (initialised from ``head`` on the frozen embeddings ``x``, unit norm × √dim); returns the re-embedded
-    features ``(N, dim)`` (unit norm × √dim, the embeddings' row order) and a record."""
+    predictions (initialised from ``head`` on the frozen embeddings ``x``, unit norm × √dim); returns the
+    re-embedded features ``(N, dim)`` (unit norm × √dim, the embeddings' row order) and a record."""
     import copy
 
     import torch
@@ -183,7 +183,8 @@ def _update_encoder(inputs: ClusterInputs, x, head, neighbours: np.ndarray, s: S
         s.precision,
         dev,
         log,
-        keep_norm_statistics=True,  # batch statistics of a CPU-sized batch moved the features: ACC 0.49 → 0.39
+        # batch statistics of a CPU-sized batch moved the features: ACC 0.49 → 0.39
+        keep_norm_statistics=True,
     )
     seconds = time.perf_counter() - started
     features = reembed(model, emb, root, 2 * s.encoder_batch_size, workers, s.precision, dev)

@@ -116,7 +116,8 @@ class DeltaLabelStore(LabelStore):
             unknown, _ = schema_difference(delta)
             if unknown:
                 raise ContractError(
-                    f"label table {self.dest!r} has column(s) {unknown} the contract does not know (another writer "
+                    f"label table {self.dest!r} has column(s) {unknown} the contract does not know "
+                    "(another writer "
                     "changed its schema); lakelabel publishes only to tables of the contract's schema"
                 )
             with warnings.catch_warnings():
@@ -134,7 +135,8 @@ class DeltaLabelStore(LabelStore):
                 write_deltalake(
                     delta,
                     validate_labels(table),
-                    mode="append",  # the schema must match the table's: a difference is an error, never a merge
+                    # the schema must match the table's: a difference is an error, never a merge
+                    mode="append",
                     storage_options=delta_options(self.storage_options),
                     commit_properties=CommitProperties(
                         custom_metadata={COMMIT_KEY: record},
@@ -147,7 +149,8 @@ class DeltaLabelStore(LabelStore):
                 continue
             return {**record, "version": delta.version(), "skipped": False}
         raise RuntimeError(
-            f"publishing to {self.dest!r} lost {COMMIT_ATTEMPTS} commit races in a row; nothing was added, try again"
+            f"publishing to {self.dest!r} lost {COMMIT_ATTEMPTS} commit races in a row; nothing was added, "
+            "try again"
         )
 
     def vacuum(self, keep: int) -> dict[str, Any]:

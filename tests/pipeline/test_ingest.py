@@ -311,7 +311,10 @@ def test_workers_fork_only_in_a_single_threaded_process_without_faiss_or_torch()
 
     from lakelabel.pipeline.ingest import fork_is_safe
 
-    code = "import sys; from lakelabel.pipeline.ingest import fork_is_safe; print(fork_is_safe(), 'torch' in sys.modules)"
+    code = (
+        "import sys; from lakelabel.pipeline.ingest import fork_is_safe; "
+        "print(fork_is_safe(), 'torch' in sys.modules)"
+    )
     fresh = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert fresh.stdout.split() == ["True", "False"]  # what `lakelabel ingest` sees
     stop = threading.Event()
@@ -331,7 +334,10 @@ def test_row_columns_are_the_manifest_schema_and_the_cli_path_loads_no_arrow():
 
     assert [*_ROW_COLUMNS, "run_id", "ingested_at"] == MANIFEST_SCHEMA.names
     assert STATUS_CODES == STATUSES
-    code = "import sys, lakelabel.cli, lakelabel.pipeline.ingest; print(sorted({'pyarrow', 'numpy', 'PIL', 'fsspec'} & set(sys.modules)))"
+    code = (
+        "import sys, lakelabel.cli, lakelabel.pipeline.ingest; "
+        "print(sorted({'pyarrow', 'numpy', 'PIL', 'fsspec'} & set(sys.modules)))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
 

@@ -29,7 +29,8 @@ def test_compiled_core_is_built_where_required():
     """CI sets LAKELABEL_REQUIRE_COMPILED_CORE: there a silently skipped build is a failure."""
     if os.environ.get("LAKELABEL_REQUIRE_COMPILED_CORE") and not HAS_COMPILED_CORE:
         pytest.fail(
-            "lakelabel.pipeline._fastscan is not built: install gcc, libjpeg-dev and libssl-dev, then reinstall"
+            "lakelabel.pipeline._fastscan is not built: install gcc, libjpeg-dev and libssl-dev, then "
+            "reinstall"
         )
 
 

@@ -53,7 +53,8 @@ def test_index_matches_the_manifest(tmp_path, index_batch):
 
 
 def test_duplicates_within_a_batch_that_commits_midway(tmp_path, index_batch):
-    """Each image twice, the copy a few files later: units close inside batches (7 per shard, 16 per batch)."""
+    """Each image twice, the copy a few files later: units close inside batches (7 per shard, 16 per
+    batch)."""
     lake, root = tmp_path / "lake", tmp_path / "out"
     paths = make_plain_lake(lake, 30)
     for i, path in enumerate(paths):
