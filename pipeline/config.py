@@ -204,7 +204,7 @@ class _Cluster(StrictModel):
 
     k: int = Field(10, gt=1, description="Clusters per label column.")
     methods: list[choice("clustering method", METHODS)] = Field(
-        default_factory=lambda: list(METHODS),
+        default_factory=lambda: [name for name, method in METHODS.items() if method.by_default],
         description="Clustering methods to run, in order: " + " | ".join(METHODS),
     )
     target: list[float] | None = Field(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -27,6 +27,9 @@ class MethodOutput:
 class ClusteringMethod(Configured):
     """One clustering method: ``name`` (its registry key and config block), ``Settings``, the
     :meth:`columns` it writes and :meth:`run`. Subclasses quote their paper in the module docstring."""
+
+    #: whether ``cluster.methods`` runs it when the config does not name the methods
+    by_default: ClassVar[bool] = False
 
     def columns(self) -> list[tuple[str, str]]:  # pragma: no cover - interface
         """``(column, kind)`` it writes, in order; kind ``label`` (int32 cluster in [0, K)) or ``score``

@@ -21,6 +21,7 @@ class KMeansSettings(MethodSettings):
 class KMeans(ClusteringMethod):
     name = "kmeans"
     Settings = KMeansSettings
+    by_default = True
 
     def columns(self) -> list[tuple[str, str]]:
         return [("kmeans", "label"), ("kmeans_similarity", "score")]

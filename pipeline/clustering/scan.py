@@ -61,6 +61,7 @@ _HEAD_ONLY = {
 class Scan(ClusteringMethod):
     name = "scan"
     Settings = ScanSettings
+    by_default = True
 
     def columns(self) -> list[tuple[str, str]]:
         return [("scan", "label"), ("scan_confidence", "score")]

@@ -30,6 +30,7 @@ class SelaSettings(MethodSettings):
 class SeLa(ClusteringMethod):
     name = "sela"
     Settings = SelaSettings
+    by_default = True
 
     def columns(self) -> list[tuple[str, str]]:  # per head t: its cluster and that cluster's probability
         return [

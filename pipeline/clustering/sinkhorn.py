@@ -24,6 +24,7 @@ class SinkhornSettings(MethodSettings):
 class Sinkhorn(ClusteringMethod):
     name = "sinkhorn"
     Settings = SinkhornSettings
+    by_default = True
 
     def columns(self) -> list[tuple[str, str]]:
         return [("sinkhorn", "label")]
