@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import flow, get_run_logger
 
-from lakelabel.flows.runners import retry_unless_deterministic
+from lakelabel.flows.runners import stage_task
 from lakelabel.pipeline.cluster import cluster
 from lakelabel.pipeline.config import ClusterConfig
 
 
-@task(
-    name="cluster-embeddings",
-    retries=1,
-    retry_delay_seconds=5,
-    retry_condition_fn=retry_unless_deterministic,
-    cache_policy=NO_CACHE,
-    persist_result=False,
-)
+@stage_task("cluster-embeddings", retries=1)
 def cluster_task(root: str, config: ClusterConfig, embeddings: str | None) -> dict:
     logger = get_run_logger()
     return cluster(root, config, embeddings, log=lambda record: logger.info("sela %s", record))

@@ -3,23 +3,15 @@ group; a retried or re-run task skips the shards already committed)."""
 
 from __future__ import annotations
 
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import flow, get_run_logger
 
-from lakelabel.flows.runners import make_task_runner, retry_unless_deterministic
+from lakelabel.flows.runners import make_task_runner, stage_task
 from lakelabel.pipeline.config import EmbedConfig, RunnerConfig
 from lakelabel.pipeline.embed import embed
 from lakelabel.pipeline.shard_data import list_shards
 
 
-@task(
-    name="embed-shards",
-    retries=2,
-    retry_delay_seconds=5,
-    retry_condition_fn=retry_unless_deterministic,
-    cache_policy=NO_CACHE,
-    persist_result=False,
-)
+@stage_task("embed-shards", retries=2)
 def embed_shards_task(root: str, config: EmbedConfig, shards: list[str]) -> dict:
     return embed(root, config, shards=shards)
 

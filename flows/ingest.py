@@ -9,24 +9,16 @@ from __future__ import annotations
 
 from collections import deque
 
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import flow, get_run_logger
 
-from lakelabel.flows.runners import make_task_runner, retry_unless_deterministic
+from lakelabel.flows.runners import make_task_runner, stage_task
 from lakelabel.pipeline.config import IngestConfig, RunnerConfig
 from lakelabel.pipeline.ingest import IngestSession, pending_batches
 from lakelabel.pipeline.ingest.worker import BatchResult, WorkerOptions, process_batch
 from lakelabel.pipeline.lake import SourceSpec, iter_lake_chunks
 
 
-@task(
-    name="validate-partition",
-    retries=2,
-    retry_delay_seconds=2,
-    retry_condition_fn=retry_unless_deterministic,
-    cache_policy=NO_CACHE,
-    persist_result=False,
-)
+@stage_task("validate-partition", retries=2, retry_delay_seconds=2)
 def validate_partition(spec: SourceSpec, options: WorkerOptions, items: list) -> BatchResult:
     """Read, hash, decode and encode one partition of the listing."""
     return process_batch(spec, options, items)

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-from prefect import flow, task
-from prefect.cache_policies import NO_CACHE
+from prefect import flow
 
-from lakelabel.flows.runners import retry_unless_deterministic
+from lakelabel.flows.runners import stage_task
 from lakelabel.pipeline.config import PretrainConfig
 from lakelabel.pipeline.pretrain import pretrain
 
 
-@task(
-    name="pretrain-encoder",
-    retries=1,
-    retry_delay_seconds=5,
-    retry_condition_fn=retry_unless_deterministic,
-    cache_policy=NO_CACHE,
-    persist_result=False,
-)
+@stage_task("pretrain-encoder", retries=1)
 def pretrain_task(root: str, config: PretrainConfig) -> dict:
     """Train or resume; a retry resumes from ``last.pt`` rather than starting over."""
     return pretrain(root, config)

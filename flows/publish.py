@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-from prefect import flow, task
+from prefect import flow
 from prefect.artifacts import create_table_artifact
-from prefect.cache_policies import NO_CACHE
 
 from lakelabel.data_specs.labels import default_dest, read_labels
-from lakelabel.flows.runners import retry_unless_deterministic
+from lakelabel.flows.runners import stage_task
 from lakelabel.pipeline.labels import publish_labels
 
 
-@task(
-    name="publish-labels",
-    retries=2,
-    retry_delay_seconds=5,
-    retry_condition_fn=retry_unless_deterministic,
-    cache_policy=NO_CACHE,
-    persist_result=False,
-)
+@stage_task("publish-labels", retries=2)
 def publish_labels_task(root: str, selection_run: str, dest: str | None) -> dict:
     return publish_labels(root, selection_run, dest)
 

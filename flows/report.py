@@ -4,22 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import flow, task
+from prefect import flow
 from prefect.artifacts import create_link_artifact
-from prefect.cache_policies import NO_CACHE
 
-from lakelabel.flows.runners import retry_unless_deterministic
+from lakelabel.flows.runners import stage_task
 from lakelabel.pipeline.report import build_report
 
 
-@task(
-    name="build-report",
-    retries=1,
-    retry_delay_seconds=5,
-    retry_condition_fn=retry_unless_deterministic,
-    cache_policy=NO_CACHE,
-    persist_result=False,
-)
+@stage_task("build-report", retries=1)
 def report_task(
     root: str, labels_run: str | None, dest: str | None, truth: str | None, timings: dict | None
 ) -> dict:

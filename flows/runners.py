@@ -22,6 +22,23 @@ DETERMINISTIC_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def stage_task(name: str, retries: int = 1, retry_delay_seconds: float = 5):
+    """Prefect's ``@task`` as lakelabel's stages use it: retried only for errors that may pass
+    (:func:`retry_unless_deterministic`), no result cache or persistence (every stage skips its own
+    finished work on its markers)."""
+    from prefect import task
+    from prefect.cache_policies import NO_CACHE
+
+    return task(
+        name=name,
+        retries=retries,
+        retry_delay_seconds=retry_delay_seconds,
+        retry_condition_fn=retry_unless_deterministic,
+        cache_policy=NO_CACHE,
+        persist_result=False,
+    )
+
+
 def retry_unless_deterministic(task, task_run, state) -> bool:
     """Prefect's ``retry_condition_fn`` for lakelabel's tasks: retry what may pass (a lost worker, a
     flaky store, a commit race), never an error that would only come again."""

@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
 
-from lakelabel.flows.runners import retry_unless_deterministic
+from lakelabel.flows.runners import stage_task
 from lakelabel.pipeline.config import SelectConfig
 from lakelabel.pipeline.select import select
 
 
-@task(
-    name="ups-select",
-    retries=1,
-    retry_delay_seconds=5,
-    retry_condition_fn=retry_unless_deterministic,
-    cache_policy=NO_CACHE,
-    persist_result=False,
-)
+@stage_task("ups-select", retries=1)
 def select_task(root: str, config: SelectConfig) -> dict:
     logger = get_run_logger()
     return select(root, config, log=lambda record: logger.info("round %s", record))
