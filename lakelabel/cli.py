@@ -378,6 +378,23 @@ def check_run_inputs(config) -> None:
         input_file(config.select.truth, "truth CSV (select.truth)")
 
 
+def cmd_schedules(args: argparse.Namespace) -> int:
+    from lakelabel.flows.deploy import list_schedules, set_schedules
+
+    names = args.deployments or list(DEPLOYMENTS)
+    rows = list_schedules(names) if args.action == "ls" else set_schedules(names, args.action == "on")
+    if getattr(args, "json", False) or not sys.stdout.isatty():
+        print(json.dumps(rows, separators=(",", ":")))
+    else:
+        for row in rows:
+            print(f"{row['deployment']}  {row['schedule']}  {'on' if row['active'] else 'off'}")
+    return 0
+
+
+#: the deployments of prefect.yaml
+DEPLOYMENTS = ("curate/nightly-curate", "pretrain/weekly-pretrain")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from lakelabel.flows.serve import serve_deployments
     from lakelabel.pipeline.config import load_config
@@ -595,6 +612,16 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--cron", default="0 2 * * *", help="curate schedule (default nightly 02:00 UTC)")
     p.add_argument("--weekly-cron", default="0 3 * * 0", help="pretrain schedule, or 'off'")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "schedules",
+        help="list or switch on/off the schedules of the deployed deployments (prefect.yaml's start off)",
+        description="ls | on | off the cron schedules of deployments on the Prefect server at "
+        f"PREFECT_API_URL (default: {', '.join(DEPLOYMENTS)}).",
+    )
+    p.add_argument("action", choices=["ls", "on", "off"], help="list, switch on, or switch off")
+    p.add_argument("deployments", nargs="*", metavar="FLOW/DEPLOYMENT", help="deployments (default: both)")
+    p.set_defaults(func=cmd_schedules)
     for name, command_parser in sub.choices.items():
         if name not in ("eval", "serve") and "--json" not in command_parser._option_string_actions:
             command_parser.add_argument(

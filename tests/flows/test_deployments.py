@@ -84,38 +84,72 @@ def _completed(prefect, run_id: str) -> dict:
     return json.loads(prefect("flow-run", "inspect", run_id, "--output", "json"))["state"]
 
 
+def _labels_and_accuracy(root: Path) -> tuple[dict, float]:
+    """The one label run under ``root`` ({key: label name}) and its accuracy on the demo's truth."""
+    from lakelabel.data_specs.labels import read_labels
+    from lakelabel.data_specs.selections import read_selection_summary
+
+    (run,) = list_runs(str(root / "labels"))
+    table = read_labels(str(root / "labels"), run["run_id"]).to_pandas()
+    labels = dict(zip(table.key, table.label_name.fillna("-"), strict=True))
+    return labels, read_selection_summary(root)["metrics"]["accuracy_full_coverage"]
+
+
+def _wait_for(prefect, run_id: str, timeout: float = 600) -> str:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        state = _completed(prefect, run_id)["type"]
+        if state in ("COMPLETED", "FAILED", "CRASHED"):
+            return state
+        time.sleep(2)
+    return "TIMEOUT"
+
+
 @pytest.mark.slow
-def test_prefect_yaml_deploys_and_a_process_worker_runs_curate(prefect_server, tmp_path):
-    env, prefect = prefect_server
-    prefect("work-pool", "create", "lakelabel-process", "--type", "process")
-    prefect("--no-prompt", "deploy", "--all")
-    deployment = json.loads(prefect("deployment", "inspect", "curate/nightly-curate", "--output", "json"))
-    assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["0 2 * * *"]
-    weekly = json.loads(prefect("deployment", "inspect", "pretrain/weekly-pretrain", "--output", "json"))
-    assert [s["schedule"]["cron"] for s in weekly["schedules"]] == ["0 3 * * 0"]
-
-    root = tmp_path / "demo" / "root"
-    config = {"root": str(root), **TINY}
-    out = prefect("deployment", "run", "curate/nightly-curate", "--params", json.dumps({"config": config}))
-    run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", out).group(1)
-    prefect("worker", "start", "--pool", "lakelabel-process", "--run-once", timeout=600)
-    state = _completed(prefect, run_id)
-    assert state["type"] == "COMPLETED", state
-    runs = list_runs(str(root / "labels"))
-    assert len(runs) == 1 and runs[0]["rows"] == 600
-
-
-@pytest.mark.slow
-def test_lakelabel_serve_registers_and_runs_deployments(prefect_server, tmp_path):
+def test_deploy_serve_and_run_label_the_demo_lake_the_same_way(prefect_server, tmp_path):
+    """prefect.yaml deployed as shipped carries flows/configs/demo.yaml (validated at deploy time),
+    and a process worker runs it; `lakelabel serve` and `lakelabel run` on the same config label the
+    same demo lake the same way (once a deployment ran k = 10 SimSiam on it: 0.25 accurate)."""
     import yaml
 
     env, prefect = prefect_server
-    root = tmp_path / "served" / "root"
-    config_file = tmp_path / "run.yaml"
-    config_file.write_text(yaml.safe_dump({"root": str(root), **TINY}))
+    work = tmp_path / "work"  # LAKELABEL_HOME: the worker's working folder (the config's relative root)
+    work.mkdir()
+    env["LAKELABEL_HOME"] = str(work)
+    prefect("work-pool", "create", "lakelabel-process", "--type", "process")
+    prefect("--no-prompt", "deploy", "--all")
+    deployment = json.loads(prefect("deployment", "inspect", "curate/nightly-curate", "--output", "json"))
+    assert deployment["parameters"]["config"]["cluster"]["k"] == 4  # demo.yaml's, carried whole
+    assert deployment["parameters"]["config"]["pretrain"] is None
+    assert [(s["schedule"]["cron"], s["active"]) for s in deployment["schedules"]] == [("0 2 * * *", False)]
+    weekly = json.loads(prefect("deployment", "inspect", "pretrain/weekly-pretrain", "--output", "json"))
+    assert [s["schedule"]["cron"] for s in weekly["schedules"]] == ["0 3 * * 0"]
     lakelabel = str(Path(sys.executable).with_name("lakelabel"))
+    switched = subprocess.run(
+        [lakelabel, "schedules", "on", "curate/nightly-curate", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert json.loads(switched.stdout) == [
+        {"deployment": "curate/nightly-curate", "schedule": "0 2 * * *", "active": True}
+    ], switched.stderr
+    assert json.loads(prefect("deployment", "inspect", "curate/nightly-curate", "--output", "json"))[
+        "schedules"
+    ][0]["active"]
+
+    out = prefect("deployment", "run", "curate/nightly-curate")  # the parameters as deployed
+    run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", out).group(1)
+    prefect("worker", "start", "--pool", "lakelabel-process", "--run-once", timeout=600)
+    assert _completed(prefect, run_id)["type"] == "COMPLETED"
+    deployed, accuracy = _labels_and_accuracy(work / "lakelabel-demo" / "root")
+    assert accuracy >= 0.90 and len(deployed) == 600
+
+    demo = yaml.safe_load((REPO / "flows" / "configs" / "demo.yaml").read_text())
+    served_config = tmp_path / "served.yaml"
+    served_config.write_text(yaml.safe_dump({**demo, "root": str(tmp_path / "served" / "root")}))
     serve = subprocess.Popen(
-        [lakelabel, "serve", "--config", str(config_file), "--cron", "0 1 * * *"],
+        [lakelabel, "serve", "--config", str(served_config), "--cron", "0 1 * * *"],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -124,29 +158,56 @@ def test_lakelabel_serve_registers_and_runs_deployments(prefect_server, tmp_path
     )
     try:
         deadline = time.time() + 120
-        while time.time() < deadline:
-            listed = subprocess.run(
+        while (
+            time.time() < deadline
+            and "nightly-curate-serve"
+            not in subprocess.run(
                 [PREFECT, "deployment", "ls"], env=env, capture_output=True, text=True
             ).stdout
-            if "nightly-curate" in listed and "weekly-pretrain" in listed:
-                break
-            time.sleep(1)
-        deployment = json.loads(prefect("deployment", "inspect", "curate/nightly-curate", "--output", "json"))
-        assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["0 1 * * *"]
-        out = prefect("deployment", "run", "curate/nightly-curate")
-        run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", out).group(1)
-        deadline = time.time() + 400
-        while time.time() < deadline and _completed(prefect, run_id)["type"] not in (
-            "COMPLETED",
-            "FAILED",
-            "CRASHED",
         ):
-            time.sleep(2)
-        assert _completed(prefect, run_id)["type"] == "COMPLETED"
-        assert len(list_runs(str(root / "labels"))) == 1
+            time.sleep(1)
+        # its own names: the work-pool deployment of prefect.yaml is left as it was
+        assert (
+            json.loads(prefect("deployment", "inspect", "curate/nightly-curate", "--output", "json"))[
+                "work_pool_name"
+            ]
+            == "lakelabel-process"
+        )
+        out = prefect("deployment", "run", "curate/nightly-curate-serve")
+        run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", out).group(1)
+        assert _wait_for(prefect, run_id) == "COMPLETED"
     finally:
         os.killpg(serve.pid, 15)
         serve.wait(timeout=30)
+    served, served_accuracy = _labels_and_accuracy(tmp_path / "served" / "root")
+
+    ran = subprocess.run(
+        [lakelabel, "run", "--root", str(tmp_path / "ran" / "root")], env=env, capture_output=True, text=True
+    )
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    by_run, run_accuracy = _labels_and_accuracy(tmp_path / "ran" / "root")
+    assert deployed == served == by_run and accuracy == served_accuracy == run_accuracy
+
+
+@pytest.mark.slow
+def test_a_bad_config_fails_the_deploy_with_its_message(prefect_server, tmp_path):
+    env, prefect = prefect_server
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("cluster:\n  k: 1\n")
+    spec = (REPO / "prefect.yaml").read_text().replace("path: flows/configs/demo.yaml", f"path: {bad}")
+    (tmp_path / "prefect.yaml").write_text(spec)
+    prefect("work-pool", "create", "lakelabel-process", "--type", "process")
+    done = subprocess.run(
+        [PREFECT, "--no-prompt", "deploy", "--all", "--prefect-file", str(tmp_path / "prefect.yaml")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode != 0 and "cluster: k" in done.stdout + done.stderr
+    listed = subprocess.run([PREFECT, "deployment", "ls"], env=env, capture_output=True, text=True).stdout
+    assert "nightly-curate" not in listed
 
 
 def test_prefect_yaml_names_the_installed_prefect_and_schedules_no_demo_lake() -> None:
@@ -157,6 +218,4 @@ def test_prefect_yaml_names_the_installed_prefect_and_schedules_no_demo_lake() -
     spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
     assert spec["prefect-version"] == prefect.__version__
     for deployment in spec["deployments"]:
-        config = deployment["parameters"].get("config", {})
-        active = any(s.get("active", True) for s in deployment.get("schedules", []))
-        assert not (active and ("demo" in str(deployment["parameters"]) or config.get("source", "") is None))
+        assert not any(s.get("active", True) for s in deployment.get("schedules", []))  # switched on by hand
