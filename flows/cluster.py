@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
+from lakelabel.flows.progress import StageProgress
 from lakelabel.flows.runners import stage_task
 from lakelabel.pipeline.cluster import cluster
 from lakelabel.pipeline.config import ClusterConfig
@@ -11,8 +12,16 @@ from lakelabel.pipeline.config import ClusterConfig
 
 @stage_task("cluster-embeddings", retries=1)
 def cluster_task(root: str, config: ClusterConfig, embeddings: str | None) -> dict:
-    logger = get_run_logger()
-    return cluster(root, config, embeddings, log=lambda record: logger.info("sela %s", record))
+    progress, finished = StageProgress("cluster", "method", total=len(config.methods)), []
+
+    def log(record: dict) -> None:  # a method's training records, then {"method", "seconds"} at its end
+        if "method" in record and "seconds" in record:
+            finished.append(record["method"])
+            progress(len(finished))
+        else:
+            progress.note("%s %s", config.methods[min(len(finished), len(config.methods) - 1)], record)
+
+    return cluster(root, config, embeddings, log=log)
 
 
 @flow(name="cluster", persist_result=False)

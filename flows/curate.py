@@ -19,6 +19,7 @@ from lakelabel.flows.cluster import cluster_flow
 from lakelabel.flows.embed import embed_flow
 from lakelabel.flows.ingest import ingest_flow
 from lakelabel.flows.pretrain import pretrain_flow
+from lakelabel.flows.progress import stage_done, stage_started
 from lakelabel.flows.publish import publish_labels_flow
 from lakelabel.flows.report import report_flow
 from lakelabel.flows.select import select_flow
@@ -45,8 +46,10 @@ def curate_flow(config: LakelabelConfig | None = None) -> dict:
 
     def stage(name: str, run):
         start = time.perf_counter()
+        stage_started(name)
         result = run()
         timings[name] = round(time.perf_counter() - start, 2)
+        stage_done(name)
         logger.info("stage %s done in %.1f s", name, timings[name])
         return result
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
+from lakelabel.flows.progress import StageProgress
 from lakelabel.flows.runners import make_task_runner, stage_task
 from lakelabel.pipeline.config import EmbedConfig, RunnerConfig
 from lakelabel.pipeline.embed import embed
@@ -13,7 +14,7 @@ from lakelabel.pipeline.shard_data import list_shards
 
 @stage_task("embed-shards", retries=2)
 def embed_shards_task(root: str, config: EmbedConfig, shards: list[str]) -> dict:
-    return embed(root, config, shards=shards)
+    return embed(root, config, shards=shards, progress=StageProgress("embed", "image", bar=False))
 
 
 @flow(name="embed-shard-groups", persist_result=False)
@@ -21,11 +22,15 @@ def _embed_groups(root: str, config: EmbedConfig) -> dict:
     shards = list_shards(root)
     groups = [shards[i : i + config.shards_per_task] for i in range(0, len(shards), config.shards_per_task)]
     results, in_flight = [], []
+    progress = StageProgress("embed", "shard", total=len(shards))
     for group in groups:
-        in_flight.append(embed_shards_task.submit(root, config, group))
+        in_flight.append((len(group), embed_shards_task.submit(root, config, group)))
         if len(in_flight) >= config.parallel_tasks:
-            results.append(in_flight.pop(0).result())
-    results.extend(f.result() for f in in_flight)
+            results.append(in_flight.pop(0)[1].result())
+            progress(sum(r["shards_embedded"] + r["shards_skipped"] for r in results))
+    for _, future in in_flight:
+        results.append(future.result())
+        progress(sum(r["shards_embedded"] + r["shards_skipped"] for r in results))
     summary = {
         "embeddings": results[0]["embeddings"],
         "encoder": results[0]["encoder"],

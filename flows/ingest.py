@@ -11,6 +11,7 @@ from collections import deque
 
 from prefect import flow, get_run_logger
 
+from lakelabel.flows.progress import StageProgress
 from lakelabel.flows.runners import make_task_runner, stage_task
 from lakelabel.pipeline.config import IngestConfig, RunnerConfig
 from lakelabel.pipeline.ingest import IngestSession, pending_batches
@@ -33,12 +34,21 @@ def _ingest_partitions(source: str, root: str, config: IngestConfig) -> dict:
         partitions = pending_batches(
             iter_lake_chunks(session.spec), session.committer, config.flow_partition_size
         )
+        progress, done = StageProgress("ingest", "file"), 0
+
+        def commit_oldest() -> int:
+            result = in_flight.popleft().result()
+            session.add(result)
+            return len(result)
+
         for items in partitions:
             in_flight.append(validate_partition.submit(session.spec, session.options, items))
             if len(in_flight) >= window:
-                session.add(in_flight.popleft().result())
+                done += commit_oldest()
+                progress(done)
         while in_flight:
-            session.add(in_flight.popleft().result())
+            done += commit_oldest()
+            progress(done)
         summary = session.finish()
     logger.info("ingest summary: %s", summary)
     return summary

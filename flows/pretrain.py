@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prefect import flow
 
+from lakelabel.flows.progress import StageProgress
 from lakelabel.flows.runners import stage_task
 from lakelabel.pipeline.config import PretrainConfig
 from lakelabel.pipeline.pretrain import pretrain
@@ -12,7 +13,7 @@ from lakelabel.pipeline.pretrain import pretrain
 @stage_task("pretrain-encoder", retries=1)
 def pretrain_task(root: str, config: PretrainConfig) -> dict:
     """Train or resume; a retry resumes from ``last.pt`` rather than starting over."""
-    return pretrain(root, config)
+    return pretrain(root, config, progress=StageProgress("pretrain", "step"))
 
 
 @flow(name="pretrain", persist_result=False)

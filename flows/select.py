@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from prefect import flow, get_run_logger
+from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
+from lakelabel.flows.progress import StageProgress
 from lakelabel.flows.runners import stage_task
 from lakelabel.pipeline.config import SelectConfig
 from lakelabel.pipeline.select import select
@@ -12,8 +13,8 @@ from lakelabel.pipeline.select import select
 
 @stage_task("ups-select", retries=1)
 def select_task(root: str, config: SelectConfig) -> dict:
-    logger = get_run_logger()
-    return select(root, config, log=lambda record: logger.info("round %s", record))
+    progress = StageProgress("select", "round", total=config.rounds)
+    return select(root, config, log=lambda record: progress(int(record["round"]) + 1))
 
 
 @flow(name="select", persist_result=False)

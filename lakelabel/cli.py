@@ -11,6 +11,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from importlib.util import find_spec
+from pathlib import Path
 
 
 def _add_ingest_options(p: argparse.ArgumentParser) -> None:
@@ -82,8 +83,7 @@ def _short(value: object) -> str:
         return f"{value:.4g}"
     if isinstance(value, list):
         return f"[{len(value)} items]" if len(value) > 6 else ", ".join(_short(v) for v in value)
-    text = str(value)
-    return text if len(text) <= 100 else text[:97] + "..."
+    return str(value)  # (paths whole: they are copied from here)
 
 
 def _config_fields(model, prefix: str = ""):
@@ -125,13 +125,14 @@ class Progress:
 
             self.bar = tqdm(desc=desc, unit=unit, smoothing=0.1)
 
-    def __call__(self, done: int, total: int) -> None:
+    def __call__(self, done: int, total: int | None) -> None:
         if self.bar is not None:
             self.bar.total = total
             self.bar.update(done - self.bar.n)
         elif time.monotonic() - self.last >= self.every or done == total:
             self.last = time.monotonic()
-            print(f"{self.desc}: {done:,} of {total:,} {self.unit}s", file=sys.stderr, flush=True)
+            of = f" of {total:,}" if total is not None else ""
+            print(f"{self.desc}: {done:,}{of} {self.unit}s", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -319,6 +320,7 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")  # offline by default: no telemetry, no notice about it
     # Prefect's 20 s default for the ephemeral server timed out on a loaded 2-core machine
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     signal.signal(signal.SIGINT, _stop_now)  # Prefect turns Ctrl-C into minutes of retries
@@ -330,16 +332,99 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     start_temporary_server()  # (before Prefect loads: it reads PREFECT_API_URL once)
     from lakelabel.flows.curate import curate_flow
+    from lakelabel.flows.progress import set_sink
 
-    result = curate_flow(config)
-    print("seconds:  " + ", ".join(f"{stage} {t:g}" for stage, t in result["timings"].items()))
-    print(f"shards:   {os.path.abspath(result['shards'])}")
-    print(f"manifest: {os.path.abspath(result['manifest'])}")
-    print(f"labels:   {os.path.abspath(result['labels'])}  (run {result['label_run']})")
-    print(f"report:   {os.path.abspath(result['report'])}")
+    log = run_log(config.root)
+    bars = StageBars()
+    if not args.verbose:  # Prefect's lines go to the run's log; the terminal shows a bar per stage
+        prefect_logs_to(log)
+        set_sink(bars)
+    try:
+        result = curate_flow(config)
+    except Exception as exc:  # the traceback is in the log already (Prefect's), and once more here
+        bars.close()
+        import traceback
+
+        with open(log, "a") as f:
+            traceback.print_exc(file=f)
+        print(f"lakelabel run: error: {_one_line(exc)} (the run's log: {log})", file=sys.stderr)
+        return 2
+    bars.close()
+    summary = {
+        "labels": os.path.abspath(result["labels"]),
+        "label_run": result["label_run"],
+        "report": os.path.abspath(result["report"]),
+        "shards": os.path.abspath(result["shards"]),
+        "manifest": os.path.abspath(result["manifest"]),
+        "seconds": result["timings"],
+        "log": str(log),
+    }
+    _emit(summary, args)
     for warning in result["select"].get("warnings", []):
-        print(f"WARNING: {warning}", file=sys.stderr)
+        print(f"lakelabel: warning: {warning}", file=sys.stderr)
     return 0
+
+
+def run_log(root: str) -> Path:
+    """``ROOT/logs/run-<UTC time>.log``: where `lakelabel run` keeps Prefect's lines and tracebacks."""
+    from datetime import UTC, datetime
+
+    folder = Path(root) / "logs"
+    folder.mkdir(parents=True, exist_ok=True)
+    return (folder / f"run-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.log").resolve()
+
+
+def prefect_logs_to(path: Path) -> None:
+    """Prefect's terminal lines (flow and task runs, the server's errors) into ``path`` instead; they
+    still reach the Prefect server and UI."""
+    import logging
+
+    from prefect.logging.configuration import setup_logging
+
+    setup_logging()  # (later calls only adjust levels: the handlers set here stay)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s - %(message)s"))
+    for logger in [logging.getLogger(), *map(logging.getLogger, list(logging.root.manager.loggerDict))]:
+        console = [
+            h
+            for h in getattr(logger, "handlers", [])
+            if type(h) is not logging.FileHandler and isinstance(h, logging.StreamHandler)
+        ]
+        for h in console:
+            logger.removeHandler(h)
+        if console:
+            logger.addHandler(handler)
+
+
+class StageBars:
+    """The progress sink of `lakelabel run` on a terminal: one bar per stage, left when it ends;
+    off a terminal, a plain line per stage at most every 30 s (the :class:`Progress` of the CLI)."""
+
+    def __init__(self) -> None:
+        self.stage: str | None = None
+        self.progress: Progress | None = None
+
+    def __call__(self, stage: str, done: int | None, total: int | None, unit: str) -> None:
+        if stage != self.stage:
+            self.close()
+            if done is None:
+                return
+            self.stage, self.progress = stage, Progress(stage, unit)
+        if done is None:  # the stage is done: its bar full
+            if self.progress is not None and self.progress.bar is not None and self.progress.bar.total:
+                self.progress(self.progress.bar.total, self.progress.bar.total)
+            self.close()
+        elif self.progress is not None:
+            if unit != self.progress.unit:  # the stage's own progress replaces the one-step bar
+                self.progress.unit = unit
+                if self.progress.bar is not None:
+                    self.progress.bar.unit = unit
+            self.progress(done, total)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.close()
+        self.stage, self.progress = None, None
 
 
 def _stop_now(signum: int, frame: object) -> None:
@@ -598,6 +683,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML config (see flows/configs/example.yaml)")
     p.add_argument("--source", help="override the config's source")
     p.add_argument("--root", help="override the config's output root")
+    p.add_argument(
+        "-v", "--verbose", action="store_true", help="Prefect's log lines on the terminal instead of the bars"
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser(

@@ -236,12 +236,11 @@ def test_kill_9_of_lakelabel_run_leaves_no_process_behind(tmp_path):
         assert not [p for p in seen if _running(p)], f"left behind after kill -9 at {stage}"
 
 
-def test_run_checks_its_paths_before_prefect_starts(tmp_path, capsys):
-    """A label table under a file, a ROOT that is a file, a missing source or seed file: one line,
-    rc 2, in about a second (Prefect never started: no server, no traceback)."""
-    import time
-
-    from lakelabel.cli import main
+def test_run_checks_its_paths_before_prefect_starts(tmp_path):
+    """A label table under a file, a ROOT that is a file, a missing source or seed file, a bad key:
+    one line, rc 2, and Prefect never loaded (no server, no traceback; about a second)."""
+    import subprocess
+    import sys
 
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
@@ -251,15 +250,85 @@ def test_run_checks_its_paths_before_prefect_starts(tmp_path, capsys):
         f"root: {blocker}\n": "root must be a folder",
         f"root: {tmp_path / 'r'}\nsource: {tmp_path / 'no-lake'}\n": "source does not exist",
         f"root: {tmp_path / 'r'}\nselect:\n  seed_labels: [{tmp_path / 'no.csv'}]\n": "seed-label CSV",
+        "cluster:\n  k: 1\n": "cluster: k: Input should be greater than 1",
     }
+    code = (
+        "import sys; from lakelabel.cli import main; code = main(['run', '--config', sys.argv[1]]); "
+        "print('prefect' in sys.modules, 'torch' in sys.modules, code)"
+    )
     for text, message in cases.items():
         config.write_text(text)
-        started = time.perf_counter()
-        assert main(["run", "--config", str(config)]) == 2
-        err = capsys.readouterr().err.strip()
+        done = subprocess.run([sys.executable, "-c", code, str(config)], capture_output=True, text=True)
+        err = done.stderr.strip()
         assert len(err.splitlines()) == 1 and message in err, err
-        assert time.perf_counter() - started < 5
+        assert done.stdout.split() == ["False", "False", "2"]
     assert not (tmp_path / "r").exists()
+
+
+def _on_a_terminal(argv: list[str], timeout: float = 600) -> tuple[int, list[str]]:
+    """``argv`` with stdout and stderr on one 80 × 24 pseudo-terminal: its exit code and the lines it
+    left on the screen (each line as its last carriage return left it)."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_LOGGING_LEVEL", "PREFECT_API_URL")}
+    proc = subprocess.Popen(argv, stdout=follower, stderr=follower, env=env)  # Prefect's INFO lines on
+    os.close(follower)
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # EIO: the process closed its side
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    os.close(leader)
+    code = proc.wait(timeout=timeout)
+    text = drawn.decode(errors="replace").replace("\r\n", "\n")
+    return code, [line.split("\r")[-1] for line in text.rstrip("\n").split("\n")]
+
+
+@pytest.mark.slow
+def test_lakelabel_run_on_a_terminal_shows_a_bar_per_stage_and_few_lines(tmp_path):
+    """The demo run on a terminal: a bar per stage, the summary, the log it names holds Prefect's lines
+    (progress at most every few seconds, by stage); a failing stage is one line naming that log."""
+    import sys
+    from pathlib import Path
+
+    lakelabel = str(Path(sys.executable).with_name("lakelabel"))
+    code, lines = _on_a_terminal([lakelabel, "run", "--root", str(tmp_path / "demo" / "root")])
+    assert code == 0, lines
+    assert len(lines) <= 30, lines
+    for stage in ("ingest", "embed", "cluster", "select", "publish", "report"):
+        assert any(line.startswith(f"{stage}: ") for line in lines), (stage, lines)
+    assert not [line for line in lines if " INFO " in line or "Traceback" in line]
+    (log,) = [line.split(": ", 1)[1] for line in lines if line.startswith("log: ")]
+    text = Path(log).read_text()
+    assert (
+        "stage select done" in text and "select: 2 of 2 rounds" in text and "embed: 600 of 600 images" in text
+    )
+
+    bad = tmp_path / "bad-seeds.csv"
+    bad.write_text("path,label\nx.jpg,car\n")  # a class name where a class id belongs
+    config = tmp_path / "run.yaml"
+    demo = (Path(__file__).resolve().parents[2] / "flows" / "configs" / "demo.yaml").read_text()
+    config.write_text(demo.replace("labels_from: clusters", f"labels_from: seed\n  seed_labels: [{bad}]"))
+    code, lines = _on_a_terminal(
+        [lakelabel, "run", "--config", str(config), "--root", str(tmp_path / "b" / "r")]
+    )
+    errors = [line for line in lines if "error" in line]
+    assert code == 2 and len(errors) == 1, lines
+    assert "column 'label' must hold integer class ids" in errors[0] and "the run's log: " in errors[0]
+    assert not [line for line in lines if "Traceback" in line]
+    log = errors[0].rpartition("the run's log: ")[2].rstrip(")")
+    assert "Traceback" in Path(log).read_text()
 
 
 def test_prefect_does_not_retry_an_error_that_would_only_come_again():
