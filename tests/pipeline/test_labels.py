@@ -403,26 +403,48 @@ def test_labels_ls_on_an_empty_root_says_so(tmp_path, capsys) -> None:
     assert "no label runs under" in capsys.readouterr().err
 
 
-def _snippet(markdown: str, marker: str) -> str:
-    """The python code block of ``markdown`` that contains ``marker``."""
-    blocks = markdown.split("```python\n")[1:]
-    return next(block.split("```")[0] for block in blocks if marker in block)
+#: documents whose python snippets run as written (ROOT replaced by a published one)
+DOCUMENTS = ("README.md", "docs/*.md", "data_specs/*.md")
+#: packages only the [dev] or other extras install: no snippet may need them
+NOT_IN_THE_MAIN_INSTALL = {"polars", "duckdb", "pytest", "moto", "boto3", "ot", "mkdocs", "pyright"}
 
 
-@pytest.mark.parametrize(
-    ("document", "marker"),
-    [("README.md", "LabeledShards("), ("README.md", "version_1 ="), ("data_specs/labels.md", "read_delta")],
-)
-def test_documented_snippets_run_as_written(selected_root, tmp_path, document, marker) -> None:
-    """The reading snippets of the README and data_specs, run as plain scripts on a published ROOT
-    (only the placeholder ROOT replaced): the loader's workers are spawned, so a missing main guard fails."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
+def _snippets() -> list[tuple[str, str]]:
+    """Every python block of the documentation: ``(document:index, code)``."""
     repo = Path(__file__).resolve().parents[2]
-    publish_labels(selected_root)
-    code = _snippet((repo / document).read_text(), marker).replace('"ROOT', f'"{selected_root}')
+    found = []
+    for pattern in DOCUMENTS:
+        for path in sorted(repo.glob(pattern)):
+            blocks = path.read_text().split("```python\n")[1:]
+            found += [(f"{path.relative_to(repo)}:{i}", b.split("```")[0]) for i, b in enumerate(blocks)]
+    return found
+
+
+def test_the_documentation_has_snippets_and_they_need_only_the_main_install() -> None:
+    import ast
+
+    snippets = dict(_snippets())
+    assert {"README.md:0", "docs/retrain.md:0", "data_specs/labels.md:0"} <= set(snippets)
+    for name, code in snippets.items():
+        modules = {
+            (node.module if isinstance(node, ast.ImportFrom) else alias.name).split(".")[0]
+            for node in ast.walk(ast.parse(code))
+            if isinstance(node, ast.Import | ast.ImportFrom)
+            for alias in node.names
+        }
+        assert not modules & NOT_IN_THE_MAIN_INSTALL, (name, modules & NOT_IN_THE_MAIN_INSTALL)
+
+
+@pytest.mark.parametrize("name", [name for name, _ in _snippets()])
+def test_documented_snippets_run_as_written(selected_root, tmp_path, name) -> None:
+    """Every python snippet of the README, docs/ and data_specs/, run as a plain script on a published
+    ROOT (only the placeholder ROOT replaced): the loader's workers are spawned, so a missing main
+    guard fails."""
+    repo = Path(__file__).resolve().parents[2]
+    root = tmp_path / "root"
+    shutil.copytree(selected_root, root, ignore=shutil.ignore_patterns("labels"))
+    publish_labels(root)
+    code = dict(_snippets())[name].replace('"ROOT', f'"{root}')
     script = tmp_path / "snippet.py"
     script.write_text(code)
     done = subprocess.run(
