@@ -48,7 +48,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if sys.stderr.isatty() and not args.no_progress:
         from tqdm import tqdm
 
-        bar = tqdm(unit="file", desc="ingest", smoothing=0.1)
+        bar = tqdm(unit=" files", desc="ingest (files found so far)", smoothing=0.1)
     try:
         summary = run_ingest(args.src, args.out, config, progress=bar.update if bar is not None else None)
     finally:
@@ -70,7 +70,7 @@ def _emit(summary: dict, args: argparse.Namespace) -> None:
         print(json.dumps(summary, separators=(",", ":"), default=str))
         return
     for key, value in summary.items():
-        if key in ("config", "history") or value is None:
+        if key in ("config", "history") or value is None or value == {}:
             continue
         if isinstance(value, dict):
             value = ", ".join(f"{k}={_short(v)}" for k, v in value.items() if not isinstance(v, dict | list))
@@ -80,7 +80,7 @@ def _emit(summary: dict, args: argparse.Namespace) -> None:
 
 def _short(value: object) -> str:
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
     if isinstance(value, list):
         return f"[{len(value)} items]" if len(value) > 6 else ", ".join(_short(v) for v in value)
     return str(value)  # (paths whole: they are copied from here)
@@ -262,10 +262,12 @@ def cmd_labels(args: argparse.Namespace) -> int:
                 raise
             runs = []
         if not runs:
-            print(f"lakelabel: no label runs under {dest!r} (run `lakelabel publish ROOT`)", file=sys.stderr)
-            return 1
-        for r in runs:
-            print(f"v{r['version']}  {r['run_id']}  rows={r['rows']}  roles={json.dumps(r['roles'])}")
+            raise LabelsNotFound(f"no label runs under {dest!r} (run `lakelabel publish ROOT`)")
+        if args.json or not sys.stdout.isatty():  # one JSON line (a list of the runs' records)
+            print(json.dumps(runs, separators=(",", ":"), default=str))
+        else:
+            for r in runs:
+                print(f"v{r['version']}  {r['run_id']}  rows={r['rows']}  roles={json.dumps(r['roles'])}")
     elif args.action == "latest":
         print(latest_run(dest, options))
     elif args.action == "show":
@@ -493,6 +495,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 DEMO_CONFIG = os.path.join(find_spec("lakelabel.flows").submodule_search_locations[0], "configs", "demo.yaml")
 
 
+#: the positional ROOT of the commands after ingest
+ROOT_HELP = "the lake's output folder (`lakelabel ingest --out ROOT`): shards, manifest, stage outputs"
+
 #: subcommands whose flags are generated from their config model (one flag per field)
 GENERATED_FLAGS = {
     "ingest": "IngestConfig",
@@ -548,6 +553,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         prog="lakelabel",
         description="Pseudo-labels and curation for unlabeled image lakes.",
     )
+    from lakelabel import __version__
+
+    parser.add_argument("--version", action="version", version=f"lakelabel {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser(
@@ -567,7 +575,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         description="Train SimSiam, BYOL, Barlow Twins or SimCLR on ROOT/shards. Under torchrun it trains "
         "with DDP.",
     )
-    p.add_argument("root", help="output root of `lakelabel ingest`")
+    p.add_argument("root", help=ROOT_HELP)
     p.add_argument("--config", help="YAML file with a `pretrain:` section (flags override it)")
     p.set_defaults(func=cmd_pretrain)
 
@@ -577,7 +585,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         description="Write ROOT/embeddings/<encoder>-<sha12>/emb-NNNNNN.{npy,parquet}, one part per shard; "
         "shards already embedded by the same encoder are skipped.",
     )
-    p.add_argument("root", help="output root of `lakelabel ingest`")
+    p.add_argument("root", help=ROOT_HELP)
     p.add_argument("--config", help="YAML file with an `embed:` section (flags override it)")
     p.set_defaults(func=cmd_embed)
 
@@ -587,7 +595,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         description="Write ROOT/clusters/RUN/assignments.parquet: per image a cluster from each method "
         "in --methods (each method's settings: --<method>-<setting>).",
     )
-    p.add_argument("root", help="output root holding embeddings")
+    p.add_argument("root", help=ROOT_HELP)
     p.add_argument("--config", help="YAML file with a `cluster:` section (flags override it)")
     p.add_argument("--embeddings", help="encoder run name or embeddings directory name (default: newest)")
     p.add_argument("-v", "--verbose", action="store_true", help="print SeLa training progress to stderr")
@@ -599,7 +607,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         description="Join ROOT/clusters/RUN to a CSV with path,label[,label_name,split] (paths relative to "
         "the lake; CIFAR-10's labels.csv.gz works as is) and score every label column.",
     )
-    p.add_argument("root")
+    p.add_argument("root", help=ROOT_HELP)
     p.add_argument("--truth", required=True, help="ground-truth CSV (.csv or .csv.gz)")
     p.add_argument("--run", default="default", help="cluster run name (default 'default')")
     p.add_argument("--split", help="only truth rows of this split (e.g. test)")
@@ -614,7 +622,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         "write ROOT/selections/RUN/ (selection.parquet, summary.json, review/review.csv + thumbnails). "
         "Fill the label column of review.csv and pass it back with --seed-labels.",
     )
-    p.add_argument("root")
+    p.add_argument("root", help=ROOT_HELP)
     p.add_argument("--config", help="YAML file with a `select:` section (flags override it)")
     p.add_argument("-v", "--verbose", action="store_true", help="print each round to stderr")
     p.set_defaults(func=cmd_select)
@@ -625,7 +633,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         description="Write ROOT/selections/RUN as a new run of the label table at ROOT/labels or --dest "
         "(any fsspec URL). Publishing an unchanged selection again is a no-op.",
     )
-    p.add_argument("root")
+    p.add_argument("root", help=ROOT_HELP)
     p.add_argument("--selection", default="default", help="selection run (default 'default')")
     p.add_argument("--dest", help="label lake URL (default ROOT/labels)")
     _add_storage_option(p)
@@ -638,7 +646,11 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         "run (per role and class counts; --version for the table as it was), print the latest run id, "
         "keep only the newest N runs (vacuum), or convert a pre-Delta label folder (migrate).",
     )
-    p.add_argument("action", choices=["ls", "show", "latest", "vacuum", "migrate"])
+    p.add_argument(
+        "action",
+        choices=["ls", "show", "latest", "vacuum", "migrate"],
+        help="ls: the runs; show: one run's counts; latest: its id; vacuum: keep --keep N; migrate: convert",
+    )
     p.add_argument("root", nargs="?", help="ingest root (labels under ROOT/labels)")
     p.add_argument("--dest", help="label table URL instead of ROOT/labels")
     p.add_argument("--run", help="run id for show (default: the newest)")
@@ -654,7 +666,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         "negative-learning loss on negatives), evaluate on --holdout, save "
         "ROOT/classifiers/RUN/{model.pt,metrics.json}.",
     )
-    p.add_argument("root")
+    p.add_argument("root", help=ROOT_HELP)
     p.add_argument("--config", help="YAML file with a `train_classifier:` section (flags override it)")
     p.set_defaults(func=cmd_train_classifier)
 
@@ -665,7 +677,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         "per-class counts, run metadata; with --truth a precision-coverage curve and confusion matrix. "
         "Written to ROOT/reports/RUN/report.html (images inlined).",
     )
-    p.add_argument("root")
+    p.add_argument("root", help=ROOT_HELP)
     p.add_argument("--labels", help="label run id (default: the latest)")
     p.add_argument("--truth", help="ground-truth CSV (path,label[,label_name]) for evaluation only")
     p.add_argument("--dest", help="label lake URL (default ROOT/labels)")
@@ -747,6 +759,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     warnings.showwarning = _show_warning
     try:
+        for name in ("root", "out"):  # ROOT must be a folder: said at once, whatever the command
+            value = getattr(args, name, None)
+            if isinstance(value, str) and "://" not in value:
+                from lakelabel.pipeline.inputs import output_folder
+
+                output_folder(value, "ROOT")
         code = args.func(args)
     except KeyboardInterrupt:  # outputs are committed temp-then-rename: a re-run resumes
         print(f"lakelabel {args.command}: interrupted; run it again to resume", file=sys.stderr)

@@ -115,6 +115,11 @@ def precision_at(curve: np.ndarray, coverage: float) -> float:
     return float(curve[max(1, int(round(coverage * len(curve)))) - 1])
 
 
+#: how far below the same-run logistic regression a selection may land before it is flagged: the
+#: accuracy difference that a few hundred scored images cannot tell from noise
+BASELINE_TOLERANCE = 0.01
+
+
 def quality_warnings(metrics: dict, classes: int) -> list[str]:
     """Plain-language warnings when labels scored against ground truth are not worth training on:
     near chance, confidences far from accuracy (ECE), or below the same-run logistic regression."""
@@ -131,8 +136,9 @@ def quality_warnings(metrics: dict, classes: int) -> list[str]:
             "their accuracy)"
         )
     baseline = (metrics.get("baseline_logreg") or {}).get("accuracy_full_coverage")
-    if accuracy is not None and baseline is not None and accuracy < baseline - 0.01:  # beyond noise
+    if accuracy is not None and baseline is not None and accuracy < baseline - BASELINE_TOLERANCE:
         out.append(
-            f"below the same-run baseline: accuracy {accuracy:.2f} < logistic regression {baseline:.2f}"
+            f"below the same-run baseline: accuracy {accuracy:.2f} < logistic regression {baseline:.2f} "
+            f"(by more than {BASELINE_TOLERANCE})"
         )
     return out

@@ -36,7 +36,13 @@ from lakelabel.data_specs.selections import (  # noqa: E402
     read_selection_summary,
 )
 from lakelabel.pipeline.atomic import atomic_write_bytes  # noqa: E402
-from lakelabel.pipeline.metrics import COVERAGES, hungarian_accuracy, precision_at, precision_coverage  # noqa: E402
+from lakelabel.pipeline.metrics import (  # noqa: E402
+    BASELINE_TOLERANCE,
+    COVERAGES,
+    hungarian_accuracy,
+    precision_at,
+    precision_coverage,
+)
 from lakelabel.pipeline.shard_data import read_shard_images  # noqa: E402
 from lakelabel.pipeline.truth import attach_keys, read_label_csv  # noqa: E402
 
@@ -46,13 +52,15 @@ STAGES = ("ingest", "pretrain", "embed", "cluster", "select", "publish", "report
 
 def montage(rows: list[tuple[str, list[str]]], images: dict[str, Image.Image], columns: int) -> Image.Image:
     """A grid: one row per ``(title, keys)``, a title strip on the left."""
-    label_w = 150
+    label_w = 230
     sheet = Image.new("RGB", (label_w + columns * (TILE + 2), max(1, len(rows)) * (TILE + 2)), "white")
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default(size=13)
     for r, (title, keys) in enumerate(rows):
         y = r * (TILE + 2)
-        draw.text((4, y + TILE // 2 - 8), title[:22], fill="black", font=font)
+        while font.getlength(title) > label_w - 8 and len(title) > 2:  # shorten to fit, marked
+            title = title[:-2].rstrip() + "…"
+        draw.text((4, y + TILE // 2 - 8), title, fill="black", font=font)
         for c, key in enumerate(keys[:columns]):
             tile = images[key].copy()
             tile.thumbnail((TILE, TILE))
@@ -88,9 +96,16 @@ def _histogram(values: dict[str, np.ndarray], title: str, xlabel: str) -> bytes:
     return _png(figure)
 
 
+def _ece(metrics: dict) -> str:
+    """The calibrated ECE, and the uncalibrated one beside it when the selection calibrated."""
+    raw = metrics.get("ece_uncalibrated")
+    return f"{metrics['ece']}" + (f" (uncalibrated {raw})" if raw is not None else "")
+
+
 def _bars(counts: pd.Series, title: str) -> bytes:
     figure, ax = plt.subplots(figsize=(6, 3.2))
-    ax.bar(range(len(counts)), counts.to_numpy())
+    bars = ax.bar(range(len(counts)), counts.to_numpy())
+    ax.bar_label(bars, labels=[f"{v:,}" for v in counts.to_numpy()], fontsize=8)
     ax.set_xticks(range(len(counts)), [str(i) for i in counts.index], rotation=45, ha="right", fontsize=8)
     ax.set(title=title, ylabel="images")
     return _png(figure)
@@ -150,8 +165,9 @@ def _curve_png(scores: dict) -> bytes:
 
 def _confusion_png(confusion: np.ndarray, names: list[str]) -> bytes:
     norm = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
-    figure, ax = plt.subplots(figsize=(5.5, 5))
+    figure, ax = plt.subplots(figsize=(7, 6.5))
     ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    digits = 11 if len(norm) <= 6 else 9 if len(norm) <= 12 else 7  # readable at the page's width
     for i in range(len(norm)):
         for j in range(len(norm)):
             if confusion[i, j]:
@@ -161,11 +177,11 @@ def _confusion_png(confusion: np.ndarray, names: list[str]) -> bytes:
                     str(confusion[i, j]),
                     ha="center",
                     va="center",
-                    fontsize=6,
+                    fontsize=digits,
                     color="white" if norm[i, j] > 0.5 else "black",
                 )
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
-    ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=9)
+    ax.set_yticks(range(len(names)), names, fontsize=9)
     ax.set(xlabel="pseudo-label", ylabel="truth", title="positives: truth × pseudo-label")
     return _png(figure)
 
@@ -378,8 +394,6 @@ def _html(run_id, record, summary, encoder, timings, per_class, scores, figures)
             ["role", "images", "meaning"],
             [[k, f"{roles.get(k, 0):,}", ROLE_MEANINGS[k]] for k in ROLES],
         ),
-        "<h2>Positive labels per class</h2>",
-        _table(["class", "positives"], [[k, f"{v:,}"] for k, v in per_class.items()]),
     ]
     if scores:
         parts += [
@@ -409,15 +423,16 @@ def _html(run_id, record, summary, encoder, timings, per_class, scores, figures)
         parts += [
             "<h2>Same-run baseline</h2>",
             "<p>Logistic regression on the same embeddings with the same seed labels, scored on the same "
-            "images (evaluation only). A selection that does not beat it at full coverage is a bug.</p>",
+            f"images (evaluation only). A selection more than {BASELINE_TOLERANCE} below it at full coverage "
+            f"is flagged as a bug (within {BASELINE_TOLERANCE}: the noise of a few hundred test images).</p>",
             _table(
-                ["labels", "accuracy (full coverage)", "precision at 50 % coverage", "ECE (uncalibrated)"],
+                ["labels", "accuracy (full coverage)", "precision at 50 % coverage", "ECE"],
                 [
                     [
                         "this selection",
                         selected["accuracy_full_coverage"],
                         selected.get("precision_at_50pct_coverage"),
-                        f"{selected['ece']} ({selected.get('ece_uncalibrated')})",
+                        _ece(selected),
                     ],
                     [
                         "logistic regression",

@@ -55,7 +55,12 @@ def read_seed_labels(root: str | Path, csvs: list[str | Path]) -> pd.DataFrame:
     for csv in csvs:
         if not Path(csv).is_file():
             raise FileNotFoundError(f"seed-label CSV not found: {str(csv)!r}")
-        df = pd.read_csv(csv)
+        try:
+            df = pd.read_csv(csv)
+        except pd.errors.EmptyDataError:
+            raise ValueError(
+                f"seed-label CSV {str(csv)!r} is empty: it needs a header (path or key, label)"
+            ) from None
         if "label" not in df.columns or not ({"path", "key"} & set(df.columns)):
             raise ValueError(
                 f"seed-label CSV {str(csv)!r} needs a label column and a path or key column; has "

@@ -32,8 +32,8 @@ class ScanSettings(MethodSettings):
         0.99, gt=0, lt=1, description="self-labelling: confident when max probability ≥ this"
     )
     feature_dropout: float = Field(0.25, ge=0, lt=1, description="input dropout while self-labelling")
-    batch_size: int = Field(512, gt=0)
-    lr: float = Field(1e-3, gt=0, description="Adam")
+    batch_size: int = Field(512, gt=0, description="rows per head-training step")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate of the heads")
     encoder_epochs: float = Field(
         0.0,
         ge=0,

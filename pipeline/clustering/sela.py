@@ -22,9 +22,9 @@ class SelaSettings(MethodSettings):
     hidden: int = Field(0, ge=0, description="0 = linear heads, else an MLP with this hidden width")
     epochs: int = Field(20, ge=0, description="head training epochs (0: the initial labels)")
     label_updates: int = Field(5, ge=0, description="Sinkhorn label optimisations spread over the epochs")
-    batch_size: int = Field(1024, gt=0)
-    lr: float = Field(0.1, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
+    batch_size: int = Field(1024, gt=0, description="rows per head-training step")
+    lr: float = Field(0.1, gt=0, description="SGD learning rate of the heads")
+    weight_decay: float = Field(1e-4, ge=0, description="SGD weight decay of the heads")
 
 
 class SeLa(ClusteringMethod):

@@ -179,7 +179,8 @@ class IngestSession:
             "run_id": self.run_id,
             "source": self.spec.url,
             "root": str(self.root),
-            "found": c.found,
+            "found": c.found + c.already_ingested,  # every file under SRC
+            "new": c.found,  # of those, the files this run resolved (the rest: already_ingested)
             "sharded": c.sharded,
             "duplicate": c.duplicate,
             "rejected": c.rejected,

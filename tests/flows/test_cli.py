@@ -214,3 +214,57 @@ def test_an_unexpected_library_error_is_one_line_with_its_traceback_in_a_file(tm
     log = err.rpartition("traceback in ")[2].rstrip(")")
     assert "Traceback" in Path(log).read_text() and "def broken" not in err
     Path(log).unlink()
+
+
+def test_every_option_says_what_it_is_and_there_is_a_version(capsys):
+    """No flag or positional without help (--sela-lr, a command's ROOT once had none); --version."""
+    from lakelabel.cli import GENERATED_FLAGS
+
+    for name in build_parser().__dict__["_subparsers"]._group_actions[0].choices:
+        parser = build_parser([name])  # with its generated flags
+        sub = parser._subparsers._group_actions[0].choices[name]
+        for action in sub._actions:
+            text = (action.help or "").split("(default:")[0].strip()
+            assert text, (name, action.dest)
+    assert "ingest" in GENERATED_FLAGS
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.startswith("lakelabel 0.")
+
+
+def test_a_root_that_is_a_file_is_named_by_every_command(tmp_path, capsys):
+    root = tmp_path / "root"
+    root.write_text("not a folder")
+    for command in (
+        ["embed", str(root)],
+        ["select", str(root)],
+        ["publish", str(root)],
+        ["labels", "ls", str(root)],
+    ):
+        assert main(command) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "ROOT must be a folder" in err and "is a file" in err, err
+
+
+def test_ingest_summary_reads_well_on_a_re_run(tmp_path, monkeypatch, capsys):
+    """A re-run: found counts every file under SRC (new: none), rates in plain numbers, no empty lines."""
+    lake = tmp_path / "lake"
+    make_plain_lake(lake, 5)
+    base = ["ingest", str(lake), "--out", str(tmp_path / "root"), "--workers", "0", "--no-progress"]
+    assert main([*base, "--json"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert (first["found"], first["new"]) == (5, 5)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    assert main(base) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "found: 5" in lines and "new: 0" in lines and "already ingested: 5" in lines
+    assert not [line for line in lines if line.endswith(":") or "e+" in line]
+
+
+def test_an_empty_seed_csv_is_named(tmp_path):
+    from lakelabel.pipeline.truth import read_seed_labels
+
+    empty = tmp_path / "seeds.csv"
+    empty.write_text("")
+    with pytest.raises(ValueError, match=r"seed-label CSV '.*seeds.csv' is empty"):
+        read_seed_labels(tmp_path, [empty])

@@ -170,7 +170,7 @@ def test_incremental_ingests_only_new_files(tmp_path):
     (lake / "part-999").mkdir()
     (lake / "part-999" / "again.jpg").write_bytes((lake / "part-000" / "img-000000.jpg").read_bytes())
     second = run_ingest(str(lake), root, IngestConfig(workers=0, shard_max_count=50))
-    assert (second["already_ingested"], second["found"], second["sharded"], second["duplicate"]) == (
+    assert (second["already_ingested"], second["new"], second["sharded"], second["duplicate"]) == (
         120,
         31,
         30,
@@ -186,7 +186,7 @@ def test_incremental_ingests_only_new_files(tmp_path):
     assert (dup.status, dup.key, dup.shard) == ("duplicate", orig.key, orig.shard)
     assert_accounted(root, lake_uris(lake))
     third = run_ingest(str(lake), root, IngestConfig(workers=0))
-    assert (third["found"], third["shards_written"], third["already_ingested"]) == (0, 0, 151)
+    assert (third["new"], third["shards_written"], third["already_ingested"]) == (0, 0, 151)
 
 
 def test_recovery_removes_partial_outputs(tmp_path):
@@ -205,7 +205,7 @@ def test_recovery_removes_partial_outputs(tmp_path):
     assert len(state.removed_orphans) == 4 and state.next_index == 2
     assert state.index_sync == {"indexed_parts": 2, "rebuilt": 1}  # it had indexed the lost part
     summary = run_ingest(str(lake), root, IngestConfig(workers=0, shard_max_count=20))
-    assert (summary["found"], summary["sharded"], summary["already_ingested"]) == (20, 20, 40)
+    assert (summary["new"], summary["sharded"], summary["already_ingested"]) == (20, 20, 40)
     assert_accounted(root, lake_uris(lake))
 
 
@@ -264,7 +264,7 @@ def test_sigkill_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path):
     assert orphans_checked >= kills, "no worker processes were seen to check for orphans"
     done = subprocess.run(cmd, capture_output=True, text=True, check=True)
     summary = json.loads(done.stdout.strip().splitlines()[-1])
-    assert summary["already_ingested"] + summary["found"] == 3000
+    assert summary["already_ingested"] + summary["new"] == summary["found"] == 3000
     counts = assert_accounted(root, lake_uris(lake))
     assert counts == {"sharded": 3000}
     assert not list(root.rglob(".*.tmp"))

@@ -216,9 +216,11 @@ def test_rows_another_writer_added_to_a_run_are_counted_and_refused(race_root, t
     dest = str(tmp_path / "labels")
     ours = publish_labels(race_root, "race0", dest)
     write_deltalake(dest, read_labels(dest).slice(0, 200), mode="append")  # duplicate keys in our run
-    assert main(["labels", "ls", "--dest", dest]) == 0
+    assert main(["labels", "ls", "--dest", dest, "--json"]) == 0
     out, err = capsys.readouterr()
-    assert f"{ours['run_id']}  rows=600" in out and "recorded 400" in err
+    assert [(r["run_id"], r["rows"]) for r in json.loads(out)] == [
+        (ours["run_id"], 600)
+    ] and "recorded 400" in err
     assert main(["labels", "show", "--dest", dest]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("lakelabel labels: error: labels: duplicate keys")

@@ -76,13 +76,13 @@ def test_index_lagging_behind_the_manifest_is_caught_up(tmp_path):
     make_plain_lake(lake, 20, start=20)
     (lake / "part-000" / "again.jpg").write_bytes(first[0].read_bytes())
     second = run_ingest(str(lake), root, CONFIG)
-    assert (second["found"], second["duplicate"]) == (21, 1)
+    assert (second["new"], second["duplicate"]) == (21, 1)
     for path in _index_files(root):
         path.unlink()
     for path in saved.iterdir():
         shutil.copy2(path, root / "manifest" / INDEX_DIR / path.name)  # the index before the second run
     third = run_ingest(str(lake), root, CONFIG)
-    assert (third["found"], third["already_ingested"]) == (0, 41)
+    assert (third["new"], third["already_ingested"], third["found"]) == (0, 41, 41)
     runs = sorted((root / "manifest" / "_runs").glob("*.json"))
     assert len(runs) == 3
     assert assert_accounted(root, lake_uris(lake)) == {"sharded": 40, "duplicate": 1}
@@ -95,12 +95,12 @@ def test_lost_or_corrupt_index_is_rebuilt_from_the_manifest(tmp_path):
     for path in _index_files(root):
         path.unlink()
     again = run_ingest(str(lake), root, CONFIG)
-    assert (again["found"], again["already_ingested"]) == (0, 25)
+    assert (again["new"], again["already_ingested"]) == (0, 25)
     runs = _index_files(root)
     assert runs
     runs[0].write_bytes(runs[0].read_bytes()[:-8])  # a damaged run (one word short)
     once_more = run_ingest(str(lake), root, CONFIG)
-    assert (once_more["found"], once_more["already_ingested"]) == (0, 25)
+    assert (once_more["new"], once_more["already_ingested"]) == (0, 25)
     statuses = Counter(read_manifest(root).column("status").to_pylist())
     assert statuses == {"sharded": 25}
 
