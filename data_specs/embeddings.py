@@ -144,3 +144,19 @@ def find_embeddings(root: str | Path, encoder: str | None = None) -> Path:
             "run `lakelabel embed` first"
         )
     return max(dirs, key=lambda d: (d / "meta.json").stat().st_mtime)
+
+
+def embeddings_of_encoder(root: str | Path, encoder_sha256: str) -> Path:
+    """The embeddings directory under ROOT made by the encoder of sha256 ``encoder_sha256`` (a label
+    run records it): the newest when there are several."""
+    dirs = [
+        d
+        for d in Layout(root).embeddings.glob("*")
+        if (d / "meta.json").is_file() and read_meta(d)["encoder_sha256"] == encoder_sha256
+    ]
+    if not dirs:
+        raise FileNotFoundError(
+            f"no embeddings of the encoder {encoder_sha256[:12]} under {str(Layout(root).embeddings)!r}: "
+            "embed with the encoder the labels were selected on"
+        )
+    return max(dirs, key=lambda d: (d / "meta.json").stat().st_mtime)

@@ -320,6 +320,28 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from lakelabel.pipeline.predict import predict
+
+    progress = None if args.no_progress else Progress("predict", "image")
+    try:
+        summary = predict(args.model_dir, args.images, args.out, args.batch_size, args.workers, progress)
+    finally:
+        if progress is not None:
+            progress.close()
+    for source in summary["unreadable"]:
+        print(f"lakelabel predict: unreadable, skipped: {source}", file=sys.stderr)
+    _emit(
+        {
+            **summary,
+            "unreadable": len(summary["unreadable"]),
+            "classes": {k: int(v) for k, v in summary["classes"].items()},
+        },
+        args,
+    )
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")  # offline by default: no telemetry, no notice about it
@@ -669,6 +691,23 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("root", help=ROOT_HELP)
     p.add_argument("--config", help="YAML file with a `train_classifier:` section (flags override it)")
     p.set_defaults(func=cmd_train_classifier)
+
+    p = sub.add_parser(
+        "predict",
+        help="classify images (files, folders, shards) with a retrained classifier, to Parquet",
+        description="Run ROOT/classifiers/RUN (its model.ts) over image files, folders (recursively) or "
+        "WebDataset shards (.tar); write a Parquet of source, class, probability. Unreadable images are "
+        "listed and skipped.",
+    )
+    p.add_argument("model_dir", help="a classifier folder: ROOT/classifiers/RUN")
+    p.add_argument("images", nargs="+", help="image files, folders or .tar shards")
+    p.add_argument(
+        "--out", default="predictions.parquet", help="the Parquet to write (default predictions.parquet)"
+    )
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
+    p.add_argument("--workers", type=int, default=2, help="decode processes (default 2; 0: in-process)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
+    p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser(
         "report",

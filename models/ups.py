@@ -204,23 +204,40 @@ def negative_learning_loss(logits: torch.Tensor, negative: torch.Tensor) -> torc
     return (-(mask[rows] * log_not).sum(1) / per_sample[rows]).mean()
 
 
+#: the positives' losses of :func:`pseudo_label_loss`, and generalised cross-entropy's q
+POSITIVE_LOSSES: tuple[str, ...] = ("ce", "smoothing", "gce")
+GCE_Q = 0.7
+
+
 def pseudo_label_loss(
     logits: torch.Tensor,
     label: torch.Tensor,
     negatives: torch.Tensor,
     weight: torch.Tensor | None = None,
     negative_weight: float = 1.0,
+    positive: str = "ce",
 ) -> torch.Tensor:
-    """Cross-entropy on rows with a label plus ``negative_weight`` × :func:`negative_learning_loss`.
+    """The positives' loss plus ``negative_weight`` × :func:`negative_learning_loss`.
 
     ``logits`` ``(B, C)``; ``label`` ``(B,)`` int64, −1 for a row without a positive label;
-    ``negatives`` ``(B, C)`` bool; ``weight`` ``(B,)`` per-row weight of the cross-entropy (the
+    ``negatives`` ``(B, C)`` bool; ``weight`` ``(B,)`` per-row weight of the positives' loss (the
     weighted mean over labelled rows; uniform when None). A batch with neither gives 0 with a gradient path.
+    ``positive``: ``ce`` (cross-entropy), ``smoothing`` (cross-entropy with 0.1 label smoothing) or
+    ``gce`` (generalised cross-entropy, q = 0.7: Zhang & Sabuncu, NeurIPS 2018; robust to label noise).
     """
+    if positive not in POSITIVE_LOSSES:
+        raise ValueError(f"unknown positive loss {positive!r}; valid: {', '.join(POSITIVE_LOSSES)}")
     loss = logits.sum() * 0.0
     has_label = label >= 0
     if bool(has_label.any()):
-        ce = F.cross_entropy(logits[has_label], label[has_label], reduction="none")
+        rows, target = logits[has_label], label[has_label]
+        if positive == "gce":
+            p = torch.softmax(rows.float(), dim=1).gather(1, target.unsqueeze(1)).squeeze(1)
+            ce = (1 - p.clamp_min(1e-8) ** GCE_Q) / GCE_Q
+        else:
+            ce = F.cross_entropy(
+                rows, target, reduction="none", label_smoothing=0.1 if positive == "smoothing" else 0.0
+            )
         w = torch.ones_like(ce) if weight is None else weight[has_label].to(ce.dtype)
         loss = loss + (ce * w).sum() / w.sum()
     if negative_weight and bool(negatives.any()):

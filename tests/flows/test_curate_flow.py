@@ -84,7 +84,8 @@ def test_curate_runs_end_to_end_and_resumes_after_a_failed_stage(tmp_path, monke
         assert any(run["report"] in d for d in data_of["curate-summary"])
     assert Path(result["report"]).is_file() and "render-check" in Path(result["report"]).read_text()
     assert (
-        result["ingest"]["found"] == 0 and result["ingest"]["already_ingested"] == 604
+        result["ingest"]["new"] == 0
+        and result["ingest"]["already_ingested"] == result["ingest"]["found"] == 604
     )  # nothing new (600 + 1 copy + 2 bad + 1 .demo-complete)
     assert result["pretrain"]["skipped"] is True
     assert result["embed"]["shards_embedded"] == 0 and result["embed"]["shards_skipped"] == 3
@@ -95,7 +96,7 @@ def test_curate_runs_end_to_end_and_resumes_after_a_failed_stage(tmp_path, monke
     assert names and names <= {"box_truck", "round_car", "tri_plane", "bar_ship"}
     assert "metrics" in result["select"]  # the demo's ground truth is used for evaluation
     ingest = nightly["ingest"]
-    assert (ingest["found"], ingest["sharded"], ingest["duplicate"], ingest["rejected"]) == (124, 120, 1, 2)
+    assert (ingest["new"], ingest["sharded"], ingest["duplicate"], ingest["rejected"]) == (124, 120, 1, 2)
     assert ingest["already_ingested"] == 604
     assert nightly["embed"]["shards_embedded"] == 1 and nightly["embed"]["shards_skipped"] == 3
     assert nightly["pretrain"]["skipped"] is True and nightly["cluster"]["skipped"] is False

@@ -31,7 +31,7 @@ def test_ingest_flow_local_runners(prefect_server, tmp_path: Path, kind: str):
     assert summary["found"] == len(expected)
     assert_accounted(root, lake_uris(lake))
     again = ingest_flow(str(lake), str(root), config, RunnerConfig(kind=kind, max_workers=2))
-    assert (again["found"], again["already_ingested"]) == (0, len(expected))
+    assert (again["new"], again["already_ingested"], again["found"]) == (0, len(expected), len(expected))
 
 
 @pytest.mark.slow

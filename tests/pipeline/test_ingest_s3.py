@@ -43,4 +43,4 @@ def test_ingest_from_s3_url(tmp_path: Path, s3_endpoint: str):
     assert len(keys) == len(set(keys)) == (table.status == "sharded").sum()
     # incremental over S3: a second run reads nothing new
     again = run_ingest("s3://lake/cams", root, IngestConfig(workers=0, storage_options=options))
-    assert (again["found"], again["already_ingested"]) == (0, len(uploaded))
+    assert (again["new"], again["already_ingested"], again["found"]) == (0, len(uploaded), len(uploaded))

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -424,7 +425,12 @@ def test_the_documentation_has_snippets_and_they_need_only_the_main_install() ->
     import ast
 
     snippets = dict(_snippets())
-    assert {"README.md:0", "docs/retrain.md:0", "data_specs/labels.md:0"} <= set(snippets)
+    assert {
+        "README.md:0",
+        "docs/retrain.md:0",
+        "data_specs/labels.md:0",
+        "data_specs/classifiers.md:0",
+    } <= set(snippets)
     for name, code in snippets.items():
         modules = {
             (node.module if isinstance(node, ast.ImportFrom) else alias.name).split(".")[0]
@@ -445,6 +451,15 @@ def test_documented_snippets_run_as_written(selected_root, tmp_path, name) -> No
     shutil.copytree(selected_root, root, ignore=shutil.ignore_patterns("labels"))
     publish_labels(root)
     code = dict(_snippets())[name].replace('"ROOT', f'"{root}')
+    if "CLASSIFIER_IMAGE" in code:  # a classifier to run, and an image of the lake to give it
+        from lakelabel.pipeline.config import TrainClassifierConfig
+        from lakelabel.pipeline.train_classifier import train_classifier
+
+        train_classifier(root, TrainClassifierConfig(head_epochs=1, baselines=False, workers=0))
+        with tarfile.open(next((root / "shards").glob("*.tar"))) as tar:
+            member = next(m for m in tar if m.name.endswith(".jpg"))
+            (tmp_path / "image.jpg").write_bytes(tar.extractfile(member).read())
+        code = code.replace("CLASSIFIER_IMAGE", str(tmp_path / "image.jpg"))
     script = tmp_path / "snippet.py"
     script.write_text(code)
     done = subprocess.run(
