@@ -38,16 +38,20 @@ class ImageClassifier(nn.Module):
     √dim, the head. Self-contained once traced: the input size, mean, std and class order travel
     with the exported file."""
 
-    def __init__(self, backbone: nn.Module, head: Head, mean, std):
+    def __init__(self, backbone: nn.Module, head: Head, mean, std, flip_average: bool = False):
         super().__init__()
-        self.backbone, self.head = backbone, head
+        self.backbone, self.head, self.flip_average = backbone, head, flip_average
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
         self.scale = feature_scale(head.dim)
 
     def normalised_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of images already normalised (float, the encoder's mean and std): for training."""
-        return self.head(F.normalize(self.backbone(x).float(), dim=1) * self.scale)
+        """Logits of images already normalised (float, the encoder's mean and std): for training.
+        With ``flip_average`` the features are averaged with the mirror image's, as embed made them."""
+        features = self.backbone(x).float()
+        if self.flip_average:
+            features = (features + self.backbone(x.flip(-1)).float()) / 2
+        return self.head(F.normalize(features, dim=1) * self.scale)
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         return self.normalised_logits((images.float() / 255.0 - self.mean) / self.std)

@@ -191,6 +191,11 @@ class EmbedConfig(StrictModel):
     batch_size: int = Field(256, gt=0, description="Images per forward pass.")
     workers: int = Field(2, ge=0, description="DataLoader decode workers.")
     dtype: str = Field("float16", description="float16 | float32 (stored matrices).")
+    flip_average: bool = Field(
+        False,
+        description="Test-time augmentation: each image's features averaged with its mirror image's "
+        "(twice the encoder's work; its own embeddings folder, <encoder>-flip-<sha12>).",
+    )
     precision: choice("precision", PRECISIONS) = Field(
         "auto", description="auto (bf16 on CUDA) | fp32 | bf16"
     )

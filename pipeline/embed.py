@@ -75,13 +75,15 @@ def embed(
             raise ValueError(f"not committed shards of {str(root)!r}: {sorted(unknown)}")
         all_shards = [s for s in all_shards if Path(s).name in wanted]
     encoder = load_encoder(root, config)
-    out_dir = Layout(root).embeddings / embeddings_dir_name(encoder.name, encoder.sha256)
+    name = f"{encoder.name}-flip" if config.flip_average else encoder.name
+    out_dir = Layout(root).embeddings / embeddings_dir_name(name, encoder.sha256)
     meta = {
         "schema_version": EMBEDDINGS_SCHEMA_VERSION,
         **encoder.describe(),
         "dim": encoder.dim,
         "dtype": config.dtype,
         "normalized": True,
+        "flip_average": config.flip_average,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     if (out_dir / "meta.json").exists():
@@ -142,7 +144,9 @@ def _embed_shards(
         if dev.type == "cuda":
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast(config.precision, dev):
-            feats = model(images)
+            feats = model(images).float()
+            if config.flip_average:  # the mirror image's features too (test-time augmentation)
+                feats = (feats + model(images.flip(-1)).float()) / 2
         feats = F.normalize(feats.float(), dim=1).to(getattr(torch, config.dtype)).cpu().numpy()
         for shard in sorted(set(urls)):
             rows = [i for i, u in enumerate(urls) if u == shard]

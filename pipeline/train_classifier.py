@@ -12,6 +12,7 @@ model card, ``metrics.json``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -30,9 +31,11 @@ from lakelabel.data_specs.classifiers import (
     TORCHSCRIPT,
     Preprocessing,
 )
-from lakelabel.data_specs.embeddings import Embeddings, embeddings_of_encoder, read_embeddings
+from lakelabel.data_specs.embeddings import Embeddings, embeddings_of_encoder, read_embeddings, read_meta
 from lakelabel.data_specs.labels import default_dest, read_commit, read_labels
 from lakelabel.data_specs.layout import Layout
+from lakelabel.data_specs.selections import read_selection_info
+from lakelabel.data_specs.validation import ContractError
 from lakelabel.models.classifier import Head, ImageClassifier, feature_scale
 from lakelabel.models.optim import warmup_cosine
 from lakelabel.models.ups import pseudo_label_loss
@@ -115,7 +118,7 @@ def train_classifier(
         )
         metrics["init_from"] = encoder.describe()
     else:  # the encoder the labels were selected on: its stored embeddings train the head
-        emb = read_embeddings(embeddings_of_encoder(root, lineage["encoder_sha256"]))
+        emb = read_embeddings(labels_embeddings(root, lineage))
         encoder = embedding_encoder(root, emb)
         features = EmbeddedRows(emb)
         if len(samples) < 2:
@@ -129,7 +132,8 @@ def train_classifier(
         if config.baselines:
             metrics["baselines"] = _baselines(root, table, features, holdout, excluded, classes, config)
             metrics["value_of_pseudo_labels"] = value_of_pseudo_labels(metrics)
-        model = ImageClassifier(encoder.module, head, encoder.mean, encoder.std)
+        flip = bool(emb.meta.get("flip_average"))
+        model = ImageClassifier(encoder.module, head, encoder.mean, encoder.std, flip_average=flip)
         metrics["encoder"] = {"name": emb.meta["encoder"], "sha256": emb.meta["encoder_sha256"]}
     if mode == "finetune":
         metrics |= finetune(
@@ -155,6 +159,16 @@ def train_classifier(
         )
     atomic_write_bytes(out / "metrics.json", json.dumps(metrics, indent=1, default=str).encode())
     return metrics
+
+
+def labels_embeddings(root: Path, lineage: dict) -> Path:
+    """The embeddings the label run was selected on: its selection run's, while that run is there and
+    names embeddings of the run's encoder; else the newest embeddings of that encoder."""
+    with contextlib.suppress(FileNotFoundError, ContractError):
+        selected = read_selection_info(root, lineage["selection_run"]).embeddings
+        if read_meta(selected)["encoder_sha256"] == lineage["encoder_sha256"]:
+            return selected
+    return embeddings_of_encoder(root, lineage["encoder_sha256"])
 
 
 class EmbeddedRows:

@@ -146,3 +146,29 @@ def test_predict_files_folders_and_shards_and_lists_what_it_cannot_read(
     assert json.loads(captured.out)["predicted"] == 6
     assert main(["predict", str(tmp_path), str(folder)]) == 2
     assert "model.ts is missing" in capsys.readouterr().err
+
+
+def test_flip_averaged_embeddings_and_a_classifier_that_averages_the_same_way(seeded_root, tmp_path) -> None:
+    from lakelabel.data_specs.embeddings import read_embeddings
+    from lakelabel.pipeline.config import EmbedConfig
+    from lakelabel.pipeline.embed import embed
+
+    root, _ = seeded_root
+    plain = read_embeddings(next((root / "embeddings").glob("tiny-*")))
+    summary = embed(root, EmbedConfig(encoder="tiny", workers=0, flip_average=True))
+    flipped = read_embeddings(summary["embeddings"])
+    assert "tiny-flip-" in summary["embeddings"] and flipped.meta["flip_average"] is True
+    assert list(flipped.keys) == list(plain.keys)
+    a, b = plain.matrix(), flipped.matrix()
+    np.testing.assert_allclose(np.linalg.norm(b, axis=1), 1, atol=1e-2)
+    assert 0.9 < float((a * b).sum(1).mean()) < 0.9999  # close to the plain features, not the same
+    from lakelabel.models.classifier import Head, ImageClassifier
+    from lakelabel.pipeline.training import embedding_encoder
+
+    encoder = embedding_encoder(root, flipped)
+    model = ImageClassifier(
+        encoder.module, Head(encoder.dim, 3), encoder.mean, encoder.std, flip_average=True
+    )
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        assert torch.allclose(model(images), model(images.flip(-1)), atol=1e-5)  # mirror-invariant
