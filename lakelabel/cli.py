@@ -705,7 +705,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         "--out", default="predictions.parquet", help="the Parquet to write (default predictions.parquet)"
     )
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
-    p.add_argument("--workers", type=int, default=2, help="decode processes (default 2; 0: in-process)")
+    p.add_argument(
+        "--workers", type=int, help="decode processes (default: none on up to 4 cores, else half the cores)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
     p.set_defaults(func=cmd_predict)
 

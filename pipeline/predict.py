@@ -107,13 +107,18 @@ def predict(
     inputs: list[str],
     out: str | Path,
     batch_size: int = 64,
-    workers: int = 2,
+    workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Classify every image of ``inputs`` with the classifier in ``model_dir``; write ``out`` (Parquet:
-    source, class, probability) and return a summary listing the unreadable images."""
+    source, class, probability) and return a summary listing the unreadable images. ``workers``:
+    decode processes (None: none on up to 4 cores, where in-process decoding was faster: 158 against
+    98 images/s on 2 cores, Lite0 at 96 px)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if workers is None:  # decode processes only where cores are left over: on 2 cores they slow it
+        cores = len(os.sched_getaffinity(0))
+        workers = 0 if cores <= 4 else min(8, cores // 2)
     model, pre = load_classifier(model_dir)
     sources = list_sources(inputs)
     loader = torch.utils.data.DataLoader(
