@@ -157,7 +157,7 @@ def main() -> None:
         lambda: cluster(root, ClusterConfig(k=10, sela={"heads": 2, "epochs": 10}), Path(emb_dir).name),
     )
     scores = evaluate_clusters(root, truth)
-    base = dict(embeddings=Path(emb_dir).name, truth=truth, workers=args.workers, review_per_class=5)
+    base = dict(embeddings=Path(emb_dir).name, truth=truth, workers=args.workers, review_budget=50)
     unsup = stage(
         "select (no labels)", lambda: select(root, SelectConfig(labels_from="clusters", run_name="u", **base))
     )

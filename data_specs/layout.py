@@ -50,7 +50,7 @@ class ClusterRunPaths:
 
 @dataclass(frozen=True)
 class SelectionRunPaths:
-    """``ROOT/selections/<run>/``: ``selection.parquet`` (the commit), ``summary.json``, ``review/``."""
+    """``ROOT/selections/<run>/``: ``selection.parquet`` (the commit), ``summary.json``."""
 
     dir: Path
 
@@ -62,13 +62,31 @@ class SelectionRunPaths:
     def summary(self) -> Path:
         return self.dir / "summary.json"
 
-    @property
-    def review(self) -> Path:
-        return self.dir / "review"
+
+@dataclass(frozen=True)
+class BatchPaths:
+    """``ROOT/batches/<name>/``: a review batch (``batches.md``): ``review.csv``, ``classes.json``,
+    ``thumbs/<key>.png``."""
+
+    dir: Path
 
     @property
-    def review_csv(self) -> Path:
-        return self.review / "review.csv"
+    def name(self) -> str:
+        return self.dir.name
+
+    @property
+    def csv(self) -> Path:
+        """The batch's rows; a person's answers are written into it, one atomic rewrite per answer."""
+        return self.dir / "review.csv"
+
+    @property
+    def classes(self) -> Path:
+        """``classes.json``: the class ids and names a person chooses from, in id order."""
+        return self.dir / "classes.json"
+
+    @property
+    def thumbs(self) -> Path:
+        return self.dir / "thumbs"
 
 
 @dataclass(frozen=True)
@@ -126,6 +144,14 @@ class Layout:
     def selections(self, run: str = "default") -> SelectionRunPaths:
         """``selections/<run>/`` (``selections.md``)."""
         return SelectionRunPaths(self.selections_dir / run)
+
+    @property
+    def batches_dir(self) -> Path:
+        return self.root / "batches"
+
+    def batch(self, name: str) -> BatchPaths:
+        """A review batch (written by suggest or select, answered on the review page)."""
+        return BatchPaths(self.batches_dir / name)
 
     @property
     def labels(self) -> Path:

@@ -40,23 +40,6 @@ SELECTION_SCHEMA = pa.schema(
 )
 
 
-#: ``review/review.csv``: the review queue, one row per image to label; fill ``label`` (a class id) and
-#: optionally ``label_name``, and pass the file back as a seed-label CSV (it is keyed by ``key``)
-REVIEW_COLUMNS: tuple[str, ...] = (
-    "key",
-    "shard",
-    "source_uri",
-    "thumbnail",  # review/thumbs/<key>.png, relative to the CSV
-    "predicted",
-    "predicted_name",
-    "candidates",
-    "confidence",
-    "uncertainty",
-    "label",
-    "label_name",
-)
-
-
 def validate_selection(table: pa.Table) -> pa.Table:
     """Check a selection table against the contract (columns, types, unique keys)."""
     table = check_table(table, SELECTION_SCHEMA, "selections")

@@ -487,6 +487,32 @@ def check_run_inputs(config) -> None:
         input_file(config.select.truth, "truth CSV (select.truth)")
 
 
+def cmd_suggest(args: argparse.Namespace) -> int:
+    from lakelabel.pipeline.config import SuggestConfig
+    from lakelabel.pipeline.suggest import suggest
+
+    if args.classes:  # --classes a b or --classes a,b
+        args.classes = [c.strip() for item in args.classes for c in item.split(",") if c.strip()]
+    summary = suggest(args.root, _section_config(SuggestConfig, "suggest", args))
+    _emit(summary, args)
+    if sys.stderr.isatty():
+        print(f"label them: lakelabel review {args.root} --batch {summary['batch']}", file=sys.stderr)
+    return 0
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    from lakelabel.pipeline.review_page import find_batch, serve
+
+    batch = find_batch(args.root, args.batch)
+    url = f"http://{args.host}:{args.port}/"
+    print(
+        f"lakelabel review: batch {batch.name} at {url} (Ctrl-C stops; every answer is saved)",
+        file=sys.stderr,
+    )
+    serve(batch, args.host, args.port)
+    return 0
+
+
 def cmd_schedules(args: argparse.Namespace) -> int:
     from lakelabel.flows.deploy import list_schedules, set_schedules
 
@@ -501,7 +527,7 @@ def cmd_schedules(args: argparse.Namespace) -> int:
 
 
 #: the deployments of prefect.yaml
-DEPLOYMENTS = ("curate/nightly-curate", "pretrain/weekly-pretrain")
+DEPLOYMENTS = ("curate/nightly-curate", "review/relabel-on-review", "pretrain/weekly-pretrain")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -528,6 +554,7 @@ GENERATED_FLAGS = {
     "cluster": "ClusterConfig",
     "select": "SelectConfig",
     "train-classifier": "TrainClassifierConfig",
+    "suggest": "SuggestConfig",
 }
 
 
@@ -641,13 +668,37 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         help="UPS pseudo-label selection (MC dropout; positive and negative labels; a review queue)",
         description="Train a dropout classifier on the embeddings from cluster labels (no human labels) or "
         "seed-label CSVs, select confident-and-certain positives and certain negatives for R rounds, and "
-        "write ROOT/selections/RUN/ (selection.parquet, summary.json, review/review.csv + thumbnails). "
-        "Fill the label column of review.csv and pass it back with --seed-labels.",
+        "write ROOT/selections/RUN/ (selection.parquet, summary.json) and the review queue as a batch under "
+        "ROOT/batches. Label it with `lakelabel review ROOT`: the next select learns from every answer.",
     )
     p.add_argument("root", help=ROOT_HELP)
     p.add_argument("--config", help="YAML file with a `select:` section (flags override it)")
     p.add_argument("-v", "--verbose", action="store_true", help="print each round to stderr")
     p.set_defaults(func=cmd_select)
+
+    p = sub.add_parser(
+        "suggest",
+        help="choose the images a person should label first (TypiClust), as a review batch",
+        description="Pick --budget images from the embeddings (TypiClust: the most typical image of each "
+        "of the largest clusters no labelled image covers) and write them as ROOT/batches/NAME "
+        "(review.csv, thumbnails, classes.json); label them with `lakelabel review`.",
+    )
+    p.add_argument("root", help=ROOT_HELP)
+    p.add_argument("--config", help="YAML file with a `suggest:` section (flags override it)")
+    p.set_defaults(func=cmd_suggest)
+
+    p = sub.add_parser(
+        "review",
+        help="a page on 127.0.0.1 to label a review batch by keyboard (1-9, 0, n, s, u)",
+        description="Serve a review batch (default: the newest with unanswered images): its images large, "
+        "the classes as buttons and keys 1-9 (0 the tenth), n none of these, s skip, u undo. Each answer is "
+        "written into the batch's review.csv at once; the next select learns from it.",
+    )
+    p.add_argument("root", help=ROOT_HELP)
+    p.add_argument("--batch", help="batch name under ROOT/batches, or a batch folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8765, help="port (default 8765)")
+    p.set_defaults(func=cmd_review)
 
     p = sub.add_parser(
         "publish",
@@ -764,7 +815,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("deployments", nargs="*", metavar="FLOW/DEPLOYMENT", help="deployments (default: both)")
     p.set_defaults(func=cmd_schedules)
     for name, command_parser in sub.choices.items():
-        if name not in ("eval", "serve") and "--json" not in command_parser._option_string_actions:
+        if name not in ("eval", "serve", "review") and "--json" not in command_parser._option_string_actions:
             command_parser.add_argument(
                 "--json",
                 action="store_true",

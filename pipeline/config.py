@@ -23,6 +23,7 @@ from pydantic import (
 from lakelabel.pipeline.checks import PRECISIONS, STEMS, ConfigError, choice
 from lakelabel.pipeline.clustering import METHODS
 from lakelabel.pipeline.registry import block_fields
+from lakelabel.pipeline.review import REVIEW_RULES
 from lakelabel.pipeline.selection import RULES
 from lakelabel.pipeline.ssl import METHODS as SSL_METHODS
 
@@ -288,10 +289,22 @@ class _Select(StrictModel):
     lr: float = Field(1e-3, gt=0, description="Adam learning rate.")
     weight_decay: float = Field(1e-4, ge=0, description="Adam weight decay.")
     batch_size: int = Field(256, gt=1, description="Rows per classifier step.")
-    review_per_class: int = Field(
-        20, ge=0, description="Least certain samples per class in the review queue."
+    review: choice("review rule", REVIEW_RULES) = Field(
+        "uncertain_diverse",
+        description="Which images the review queue holds (registry pipeline/review): "
+        + " | ".join(REVIEW_RULES),
     )
-    thumbnail_size: int = Field(96, gt=0, description="Side of the review queue thumbnails, pixels.")
+    review_budget: int = Field(
+        100, ge=0, description="Images in the review queue (a batch under ROOT/batches); 0 = none."
+    )
+    reviewed_batches: bool = Field(
+        True,
+        description="Answered rows of every review batch under ROOT/batches join the seed labels "
+        "(after seed_labels; the newest answer wins).",
+    )
+    thumbnail_size: int = Field(
+        224, gt=0, description="Side of the review images, pixels (small images are enlarged)."
+    )
     finetune: bool = Field(
         False,
         description="Full fine-tuning (meant for GPUs): each round trains the encoder and a fresh head end "
@@ -320,8 +333,53 @@ class _Select(StrictModel):
 
 
 SelectConfig = create_model(
-    "SelectConfig", __base__=_Select, __module__=__name__, **block_fields(RULES, "selection rule")
+    "SelectConfig",
+    __base__=_Select,
+    __module__=__name__,
+    **block_fields(RULES, "selection rule"),
+    **block_fields(REVIEW_RULES, "review rule"),
 )
+
+
+class SuggestConfig(StrictModel):
+    """Seeds to label first: TypiClust's cold-start choice (the most typical image of each of the
+    largest clusters no labelled image covers) on the embeddings, written as a review batch."""
+
+    budget: int = Field(100, gt=0, description="Images to suggest for a person to label.")
+    seed_labels: list[str] = Field(
+        default_factory=list,
+        description="CSVs of images already labelled (path or key, label[, label_name]); their clusters "
+        "count as covered, and they name the classes.",
+    )
+    classes: list[str] = Field(
+        default_factory=list,
+        description="Class names in id order (0, 1, …), for the review page's buttons; needed when no "
+        "seed CSV names them.",
+    )
+    reviewed_batches: bool = Field(
+        True, description="Images of earlier review batches: answered ones count as labelled, none is "
+        "suggested again."
+    )
+    embeddings: str | None = Field(
+        None, description="Encoder run / embeddings directory name (default: the newest)."
+    )
+    sample: int = Field(
+        200_000,
+        ge=100,
+        description="The choice is made on a uniform sample of at most this many images (memory bounded "
+        "whatever the lake's size).",
+    )
+    neighbours: int = Field(20, ge=1, description="Typicality: 1 / mean distance to this many neighbours.")
+    typicality_points: int = Field(
+        5000, ge=10, description="Typicality within a cluster is estimated on at most this many points."
+    )
+    thumbnail_size: int = Field(224, gt=0, description="Side of the review images, pixels.")
+    seed: int = Field(0, description="Seed of the sample and of k-means.")
+    name: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="Batch name under ROOT/batches (default: suggest-<sha8 of the chosen keys>).",
+    )
 
 
 class TrainClassifierConfig(StrictModel):

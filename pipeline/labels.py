@@ -28,7 +28,7 @@ from lakelabel.data_specs.labels import (
 )
 from lakelabel.data_specs.layout import Layout
 from lakelabel.data_specs.manifest import MANIFEST_SCHEMA
-from lakelabel.data_specs.selections import read_selection, read_selection_info
+from lakelabel.data_specs.selections import read_selection, read_selection_info, read_selection_summary
 from lakelabel.pipeline.inputs import manifest_of
 from lakelabel.pipeline.label_stores import open_store
 
@@ -130,6 +130,8 @@ def publish_labels(
         "encoder_sha256": table.column("encoder_sha256")[0].as_py() if table.num_rows else None,
         "thresholds": json.loads(table.column("thresholds")[0].as_py()) if table.num_rows else None,
         "selection_config": read_selection_info(root, selection_run).config,
+        # the seed CSVs and answered review batches it learned from (name, file sha256, labels)
+        "seed_sources": read_selection_summary(root, selection_run).get("seed_sources", []),
         "created_at": created.isoformat(),
         "schema_version": LABELS_SCHEMA_VERSION,
     }

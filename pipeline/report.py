@@ -25,6 +25,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
+from lakelabel.data_specs.batches import read_batch  # noqa: E402
 from lakelabel.data_specs.checkpoints import pretrain_seconds  # noqa: E402
 from lakelabel.data_specs.clusters import read_cluster_info  # noqa: E402
 from lakelabel.data_specs.embeddings import read_meta  # noqa: E402
@@ -257,10 +258,10 @@ def build_report(
             pick = rng.choice(len(keys), size=min(per_row, len(keys)), replace=False)
             cluster_rows.append((f"head 0 / {c} ({len(keys):,})", sorted(keys[pick].tolist())))
     review = table[table.role == "review"].sort_values("uncertainty", ascending=False)
-    review_csv = selection_run.review_csv
+    review_csv = Path(summary.get("review", {}).get("csv") or "-")
     predicted = (
-        pd.read_csv(review_csv, usecols=["key", "predicted_name"]).set_index("key").predicted_name
-        if review_csv.exists()
+        read_batch(review_csv.parent).set_index("key").predicted_name
+        if review_csv.is_file()
         else pd.Series(dtype=str)
     )
     candidate = review.key.map(predicted).fillna("?").astype(str)
@@ -288,8 +289,8 @@ def build_report(
         )
     if review_rows:
         figures["montage_review"] = (
-            "Review queue by candidate class, most uncertain first: fill the label column of "
-            f"selections/{record['selection_run']}/review/review.csv and pass it back with --seed-labels",
+            "Review queue by candidate class, most uncertain first: label it with "
+            f"`lakelabel review ROOT --batch {review_csv.parent.name}`; the next select learns from it",
             _image_png(montage(review_rows, images, per_row)),
         )
     non_seed = table[~table.is_seed]

@@ -1,14 +1,15 @@
 """UPS selection stage: pseudo-labels with MC-dropout uncertainty, negative labels and a review queue.
 
 Writes ``ROOT/selections/<run>/``: ``selection.parquet`` (one row per embedded image, written last
-as the commit), ``summary.json`` (rounds, thresholds, metrics when a truth CSV is given),
-``review/review.csv`` + ``review/thumbs/<key>.png``. Reviewed labels (fill the ``label`` column of
-``review.csv``) come back as seed labels: ``--seed-labels review.csv``.
+as the commit), ``summary.json`` (rounds, thresholds, metrics when a truth CSV is given, the seed
+labels' sources); the review queue is a batch under ``ROOT/batches`` (``data_specs/batches.md``),
+chosen by a review rule (``pipeline/review``). Its answered rows come back as seed labels on the next
+select (``reviewed_batches``).
 """
 
 from __future__ import annotations
 
-import io
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from lakelabel.data_specs.clusters import label_columns, methods_in, read_assign
 from lakelabel.data_specs.embeddings import find_embeddings, read_embeddings
 from lakelabel.data_specs.labels import ROLES
 from lakelabel.data_specs.layout import Layout
-from lakelabel.data_specs.selections import REVIEW_COLUMNS, SELECTION_SCHEMA
+from lakelabel.data_specs.selections import SELECTION_SCHEMA
 from lakelabel.models.calibration import fit_smoothed_temperature, fit_temperature, logistic_regression
 from lakelabel.models.scan import mine_neighbours
 from lakelabel.models.ups import (
@@ -52,9 +53,10 @@ from lakelabel.pipeline.metrics import (
     precision_coverage,
     quality_warnings,
 )
+from lakelabel.pipeline.review import REVIEW_RULES, ReviewInputs
+from lakelabel.pipeline.review.batch import write_batch
 from lakelabel.pipeline.selection import RULES
-from lakelabel.pipeline.shard_data import read_shard_images
-from lakelabel.pipeline.truth import attach_keys, read_label_csv, read_seed_labels
+from lakelabel.pipeline.truth import attach_keys, read_label_csv, seeds_with_sources
 
 
 #: ``selection.parquet``: the label table's per-image columns (data_specs/labels.py) plus ``predicted``.
@@ -292,7 +294,7 @@ def select(root: str | Path, config: SelectConfig | None = None, log=None, devic
     unit_rows = emb.matrix(np.float32)
     x = torch.from_numpy(unit_rows) * float(np.sqrt(emb.meta["dim"]))
     n = emb.n
-    seeds = read_seed_labels(root, config.seed_labels)
+    seeds, seed_sources = seeds_with_sources(root, config.seed_labels, config.reviewed_batches)
     seed_index = pd.Series(np.arange(n), index=emb.keys).reindex(seeds.key)
     seeds = seeds[seed_index.notna().to_numpy()].assign(row=seed_index.dropna().astype(int).to_numpy())
     summary: dict = {"labels_from": config.labels_from, "method": config.method, "images": n}
@@ -337,6 +339,7 @@ def select(root: str | Path, config: SelectConfig | None = None, log=None, devic
         seed_rows = torch.zeros(n, dtype=torch.bool)
         seed_rows[pos_idx] = True
     summary["seed_labels_used"] = int(len(seeds))
+    summary["seed_sources"] = seed_sources
     labels = TrainingLabels.positives_only(pos_idx, pos_labels, classes)
     # calibration rows without seeds: a sample of the cluster labels (seeds cross-fit, see CrossFit)
     calib_rows, calib_targets = pos_idx, pos_labels
@@ -411,7 +414,17 @@ def select(root: str | Path, config: SelectConfig | None = None, log=None, devic
             log(record)
         labels = next_labels(selection, seed_rows, seed_labels)
     assert selection is not None
-    final = _final_table(emb, selection, seed_rows, seed_labels, names, config)
+    inputs = ReviewInputs(
+        probs=stats.mean.numpy(),
+        uncertainty=selection.uncertainty.numpy(),
+        predicted=selection.label.numpy(),
+        eligible=~(selection.positive | seed_rows).numpy(),
+        rows=unit_rows,
+    )
+    review_rows = REVIEW_RULES[config.review](getattr(config, config.review)).pick(
+        inputs, config.review_budget, config.seed
+    )
+    final = _final_table(emb, selection, seed_rows, seed_labels, names, review_rows)
     summary["rounds"] = rounds
     summary["roles"] = final.role.value_counts().reindex(ROLES, fill_value=0).astype(int).to_dict()
     summary["per_class_positives"] = (
@@ -437,7 +450,7 @@ def select(root: str | Path, config: SelectConfig | None = None, log=None, devic
     out = Layout(root).selections(config.run_name)
     out.dir.mkdir(parents=True, exist_ok=True)
     out.selection.unlink(missing_ok=True)
-    summary["review"] = export_review(root, out.review, final, selection, names, config)
+    summary["review"] = export_review(root, final, review_rows, names, config)
     summary["seconds"] = round(time.perf_counter() - started, 2)
     summary["selection"] = str(out.selection)
     summary["config"] = config.model_dump()
@@ -464,7 +477,7 @@ def _seed_label_vector(seeds: pd.DataFrame, n: int) -> torch.Tensor:
 
 
 def _final_table(
-    emb, selection: Selection, seed_rows, seed_labels, names: dict, config: SelectConfig
+    emb, selection: Selection, seed_rows, seed_labels, names: dict, review_rows: np.ndarray
 ) -> pd.DataFrame:
     n = emb.n
     positive = (selection.positive | seed_rows).numpy()
@@ -476,13 +489,7 @@ def _final_table(
     role = np.full(n, "unlabeled", dtype=object)
     role[has_negative & ~positive] = "negative_only"
     role[positive] = "positive"
-    # review queue: per predicted class, the least certain of the non-positive samples
-    if config.review_per_class:
-        unc = selection.uncertainty.numpy()
-        for c in np.unique(predicted):
-            candidates = np.nonzero((predicted == c) & ~positive)[0]
-            worst = candidates[np.argsort(-unc[candidates], kind="stable")[: config.review_per_class]]
-            role[worst] = "review"
+    role[review_rows] = "review"  # (the review rule picks neither seeds nor positives)
     conf = np.where(seed_rows.numpy(), 1.0, selection.confidence.numpy()).astype(np.float32)
     unc = np.where(seed_rows.numpy(), 0.0, selection.uncertainty.numpy()).astype(np.float32)
     out_label = np.where(role == "positive", label, -1)
@@ -503,32 +510,22 @@ def _final_table(
 
 
 def export_review(
-    root: Path, out: Path, final: pd.DataFrame, selection: Selection, names: dict, config
+    root: Path, final: pd.DataFrame, review_rows: np.ndarray, names: dict, config: SelectConfig
 ) -> dict:
-    """``review.csv`` (key, shard, source_uri, thumbnail, candidates, uncertainty, empty label columns)
-    and a PNG thumbnail per row, read straight from the shards."""
-    queue = final[final.role == "review"].copy()
-    out.mkdir(parents=True, exist_ok=True)
-    thumbs = out / "thumbs"
-    thumbs.mkdir(exist_ok=True)
-    manifest = pq.read_table(Layout(root).manifest, columns=["key", "source_uri", "status"]).to_pandas()
-    uri = manifest[manifest.status == "sharded"].drop_duplicates("key").set_index("key").source_uri
-    for key, im in read_shard_images(root, dict(zip(queue.key, queue.shard, strict=True))).items():
-        im.thumbnail((config.thumbnail_size, config.thumbnail_size))
-        buffer = io.BytesIO()
-        im.save(buffer, "PNG")
-        atomic_write_bytes(thumbs / f"{key}.png", buffer.getvalue())
-    queue["source_uri"] = queue.key.map(uri)
-    queue["thumbnail"] = "thumbs/" + queue.key + ".png"
+    """The review queue as a batch ``ROOT/batches/<run>-<sha8 of its keys>`` (``batches.md``), most
+    useful first; an unchanged queue keeps its batch, and the answers in it."""
+    if not len(review_rows):
+        return {"batch": None, "csv": None, "rows": 0}
+    queue = final.iloc[review_rows].copy()
+    digest = hashlib.sha256("\n".join(queue.key).encode()).hexdigest()[:8]
     queue["candidates"] = [
         f"{names.get(int(p), p)}"
         + (f" (not: {', '.join(str(names.get(c, c)) for c in neg[:3])})" if neg else "")
         for p, neg in zip(queue.predicted, queue.negative_labels, strict=True)
     ]
     queue["predicted_name"] = queue.predicted.map(lambda p: names.get(int(p)))
-    queue = queue.assign(label="", label_name="")
-    atomic_write_bytes(out / "review.csv", queue[list(REVIEW_COLUMNS)].to_csv(index=False).encode())
-    return {"csv": str(out / "review.csv"), "rows": int(len(queue))}
+    batch = Layout(root).batch(f"{config.run_name}-{digest}")
+    return write_batch(root, batch, queue, names, config.thumbnail_size)
 
 
 def evaluate_selection(

@@ -6,12 +6,14 @@ A CSV has ``path,label`` (optionally ``label_name``, ``split``); ``path`` is rel
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
 
+from lakelabel.data_specs.batches import answered_labels, list_batches
 from lakelabel.data_specs.layout import Layout
 from lakelabel.data_specs.manifest import MANIFEST_SCHEMA
 
@@ -101,3 +103,34 @@ def read_seed_labels(root: str | Path, csvs: list[str | Path]) -> pd.DataFrame:
     if (out.label < 0).any():
         raise ValueError(f"seed labels must be >= 0, got {sorted(out.label[out.label < 0].unique())}")
     return out.reset_index(drop=True)
+
+
+def seeds_with_sources(
+    root: str | Path, csvs: list[str], reviewed_batches: bool = True
+) -> tuple[pd.DataFrame, list[dict]]:
+    """The seed labels (the CSVs, then the answered rows of every review batch, oldest batch first;
+    a later answer for a key wins) and where each came from: the lineage a published run carries."""
+    seeds = read_seed_labels(root, csvs)
+    sources = [{"csv": str(Path(csv).resolve()), "sha256": _file_sha256(csv)} for csv in csvs]
+    frames = [seeds]
+    if reviewed_batches:
+        for batch in list_batches(root):
+            answered = answered_labels(batch)
+            if len(answered):
+                frames.append(answered)
+                sources.append(
+                    {
+                        "batch": batch.name,
+                        "csv": str(batch.csv),
+                        "sha256": _file_sha256(batch.csv),
+                        "labels": len(answered),
+                    }
+                )
+    if len(frames) > 1:
+        seeds = pd.concat(frames).drop_duplicates("key", keep="last").reset_index(drop=True)
+        seeds["label"] = seeds.label.astype(int)
+    return seeds, sources
+
+
+def _file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

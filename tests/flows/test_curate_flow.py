@@ -38,7 +38,7 @@ def tiny_config(root) -> LakelabelConfig:
         ),
         embed=EmbedConfig(workers=0, shards_per_task=2),
         cluster=ClusterConfig(k=4, sela={"heads": 2, "epochs": 2}),
-        select=SelectConfig(rounds=1, epochs=2, min_steps=20, passes=3, hidden=32, review_per_class=2),
+        select=SelectConfig(rounds=1, epochs=2, min_steps=20, passes=3, hidden=32, review_budget=20),
     )
 
 

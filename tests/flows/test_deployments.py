@@ -40,7 +40,7 @@ TINY = {
     "pretrain": {"method": "simclr", "stem": "imagenet", "batch_size": 32, "max_steps": 2, "workers": 0},
     "embed": {"workers": 0},
     "cluster": {"k": 4, "sela": {"heads": 1, "epochs": 1}},
-    "select": {"rounds": 1, "epochs": 1, "min_steps": 10, "passes": 3, "hidden": 32, "review_per_class": 1},
+    "select": {"rounds": 1, "epochs": 1, "min_steps": 10, "passes": 3, "hidden": 32, "review_budget": 10},
 }
 
 

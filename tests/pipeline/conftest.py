@@ -49,7 +49,7 @@ RUNS = ("default", "looser", "stricter")
 def selected_root(cifar_root, tmp_path_factory):
     """A clustered CIFAR root with the three selection runs of :data:`RUNS` (nothing published)."""
     root = clustered_copy(cifar_root, tmp_path_factory.mktemp("labels"), heads=2, epochs=1)
-    small = dict(rounds=1, epochs=1, min_steps=20, passes=3, hidden=32, review_per_class=2)
+    small = dict(rounds=1, epochs=1, min_steps=20, passes=3, hidden=32, review_budget=20)
     select(root, SelectConfig(**small))
     select(root, SelectConfig(**small, ups={"tau_p": 0.2}, run_name="looser"))
     select(root, SelectConfig(**small, ups={"tau_p": 0.9, "kappa_p": 0.01}, run_name="stricter"))

@@ -35,7 +35,7 @@ def seeded_root(selected_root, cifar_root, tmp_path_factory):
     labels = pd.read_csv(truth)
     seed_csv = root.parent / "seed.csv"
     labels.groupby("label").head(4).to_csv(seed_csv, index=False)
-    small = dict(rounds=1, epochs=2, min_steps=30, passes=3, hidden=0, review_per_class=1, ups={"tau_p": 0.3})
+    small = dict(rounds=1, epochs=2, min_steps=30, passes=3, hidden=0, review_budget=10, ups={"tau_p": 0.3})
     select(root, SelectConfig(labels_from="seed", seed_labels=[str(seed_csv)], run_name="seeded", **small))
     publish_labels(root, "seeded")
     return root, truth

@@ -174,9 +174,7 @@ def test_named_encoder_in_select_finetuning_and_train_classifier(cifar_root, tin
     cluster(root, ClusterConfig(k=10, sela={"heads": 1, "epochs": 1}))
     seed_csv = tmp_path / "seed.csv"
     pd.read_csv(truth).groupby("label").head(3).to_csv(seed_csv, index=False)
-    small = dict(
-        rounds=1, epochs=1, min_steps=10, passes=3, hidden=32, review_per_class=1, ups={"tau_p": 0.2}
-    )
+    small = dict(rounds=1, epochs=1, min_steps=10, passes=3, hidden=32, review_budget=10, ups={"tau_p": 0.2})
     summary = select(
         root,
         SelectConfig(

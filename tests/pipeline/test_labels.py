@@ -332,9 +332,7 @@ def test_train_classifier_from_pseudo_labels(selected_root, cifar_root, tmp_path
     seed_csv, holdout = tmp_path / "seed.csv", tmp_path / "holdout.csv"
     labels.tail(300).groupby("label").head(5).to_csv(seed_csv, index=False)  # class names from seed labels
     labels.head(100).drop(columns="split", errors="ignore").to_csv(holdout, index=False)  # a plain CSV
-    small = dict(
-        rounds=1, epochs=1, min_steps=20, passes=3, hidden=32, review_per_class=2, ups={"tau_p": 0.2}
-    )
+    small = dict(rounds=1, epochs=1, min_steps=20, passes=3, hidden=32, review_budget=20, ups={"tau_p": 0.2})
     select(root, SelectConfig(labels_from="seed", seed_labels=[str(seed_csv)], run_name="seeded", **small))
     publish_labels(root, "seeded")
     config = TrainClassifierConfig(

@@ -39,7 +39,7 @@ def labelled_root(cifar_root, tmp_path_factory):
     seed_csv = tmp / "seed.csv"
     pd.read_csv(truth).groupby("label").head(4).to_csv(seed_csv, index=False)
     small = dict(
-        rounds=1, epochs=1, min_steps=20, passes=3, hidden=32, review_per_class=2, ups={"tau_p": 0.1}
+        rounds=1, epochs=1, min_steps=20, passes=3, hidden=32, review_budget=20, ups={"tau_p": 0.1}
     )  # calibrated: a 2-step encoder is near chance
     select(root, SelectConfig(labels_from="seed", seed_labels=[str(seed_csv)], **small))
     record = publish_labels(root)

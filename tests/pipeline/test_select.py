@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -29,7 +31,7 @@ def selection_root(cifar_root, tmp_path_factory):
 
 
 def small(**over) -> SelectConfig:
-    base = dict(rounds=2, epochs=2, min_steps=30, passes=4, hidden=64, review_per_class=3)
+    base = dict(rounds=2, epochs=2, min_steps=30, passes=4, hidden=64, review_budget=30)
     base.update(over)
     return SelectConfig(**base)
 
@@ -61,13 +63,14 @@ def test_select_from_seed_labels_roles_metrics_review(selection_root) -> None:
     baseline = metrics["baseline_logreg"]
     assert 0 <= baseline["accuracy_full_coverage"] <= 1 and 0 <= baseline["precision_at_50pct_coverage"] <= 1
     assert all(r["temperature"] > 0 for r in summary["rounds"]) and 0 <= metrics["ece_uncalibrated"] <= 1
-    # review queue: least certain per class, with thumbnails that open
+    # review queue: a batch of the review budget, with images enlarged to judge
     review = pd.read_csv(summary["review"]["csv"])
-    assert 0 < len(review) <= 30 and set(review.key) == set(table[table.role == "review"].key)
+    assert len(review) == 30 and set(review.key) == set(table[table.role == "review"].key)
+    assert not (table.set_index("key").loc[review.key].is_seed).any()
     for thumb in review.thumbnail:
-        with Image.open(root / "selections" / "default" / "review" / thumb) as im:
-            assert max(im.size) <= 96
-    assert review.source_uri.notna().all() and review.label.isna().all()
+        with Image.open(Path(summary["review"]["csv"]).parent / thumb) as im:
+            assert max(im.size) == 224
+    assert review.source_uri.notna().all() and review.label.isna().all() and review.answer.isna().all()
     # same seed → same selection
     select(root, small(labels_from="seed", seed_labels=[str(seed_csv)], ups={"tau_p": 0.3}, run_name="again"))
     again = read_selection(root, "again")
