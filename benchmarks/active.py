@@ -63,7 +63,11 @@ class Person:
     def answer(self, root: Path, batch: str) -> Path:
         answers = BatchAnswers(Layout(root).batch(batch))
         for key in answers.table.key:
-            answers.answer(key, "label", int(self.label[key]))
+            label = int(self.label[key])
+            if label in answers.classes:
+                answers.answer(key, "label", label)
+            else:  # a class the batch does not offer
+                answers.answer(key, "none")
         return answers.batch.csv
 
 

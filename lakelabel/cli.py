@@ -734,10 +734,11 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "train-classifier",
-        help="retrain a torchvision classifier from a label run; evaluate it on a labeled hold-out",
-        description="Train on ROOT's shards joined to a label run (cross-entropy on positives, "
-        "negative-learning loss on negatives), evaluate on --holdout, save "
-        "ROOT/classifiers/RUN/{model.pt,metrics.json}.",
+        help="retrain a classifier from a label run, with same-run baselines; export TorchScript and ONNX",
+        description="Train a head on the label run's embeddings (mode head, CPUs) or the whole network "
+        "from it (mode finetune, GPUs) on positives and negative labels; score it and its baselines (seeds "
+        "only, an oracle) on --holdout; write ROOT/classifiers/RUN/ (model.ts, model.onnx, card.json, "
+        "README.md, metrics.json).",
     )
     p.add_argument("root", help=ROOT_HELP)
     p.add_argument("--config", help="YAML file with a `train_classifier:` section (flags override it)")

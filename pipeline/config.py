@@ -357,8 +357,9 @@ class SuggestConfig(StrictModel):
         "seed CSV names them.",
     )
     reviewed_batches: bool = Field(
-        True, description="Images of earlier review batches: answered ones count as labelled, none is "
-        "suggested again."
+        True,
+        description="Images of earlier review batches: answered ones count as labelled, none is "
+        "suggested again.",
     )
     embeddings: str | None = Field(
         None, description="Encoder run / embeddings directory name (default: the newest)."

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
+from lakelabel.data_specs.batches import list_batches, read_classes
 from lakelabel.data_specs.clusters import label_columns, methods_in, read_assignments, read_cluster_info
 from lakelabel.data_specs.embeddings import find_embeddings, read_embeddings
 from lakelabel.data_specs.labels import ROLES
@@ -335,6 +336,9 @@ def select(root: str | Path, config: SelectConfig | None = None, log=None, devic
         pos_idx = torch.as_tensor(seeds.row.to_numpy().copy())
         pos_labels = torch.as_tensor(seeds.label.to_numpy().astype(np.int64))
         names = {int(c): str(nm) for c, nm in zip(seeds.label, seeds.label_name, strict=False)}
+        for batch in list_batches(root):  # classes a person may name that no seed has yet (review page)
+            for c, name in read_classes(batch).items():
+                names.setdefault(c, name)
         names.update({c: str(c) for c in range(classes) if c not in names})
         seed_rows = torch.zeros(n, dtype=torch.bool)
         seed_rows[pos_idx] = True
