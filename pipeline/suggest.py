@@ -57,7 +57,12 @@ def typiclust(
     labelled (their clusters are covered; they are never picked)."""
     k = min(int(covered.sum()) + budget, len(x))
     kmeans = faiss.Kmeans(
-        x.shape[1], k, niter=20, seed=config.seed, max_points_per_centroid=max(256, -(-len(x) // k))
+        x.shape[1],
+        k,
+        niter=20,
+        seed=config.seed,
+        min_points_per_centroid=1,  # (small lakes: no warning; TypiClust wants K clusters regardless)
+        max_points_per_centroid=max(256, -(-len(x) // k)),
     )
     kmeans.train(x)
     _, assign = kmeans.index.search(x, 1)
