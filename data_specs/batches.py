@@ -33,18 +33,20 @@ REVIEW_COLUMNS: tuple[str, ...] = (
 ANSWERS: tuple[str, ...] = ("label", "none", "skip")
 
 
+def batch_paths(batch: BatchPaths | str | Path) -> BatchPaths:
+    """The paths of a batch given as its paths or its folder."""
+    return batch if isinstance(batch, BatchPaths) else BatchPaths(Path(batch))
+
+
 def read_batch(batch: BatchPaths | str | Path) -> pd.DataFrame:
-    """A batch's ``review.csv`` (every column as text but the ids; empty answers as "")."""
-    paths = batch if isinstance(batch, BatchPaths) else BatchPaths(Path(batch))
+    """A batch's ``review.csv`` (every column as text; empty answers as "")."""
+    paths = batch_paths(batch)
     if not paths.csv.is_file():
         raise FileNotFoundError(f"no review batch at {str(paths.dir)!r}: {paths.csv.name} is missing")
     table = pd.read_csv(paths.csv, dtype=str, keep_default_na=False)
     missing = [c for c in REVIEW_COLUMNS if c not in table.columns]
-    if missing:  # a queue written before answers were recorded in the file has no answer columns
-        if set(missing) <= {"answer", "answered_at"}:
-            table = table.assign(**{c: "" for c in missing})
-        else:
-            raise ContractError(f"batches: {str(paths.csv)!r} lacks column(s) {missing}")
+    if missing:
+        raise ContractError(f"batches: {str(paths.csv)!r} lacks column(s) {missing}")
     bad = ~table.answer.isin(("", *ANSWERS))
     if bad.any():
         raise ContractError(f"batches: {str(paths.csv)!r}: unknown answer {table.answer[bad].iloc[0]!r}")
@@ -57,7 +59,7 @@ def read_batch(batch: BatchPaths | str | Path) -> pd.DataFrame:
 
 def read_classes(batch: BatchPaths | str | Path) -> dict[int, str]:
     """``classes.json`` of a batch: class id → name, in id order."""
-    paths = batch if isinstance(batch, BatchPaths) else BatchPaths(Path(batch))
+    paths = batch_paths(batch)
     if not paths.classes.is_file():
         raise FileNotFoundError(f"review batch {str(paths.dir)!r} has no classes.json")
     raw = json.loads(paths.classes.read_text())

@@ -5,7 +5,6 @@ nothing, so a deployment may run it often (prefect.yaml: ``relabel-on-review``).
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -15,6 +14,7 @@ from lakelabel.data_specs.layout import Layout
 from lakelabel.data_specs.selections import read_selection_summary
 from lakelabel.flows.publish import publish_labels_flow
 from lakelabel.flows.select import select_flow
+from lakelabel.pipeline.atomic import file_sha256
 from lakelabel.pipeline.config import LakelabelConfig
 from lakelabel.pipeline.demo import demo_seed_csv
 
@@ -29,7 +29,7 @@ def filled_batches(root: str | Path, selection_run: str) -> list[str]:
     for batch in list_batches(root):
         table = read_batch(batch)
         done = len(table) and (table.answer != "").all() and (table.answer == "label").any()
-        if done and hashlib.sha256(batch.csv.read_bytes()).hexdigest() not in learned:
+        if done and file_sha256(batch.csv) not in learned:
             out.append(batch.name)
     return out
 

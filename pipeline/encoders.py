@@ -28,6 +28,7 @@ from lakelabel.data_specs.checkpoints import read_encoder_meta
 from lakelabel.data_specs.layout import Layout
 from lakelabel.models.backbones import IMAGENET_MEAN, IMAGENET_STD, build_with_preprocess, is_named
 from lakelabel.models.weights import fit_state_dict
+from lakelabel.pipeline.atomic import file_sha256
 from lakelabel.pipeline.checks import STEMS
 
 ALLOW_DOWNLOAD_ENV = "LAKELABEL_ALLOW_DOWNLOAD"
@@ -105,14 +106,6 @@ def init_backbone_from(backbone: torch.nn.Module, path: str | Path, complete: bo
         )
     backbone.load_state_dict(state, strict=False)
     return report
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def state_sha256(state: dict[str, torch.Tensor]) -> str:

@@ -25,11 +25,11 @@ from lakelabel.data_specs.manifest import MANIFEST_SCHEMA
 from lakelabel.models.backbones import build_with_preprocess, is_named
 from lakelabel.models.knn import knn_predict
 from lakelabel.models.optim import LARS, warmup_cosine
-from lakelabel.pipeline.atomic import atomic_write, atomic_write_bytes
+from lakelabel.pipeline.atomic import atomic_write, atomic_write_bytes, file_sha256
 from lakelabel.pipeline.augment import BatchViews, DecodeUint8, TwoViews, eval_transform, load_size
 from lakelabel.pipeline.config import PretrainConfig
 from lakelabel.pipeline.devices import autocast, compute_device
-from lakelabel.pipeline.encoders import CheckpointError, file_sha256, init_backbone_from, pretrained_weights
+from lakelabel.pipeline.encoders import CheckpointError, init_backbone_from, pretrained_weights
 from lakelabel.pipeline.shard_data import eval_loader, list_shards, train_batches
 from lakelabel.pipeline.ssl import METHODS as SSL_METHODS
 from lakelabel.pipeline.truth import attach_keys, read_label_csv

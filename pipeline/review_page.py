@@ -13,7 +13,7 @@ from fastapi import FastAPI, HTTPException
 from fastapi.responses import FileResponse, HTMLResponse
 from pydantic import BaseModel, ConfigDict
 
-from lakelabel.data_specs.batches import ANSWERS, list_batches
+from lakelabel.data_specs.batches import list_batches
 from lakelabel.data_specs.layout import BatchPaths, Layout
 from lakelabel.pipeline.review.batch import BatchAnswers
 
@@ -79,13 +79,12 @@ def create_app(batch: BatchPaths) -> FastAPI:
 
     @app.post("/api/answer")
     def answer(body: Answer) -> dict:
-        if body.answer not in ANSWERS:
-            raise HTTPException(422, f"answer {body.answer!r} is not one of {', '.join(ANSWERS)}")
-        if (answers.table.key == body.key).sum() == 0:
-            raise HTTPException(404, f"key {body.key!r} is not in batch {batch.name!r}")
-        if body.answer == "label" and body.label not in answers.classes:
-            raise HTTPException(422, f"class {body.label!r} is not one of {sorted(answers.classes)}")
-        return answers.answer(body.key, body.answer, body.label)
+        try:
+            return answers.answer(body.key, body.answer, body.label)
+        except KeyError as unknown:
+            raise HTTPException(404, unknown.args[0]) from None
+        except ValueError as bad:
+            raise HTTPException(422, str(bad)) from None
 
     @app.post("/api/undo")
     def undo() -> dict:

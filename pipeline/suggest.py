@@ -25,9 +25,8 @@ from lakelabel.pipeline.truth import seeds_with_sources
 def sample_rows(emb, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """A uniform sample of at most ``size`` rows (global indices, sorted) and their unit-norm vectors,
     read part by part (memory: the sample, not the lake)."""
-    pick = (
-        np.sort(np.random.default_rng(seed).permutation(emb.n)[:size]) if emb.n > size else np.arange(emb.n)
-    )
+    rng = np.random.default_rng(seed)  # (choice without replacement: no N-long permutation)
+    pick = np.sort(rng.choice(emb.n, size, replace=False)) if emb.n > size else np.arange(emb.n)
     out, start = [], 0
     for path, rows in emb.parts:
         local = pick[(pick >= start) & (pick < start + rows)] - start

@@ -6,7 +6,6 @@ A CSV has ``path,label`` (optionally ``label_name``, ``split``); ``path`` is rel
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pyarrow.parquet as pq
 from lakelabel.data_specs.batches import answered_labels, list_batches
 from lakelabel.data_specs.layout import Layout
 from lakelabel.data_specs.manifest import MANIFEST_SCHEMA
+from lakelabel.pipeline.atomic import file_sha256
 
 
 def read_label_csv(csv: str | Path) -> pd.DataFrame:
@@ -111,7 +111,7 @@ def seeds_with_sources(
     """The seed labels (the CSVs, then the answered rows of every review batch, oldest batch first;
     a later answer for a key wins) and where each came from: the lineage a published run carries."""
     seeds = read_seed_labels(root, csvs)
-    sources = [{"csv": str(Path(csv).resolve()), "sha256": _file_sha256(csv)} for csv in csvs]
+    sources = [{"csv": str(Path(csv).resolve()), "sha256": file_sha256(csv)} for csv in csvs]
     frames = [seeds]
     if reviewed_batches:
         for batch in list_batches(root):
@@ -122,7 +122,7 @@ def seeds_with_sources(
                     {
                         "batch": batch.name,
                         "csv": str(batch.csv),
-                        "sha256": _file_sha256(batch.csv),
+                        "sha256": file_sha256(batch.csv),
                         "labels": len(answered),
                     }
                 )
@@ -130,7 +130,3 @@ def seeds_with_sources(
         seeds = pd.concat(frames).drop_duplicates("key", keep="last").reset_index(drop=True)
         seeds["label"] = seeds.label.astype(int)
     return seeds, sources
-
-
-def _file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 
-from lakelabel.data_specs.batches import ANSWERS, REVIEW_COLUMNS, read_batch, read_classes
+from lakelabel.data_specs.batches import ANSWERS, REVIEW_COLUMNS, batch_paths, read_batch, read_classes
 from lakelabel.data_specs.layout import BatchPaths, Layout
 from lakelabel.pipeline.atomic import atomic_write_bytes, fsync_dir
 from lakelabel.pipeline.shard_data import read_shard_images
@@ -28,13 +29,15 @@ def write_batch(
     if batch.csv.exists():
         return {"batch": batch.name, "csv": str(batch.csv), "rows": len(read_batch(batch)), "existing": True}
     tmp = batch.dir.with_name(f".{batch.name}.tmp")
-    if tmp.exists():
-        for f in sorted(tmp.rglob("*"), reverse=True):
-            f.unlink() if f.is_file() else f.rmdir()
+    shutil.rmtree(tmp, ignore_errors=True)  # a staging folder an interrupted write left
     staged = BatchPaths(tmp)
     staged.thumbs.mkdir(parents=True)
-    manifest = pq.read_table(Layout(root).manifest, columns=["key", "source_uri", "status"]).to_pandas()
-    uri = manifest[manifest.status == "sharded"].drop_duplicates("key").set_index("key").source_uri
+    manifest = pq.read_table(  # only the batch's rows: memory does not grow with the lake
+        Layout(root).manifest,
+        columns=["key", "source_uri"],
+        filters=[("status", "==", "sharded"), ("key", "in", list(rows.key))],
+    ).to_pandas()
+    uri = manifest.drop_duplicates("key").set_index("key").source_uri
     for key, im in read_shard_images(root, dict(zip(rows.key, rows.shard, strict=True))).items():
         im = im.convert("RGB")
         scale = thumbnail_size / max(im.size)  # small images are enlarged too: a person must judge them
@@ -64,7 +67,7 @@ class BatchAnswers:
     a lock, before it returns. Reopening the batch resumes at its first unanswered row."""
 
     def __init__(self, batch: BatchPaths | str | Path):
-        self.batch = batch if isinstance(batch, BatchPaths) else BatchPaths(Path(batch))
+        self.batch = batch_paths(batch)
         self.table = read_batch(self.batch)
         self.classes = read_classes(self.batch)
         self._lock = threading.Lock()
@@ -86,13 +89,14 @@ class BatchAnswers:
         return int(hits[0])
 
     def answer(self, key: str, answer: str, label: int | None = None) -> dict:
-        """Record ``answer`` (label | none | skip; ``label`` needs a class id of the batch) for ``key``."""
+        """Record ``answer`` (label | none | skip; ``label`` needs a class id of the batch) for ``key``.
+        Raises ValueError for an unknown answer or class, KeyError for a key not in the batch."""
         if answer not in ANSWERS:
             raise ValueError(f"answer {answer!r} is not one of {', '.join(ANSWERS)}")
+        row = self._row(key)  # (the keys never change: no lock needed to find the row)
         if answer == "label" and label not in self.classes:
             raise ValueError(f"class {label!r} is not one of the batch's classes {sorted(self.classes)}")
         with self._lock:
-            row = self._row(key)
             values = {
                 "answer": answer,
                 "label": str(label) if answer == "label" else "",

@@ -14,6 +14,7 @@ import torch
 from lakelabel.data_specs.embeddings import read_embeddings
 from lakelabel.models.backbones import build_named
 from lakelabel.models.weights import fit_state_dict
+from lakelabel.pipeline.atomic import file_sha256
 from lakelabel.pipeline.config import (
     EmbedConfig,
     LakelabelConfig,
@@ -22,7 +23,7 @@ from lakelabel.pipeline.config import (
     TrainClassifierConfig,
 )
 from lakelabel.pipeline.embed import embed
-from lakelabel.pipeline.encoders import CheckpointError, file_sha256, load_encoder
+from lakelabel.pipeline.encoders import CheckpointError, load_encoder
 from lakelabel.pipeline.pretrain import Pretrainer
 
 TINY = "timm:test_efficientnet"  # ~0.1 M parameters: a real timm EfficientNet, fast on a CPU
