@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from lakelabel.pipeline.ingest import run_ingest
 from lakelabel.pipeline.pretrain import pretrain
 from lakelabel.pipeline.select import select
 from tests.cifar import cifar_subset
+from tests.roots import copy_root
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +35,7 @@ def clustered_copy(cifar_root: tuple[Path, Path, Path], folder: Path, heads: int
     """``folder/root``: a copy of the session's CIFAR root, embedded (encoder "tiny") and clustered
     (K = 10, ``heads`` SeLa heads trained ``epochs`` epochs)."""
     root = folder / "root"
-    shutil.copytree(cifar_root[0], root)
+    copy_root(cifar_root[0], root)
     embed(root, EmbedConfig(encoder="tiny", workers=0))
     cluster(root, ClusterConfig(k=10, sela={"heads": heads, "epochs": epochs}))
     return root

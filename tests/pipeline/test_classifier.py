@@ -5,7 +5,6 @@ of images it cannot read."""
 from __future__ import annotations
 
 import json
-import shutil
 import tarfile
 
 import numpy as np
@@ -23,6 +22,7 @@ from lakelabel.pipeline.labels import publish_labels
 from lakelabel.pipeline.predict import load_classifier, predict
 from lakelabel.pipeline.select import select
 from lakelabel.pipeline.train_classifier import train_classifier
+from tests.roots import copy_root
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def seeded_root(selected_root, cifar_root, tmp_path_factory):
     the truth's other half for the oracle."""
     _, truth, _ = cifar_root
     root = tmp_path_factory.mktemp("classifier") / "root"
-    shutil.copytree(selected_root, root, ignore=shutil.ignore_patterns("labels"))
+    copy_root(selected_root, root, "labels")
     labels = pd.read_csv(truth)
     seed_csv = root.parent / "seed.csv"
     labels.groupby("label").head(4).to_csv(seed_csv, index=False)

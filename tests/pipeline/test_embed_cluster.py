@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +21,13 @@ from lakelabel.pipeline.embed import embed, load_encoder
 from lakelabel.pipeline.encoders import CheckpointError
 from lakelabel.pipeline.evaluate import evaluate_clusters
 from lakelabel.pipeline.ingest import run_ingest
+from tests.roots import copy_root
 
 
 def test_embed_parts_follow_the_contract_and_resume(cifar_root, tmp_path) -> None:
     src, _, lake = cifar_root
     root = tmp_path / "root"
-    shutil.copytree(src, root)
+    copy_root(src, root)
     config = EmbedConfig(encoder="tiny", workers=0, batch_size=64)
     first = embed(root, config)
     assert first["shards"] == 4 and first["shards_embedded"] == 4 and first["images_embedded"] == 400
@@ -85,7 +85,7 @@ def test_encoder_errors_are_named(cifar_root) -> None:
 def test_cluster_assignments_and_eval(cifar_root, tmp_path) -> None:
     src, truth, _ = cifar_root
     root = tmp_path / "root"
-    shutil.copytree(src, root)
+    copy_root(src, root)
     embed(root, EmbedConfig(encoder="tiny", workers=0))
     config = ClusterConfig(k=10, sela={"heads": 2, "epochs": 3, "label_updates": 2, "batch_size": 64})
     summary = cluster(root, config)
@@ -140,7 +140,7 @@ def test_cluster_assignments_and_eval(cifar_root, tmp_path) -> None:
 def test_cli_embed_cluster_eval(cifar_root, tmp_path, capsys) -> None:
     src, truth, _ = cifar_root
     root = tmp_path / "root"
-    shutil.copytree(src, root)
+    copy_root(src, root)
     assert main(["embed", str(root), "--encoder", "random", "--stem", "imagenet", "--workers", "0"]) == 0
     captured = capsys.readouterr()
     out = json.loads(captured.out)
@@ -164,7 +164,7 @@ def test_cli_embed_cluster_eval(cifar_root, tmp_path, capsys) -> None:
 def test_scan_can_update_the_encoder_on_the_shards(cifar_root, tmp_path) -> None:
     src, truth, _ = cifar_root
     root = tmp_path / "root"
-    shutil.copytree(src, root)
+    copy_root(src, root)
     embed(root, EmbedConfig(encoder="tiny", workers=0))
     scan = {"neighbours": 5, "heads": 1, "epochs": 3, "self_label_epochs": 2, "batch_size": 64}
     frozen = ClusterConfig(k=10, methods=["scan"], scan=scan)

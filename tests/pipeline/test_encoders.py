@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ from lakelabel.pipeline.config import (
 from lakelabel.pipeline.embed import embed
 from lakelabel.pipeline.encoders import CheckpointError, load_encoder
 from lakelabel.pipeline.pretrain import Pretrainer
+from tests.roots import copy_root
 
 TINY = "timm:test_efficientnet"  # ~0.1 M parameters: a real timm EfficientNet, fast on a CPU
 
@@ -82,7 +82,7 @@ def test_lite0_weights_fill_timms_layout_tensor_for_tensor() -> None:
 
 def test_uncached_name_fails_at_once_and_writes_nothing(cifar_root, tmp_path) -> None:
     root = tmp_path / "root"
-    shutil.copytree(cifar_root[0], root)
+    copy_root(cifar_root[0], root)
     with pytest.raises(CheckpointError, match=r"no pretrained weights for 'timm:resnet18'.*--weights FILE"):
         embed(root, EmbedConfig(encoder="timm:resnet18", workers=0))
     with pytest.raises(CheckpointError, match="no pretrained weights for 'torchvision:resnet18'"):
@@ -101,7 +101,7 @@ def test_frozen_embed_from_a_weights_file_is_deterministic(cifar_root, tiny_weig
     matrices = []
     for run in ("a", "b"):
         root = tmp_path / run / "root"
-        shutil.copytree(cifar_root[0], root)
+        copy_root(cifar_root[0], root)
         summary = embed(root, EmbedConfig(encoder=TINY, weights=str(tiny_weights), image_size=32, workers=0))
         emb = read_embeddings(summary["embeddings"])
         matrices.append(emb.matrix())
@@ -129,7 +129,7 @@ def test_torchvision_name_from_the_torch_hub_cache(tmp_path, monkeypatch) -> Non
 
 def test_adapt_mode_starts_from_the_weights_and_resumes_exactly(cifar_root, tiny_weights, tmp_path) -> None:
     root = tmp_path / "root"
-    shutil.copytree(cifar_root[0], root)
+    copy_root(cifar_root[0], root)
     base = dict(
         method="simsiam",
         init_from=TINY,
@@ -170,7 +170,7 @@ def test_named_encoder_in_select_finetuning_and_train_classifier(cifar_root, tin
 
     _, truth, _ = cifar_root
     root = tmp_path / "root"
-    shutil.copytree(cifar_root[0], root)
+    copy_root(cifar_root[0], root)
     embed(root, EmbedConfig(encoder=TINY, weights=str(tiny_weights), image_size=32, workers=0))
     cluster(root, ClusterConfig(k=10, sela={"heads": 1, "epochs": 1}))
     seed_csv = tmp_path / "seed.csv"

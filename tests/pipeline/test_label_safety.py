@@ -32,6 +32,7 @@ from lakelabel.data_specs.labels import (
     read_labels,
 )
 from lakelabel.pipeline.labels import publish_labels, vacuum_labels
+from tests.roots import copy_root
 
 PUBLISHERS, ROUNDS = 8, 20
 
@@ -41,10 +42,10 @@ def race_root(selected_root, tmp_path_factory) -> Path:
     """A copy of ``selected_root`` with :data:`PUBLISHERS` selections of different content
     (``race0`` … ``race7``: the default selection, its review rows' uncertainty nudged per copy)."""
     root = tmp_path_factory.mktemp("race") / "root"
-    shutil.copytree(selected_root, root, ignore=shutil.ignore_patterns("labels"))
+    copy_root(selected_root, root, "labels")
     for i in range(PUBLISHERS):
         folder = root / "selections" / f"race{i}"
-        shutil.copytree(root / "selections" / "default", folder)
+        copy_root(root / "selections" / "default", folder)
         table = pq.read_table(folder / "selection.parquet")
         nudged = pa.compute.multiply(table.column("uncertainty"), pa.scalar(1.0 + i / 1000, pa.float32()))
         table = table.set_column(table.schema.get_field_index("uncertainty"), "uncertainty", nudged)
@@ -264,7 +265,7 @@ def test_versions_that_do_not_exist_or_were_vacuumed_are_one_line(race_root, tmp
 
 def test_publish_checks_its_inputs_first(race_root, tmp_path, capsys) -> None:
     root = tmp_path / "root"
-    shutil.copytree(race_root, root)
+    copy_root(race_root, root)
     shutil.rmtree(root / "manifest")
     assert main(["publish", str(root), "--selection", "race0"]) == 2
     err = capsys.readouterr().err.strip()

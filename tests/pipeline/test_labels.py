@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -35,6 +34,7 @@ from lakelabel.pipeline.config import SelectConfig
 from lakelabel.pipeline.labels import migrate_labels, publish_labels, vacuum_labels
 from lakelabel.pipeline.select import select
 from tests.pipeline.conftest import RUNS
+from tests.roots import copy_root
 
 
 def test_round_trip_and_plain_readers(selected_root, tmp_path) -> None:
@@ -280,7 +280,7 @@ def test_the_schema_is_enforced_and_versioned(selected_root, tmp_path) -> None:
 
 def test_cli_publish_and_labels(selected_root, tmp_path, capsys) -> None:
     root = tmp_path / "root"
-    shutil.copytree(selected_root, root)
+    copy_root(selected_root, root)
     assert main(["publish", str(root)]) == 0
     record = json.loads(capsys.readouterr().out)
     assert main(["labels", "latest", str(root)]) == 0
@@ -327,7 +327,7 @@ def test_train_classifier_from_pseudo_labels(selected_root, cifar_root, tmp_path
 
     _, truth, _ = cifar_root
     root = tmp_path / "root"
-    shutil.copytree(selected_root, root)
+    copy_root(selected_root, root)
     labels = pd.read_csv(truth)
     seed_csv, holdout = tmp_path / "seed.csv", tmp_path / "holdout.csv"
     labels.tail(300).groupby("label").head(5).to_csv(seed_csv, index=False)  # class names from seed labels
@@ -446,7 +446,7 @@ def test_documented_snippets_run_as_written(selected_root, tmp_path, name) -> No
     guard fails."""
     repo = Path(__file__).resolve().parents[2]
     root = tmp_path / "root"
-    shutil.copytree(selected_root, root, ignore=shutil.ignore_patterns("labels"))
+    copy_root(selected_root, root, "labels")
     publish_labels(root)
     code = dict(_snippets())[name].replace('"ROOT', f'"{root}')
     if "CLASSIFIER_IMAGE" in code:  # a classifier to run, and an image of the lake to give it

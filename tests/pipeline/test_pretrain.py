@@ -13,15 +13,23 @@ from lakelabel.pipeline.encoders import CheckpointError
 from lakelabel.pipeline.ingest import run_ingest
 from lakelabel.pipeline.pretrain import Pretrainer, pretrain
 from tests.lakes import make_plain_lake
+from tests.roots import copy_root
 
 
 @pytest.fixture(scope="module")
-def shard_root(tmp_path_factory) -> Path:
+def ingested(tmp_path_factory) -> Path:
+    """One ingest of a 96-image lake for the module (shards and manifest, no checkpoints)."""
     tmp = tmp_path_factory.mktemp("pretrain")
     lake, root = tmp / "lake", tmp / "root"
     make_plain_lake(lake, 96, size=(20, 20))
     run_ingest(str(lake), root, IngestConfig(workers=0, shard_max_count=30))
     return root
+
+
+@pytest.fixture
+def shard_root(ingested, tmp_path) -> Path:
+    """The module's ingest in this test's own folder: its checkpoints go when the test passes."""
+    return copy_root(ingested, tmp_path / "root")
 
 
 def _config(**over) -> PretrainConfig:
@@ -179,13 +187,11 @@ def test_device_augmentation_per_sample_parameters_deterministic_and_on_recipe()
 
 def test_pretrain_on_a_terminal_shows_its_bar_and_says_when_it_resumes(shard_root, tmp_path):
     """stderr on a pseudo-terminal: a step bar; the second run resumes and says so in one line."""
-    import shutil
     import sys
 
     from tests.terminal import run_on_a_terminal
 
-    root = tmp_path / "root"
-    shutil.copytree(shard_root, root)
+    root = shard_root
     argv = [
         sys.executable,
         "-m",

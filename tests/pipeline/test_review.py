@@ -5,7 +5,6 @@ comes back through select and publish as a label run whose lineage names it."""
 from __future__ import annotations
 
 import hashlib
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ from lakelabel.pipeline.review_page import create_app, find_batch
 from lakelabel.pipeline.select import select
 from lakelabel.pipeline.suggest import suggest, typiclust
 from lakelabel.pipeline.truth import attach_keys
+from tests.roots import copy_root
 
 NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -34,7 +34,7 @@ NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse"
 def embedded_root(cifar_root, tmp_path_factory) -> tuple[Path, pd.DataFrame]:
     """A copy of the session's CIFAR root, embedded; and its truth joined to keys."""
     root = tmp_path_factory.mktemp("review") / "root"
-    shutil.copytree(cifar_root[0], root)
+    copy_root(cifar_root[0], root)
     embed(root, EmbedConfig(encoder="tiny", workers=0))
     truth = attach_keys(root, pd.read_csv(cifar_root[1]))
     return root, truth

@@ -24,6 +24,7 @@ from lakelabel.pipeline.suggest import suggest
 from lakelabel.pipeline.truth import attach_keys
 from tests.conftest import free_port
 from tests.pipeline.test_review import NAMES
+from tests.roots import copy_root
 
 
 def _driver():
@@ -65,7 +66,7 @@ def test_label_a_batch_by_keyboard_through_a_server_kill(cifar_root, tmp_path) -
     from selenium.webdriver.support.ui import WebDriverWait
 
     root = tmp_path / "root"
-    shutil.copytree(cifar_root[0], root)
+    copy_root(cifar_root[0], root)
     embed(root, EmbedConfig(encoder="tiny", workers=0))
     truth = attach_keys(root, pd.read_csv(cifar_root[1])).set_index("key")
     suggest(root, SuggestConfig(budget=12, classes=NAMES, name="keys"))

@@ -16,6 +16,7 @@ from lakelabel.pipeline.labels import read_selection
 from lakelabel.pipeline.select import select
 from lakelabel.pipeline.truth import attach_keys
 from tests.pipeline.conftest import clustered_copy
+from tests.roots import copy_root
 
 
 @pytest.fixture(scope="module")
@@ -282,18 +283,17 @@ def test_cross_fit_calibration_never_lets_a_chain_see_its_held_out_seeds() -> No
 def test_select_checks_every_input_before_its_work(selection_root, tmp_path, capsys) -> None:
     """A missing manifest, cluster run, seed or truth CSV fails at once, named (it once failed after
     34 minutes of work, at the review queue)."""
-    import shutil
     import time
 
     root, truth, seed_csv = selection_root
     bare = tmp_path / "root"
-    shutil.copytree(root, bare, ignore=shutil.ignore_patterns("manifest", "selections"))
+    copy_root(root, bare, "manifest", "selections")
     started = time.perf_counter()
     assert main(["select", str(bare)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no ingest manifest under" in err, err
     assert time.perf_counter() - started < 10
-    shutil.copytree(root / "manifest", bare / "manifest")
+    copy_root(root / "manifest", bare / "manifest")
     cases = {
         ("--cluster-run", "nope"): "no cluster run 'nope'",
         ("--seed-labels", str(tmp_path / "none.csv")): "seed-label CSV not found",
@@ -308,13 +308,12 @@ def test_select_checks_every_input_before_its_work(selection_root, tmp_path, cap
 
 def test_auto_cluster_column_takes_what_the_cluster_run_has(selection_root, tmp_path) -> None:
     """Clusters from k-means alone: `auto` picks `kmeans` (it once picked a missing `head_0`)."""
-    import shutil
 
     from lakelabel.pipeline.cluster import cluster
     from lakelabel.pipeline.config import ClusterConfig
 
     root = tmp_path / "root"
-    shutil.copytree(selection_root[0], root, ignore=shutil.ignore_patterns("clusters", "selections"))
+    copy_root(selection_root[0], root, "clusters", "selections")
     cluster(root, ClusterConfig(k=10, methods=["kmeans"]))
     summary = select(root, small(rounds=1))
     assert summary["cluster_column"] == "kmeans" and summary["classes"] == 10
