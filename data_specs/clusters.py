@@ -1,4 +1,5 @@
-"""Cluster assignments contract: ``ROOT/clusters/<run>/assignments.parquet``. See ``clusters.md``.
+"""Cluster assignments contract: ``ROOT/clusters/<run>/parts/asg-NNNNNN.parquet``, one per embeddings
+part, committed by ``assignments.json``. See ``clusters.md``.
 
 Each clustering method (``pipeline/clustering/``) declares the columns it writes: cluster labels (int32,
 in [0, K)) and per-image scores (float32); each column's field metadata names its method.
@@ -7,6 +8,7 @@ in [0, K)) and per-image scores (float32); each column's field metadata names it
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +19,8 @@ import pyarrow.parquet as pq
 from lakelabel.data_specs.layout import Layout
 from lakelabel.data_specs.validation import ContractError, check_table
 
-CLUSTERS_SCHEMA_VERSION = "2"
+#: 3: per-part files committed by ``assignments.json`` (2: one ``assignments.parquet``, still read)
+CLUSTERS_SCHEMA_VERSION = "3"
 
 #: a method's column kinds: a cluster label in [0, K) per image, or a per-image score of it
 COLUMN_TYPES: dict[str, pa.DataType] = {"label": pa.int32(), "score": pa.float32()}
@@ -106,17 +109,52 @@ def validate_assignments(table: pa.Table, k: int | None = None) -> pa.Table:
     return table
 
 
-def read_assignments(root: str | Path, run: str = "default") -> pa.Table:
-    """The committed assignments of ``ROOT/clusters/<run>`` (validated)."""
+def assignment_part_name(embedding_part: str | Path) -> str:
+    """``asg-NNNNNN.parquet``: the assignments part of embeddings part ``emb-NNNNNN.npy``."""
+    return f"asg-{Path(embedding_part).stem.removeprefix('emb-')}.parquet"
+
+
+def _commit(root: str | Path, run: str) -> dict | None:
+    """The run's commit record (``assignments.json``), None for a legacy single-file run; fails
+    naming the committed runs when the run is not committed."""
     layout = Layout(root)
-    path = layout.clusters(run).assignments
-    if not path.exists():
-        runs = sorted(p.parent.name for p in layout.clusters_dir.glob("*/assignments.parquet"))
-        raise FileNotFoundError(
-            f"no committed cluster run {run!r} under {str(layout.clusters_dir)!r} "
-            f"(committed runs: {', '.join(runs) or 'none'}); run `lakelabel cluster` first"
-        )
-    return validate_assignments(pq.read_table(path))
+    paths = layout.clusters(run)
+    if paths.commit.is_file():
+        record = json.loads(paths.commit.read_text())
+        if record.get("schema_version") != CLUSTERS_SCHEMA_VERSION or "parts" not in record:
+            raise ContractError(
+                f"clusters: {str(paths.commit)!r} is not a version {CLUSTERS_SCHEMA_VERSION} commit"
+            )
+        return record
+    if paths.assignments.is_file():
+        return None
+    runs = sorted(p.name for p in layout.clusters_dir.glob("*") if layout.clusters(p.name).committed)
+    raise FileNotFoundError(
+        f"no committed cluster run {run!r} under {str(layout.clusters_dir)!r} "
+        f"(committed runs: {', '.join(runs) or 'none'}); run `lakelabel cluster` first"
+    )
+
+
+def iter_assignments(root: str | Path, run: str = "default") -> Iterator[pa.Table]:
+    """The committed assignments of ``ROOT/clusters/<run>`` part by part (each validated: labels in
+    [0, K), the rows the commit recorded), in the embeddings' part order. Memory: one part."""
+    record = _commit(root, run)
+    if record is None:
+        yield validate_assignments(pq.read_table(Layout(root).clusters(run).assignments))
+        return
+    parts = Layout(root).clusters(run).parts
+    for name, rows in record["parts"]:
+        table = validate_assignments(pq.read_table(parts / name), record["k"])
+        if table.num_rows != rows:
+            raise ContractError(f"clusters: part {name!r} has {table.num_rows} rows, its commit says {rows}")
+        yield table
+
+
+def read_assignments(root: str | Path, run: str = "default") -> pa.Table:
+    """Every committed assignment of ``ROOT/clusters/<run>`` in one table (validated; keys unique
+    across parts): for lakes that fit in memory; :func:`iter_assignments` streams."""
+    tables = list(iter_assignments(root, run))
+    return validate_assignments(pa.concat_tables(tables) if len(tables) > 1 else tables[0])
 
 
 @dataclass(frozen=True)

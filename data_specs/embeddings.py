@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -90,46 +91,84 @@ def validate_part(keys: pa.Table, matrix: np.ndarray, meta: dict) -> pa.Table:
 
 @dataclass
 class Embeddings:
-    """All committed parts of one embeddings directory: ``keys``/``shards`` and a float32 matrix."""
+    """The committed parts of one embeddings directory. Per part: :meth:`part` (its rows);
+    :meth:`sample` (a bounded uniform sample); ``keys``/``shards``/:meth:`matrix` hold every row and are
+    for lakes that fit in memory (read on first use)."""
 
     directory: Path
     meta: dict
-    keys: np.ndarray
-    shards: np.ndarray
-    parts: list[tuple[str, int]]  # (npy path, rows) in order
+    parts: list[tuple[str, int]]  # (npy path, rows) in shard order
 
     @property
     def n(self) -> int:
-        return len(self.keys)
+        return sum(rows for _, rows in self.parts)
+
+    @cached_property
+    def keys(self) -> np.ndarray:
+        return np.concatenate(
+            [self.part_keys(i).column("key").to_numpy(zero_copy_only=False) for i in range(len(self.parts))]
+        )
+
+    @cached_property
+    def shards(self) -> np.ndarray:
+        return np.concatenate(
+            [self.part_keys(i).column("shard").to_numpy(zero_copy_only=False) for i in range(len(self.parts))]
+        )
+
+    def part_keys(self, i: int) -> pa.Table:
+        """Part ``i``'s ``key``/``shard`` table, in its rows' order."""
+        return pq.read_table(Path(self.parts[i][0]).with_suffix(".parquet"))
+
+    def part(self, i: int, dtype=np.float32) -> np.ndarray:
+        """Part ``i``'s matrix ``(rows, dim)``."""
+        return np.load(self.parts[i][0]).astype(dtype, copy=False)
 
     def matrix(self, dtype=np.float32) -> np.ndarray:
-        """Every row in memory (N × dim); for lakes that fit. Use :meth:`chunks` to stream."""
+        """Every row in memory (N × dim); for lakes that fit. :meth:`part` and :meth:`sample` stream."""
         return (
-            np.concatenate([np.load(p).astype(dtype, copy=False) for p, _ in self.parts])
+            np.concatenate([self.part(i, dtype) for i in range(len(self.parts))])
             if self.parts
             else np.empty((0, self.meta["dim"]), dtype)
         )
 
+    def sample(self, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """A seeded uniform sample of at most ``size`` rows: ``(global row indices, sorted; their unit-norm
+        float32 vectors)``, read part by part (memory: the sample, not the lake). All rows, in order,
+        when the lake has at most ``size``."""
+        if size < 1:
+            raise ValueError(f"sample size must be >= 1, got {size}")
+        rng = np.random.default_rng(seed)  # (choice without replacement: no N-long permutation)
+        n = self.n
+        pick = np.sort(rng.choice(n, size, replace=False)) if n > size else np.arange(n)
+        out, start = [], 0
+        for path, rows in self.parts:
+            local = pick[(pick >= start) & (pick < start + rows)] - start
+            if len(local):
+                out.append(np.asarray(np.load(path, mmap_mode="r")[local], dtype=np.float32))
+            start += rows
+        x = np.concatenate(out)
+        x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        return pick, x
+
 
 def read_embeddings(directory: str | Path, validate: bool = True) -> Embeddings:
-    """Open an embeddings directory (committed parts only, in shard order)."""
+    """Open an embeddings directory (committed parts only, in shard order); each part is checked
+    against the contract, and no part's rows stay in memory."""
     directory = Path(directory)
     meta = read_meta(directory)
-    keys, shards, parts = [], [], []
+    parts = []
     for keys_path in sorted(directory.glob("emb-*.parquet")):
-        table = pq.read_table(keys_path)
         npy = keys_path.with_suffix(".npy")
         if validate:
-            matrix = np.load(npy, mmap_mode="r")
-            table = validate_part(table, matrix, meta)
-        keys.append(table.column("key").to_numpy(zero_copy_only=False))
-        shards.append(table.column("shard").to_numpy(zero_copy_only=False))
-        parts.append((str(npy), table.num_rows))
+            rows = validate_part(pq.read_table(keys_path), np.load(npy, mmap_mode="r"), meta).num_rows
+        else:
+            rows = pq.ParquetFile(keys_path).metadata.num_rows
+        parts.append((str(npy), rows))
     if not parts:
         raise FileNotFoundError(
             f"no committed embedding parts under {str(directory)!r}; run `lakelabel embed`"
         )
-    return Embeddings(directory, meta, np.concatenate(keys), np.concatenate(shards), parts)
+    return Embeddings(directory, meta, parts)
 
 
 def find_embeddings(root: str | Path, encoder: str | None = None) -> Path:

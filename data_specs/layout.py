@@ -1,5 +1,5 @@
 """Where every stage's output lives under a lake ROOT: the one place that joins ROOT to a stage's
-folder (``Layout(root).clusters(run).assignments``). See ``README.md`` for the tree."""
+folder (``Layout(root).clusters(run).commit``). See ``README.md`` for the tree."""
 
 from __future__ import annotations
 
@@ -35,13 +35,28 @@ class CheckpointPaths:
 
 @dataclass(frozen=True)
 class ClusterRunPaths:
-    """``ROOT/clusters/<run>/``: ``assignments.parquet`` (the commit), ``summary.json``, method state."""
+    """``ROOT/clusters/<run>/``: ``parts/asg-NNNNNN.parquet`` (one per embeddings part),
+    ``assignments.json`` (the commit), ``summary.json``, method state; runs written before parts hold
+    one ``assignments.parquet`` (the legacy commit)."""
 
     dir: Path
 
     @property
+    def parts(self) -> Path:
+        return self.dir / "parts"
+
+    @property
+    def commit(self) -> Path:
+        return self.dir / "assignments.json"
+
+    @property
     def assignments(self) -> Path:
+        """The single-file assignments of a run written before parts (read, never written)."""
         return self.dir / "assignments.parquet"
+
+    @property
+    def committed(self) -> bool:
+        return self.commit.is_file() or self.assignments.is_file()
 
     @property
     def summary(self) -> Path:

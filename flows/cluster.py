@@ -1,4 +1,5 @@
-"""``cluster_flow``: k-means → Sinkhorn-Knopp → SeLa heads on ROOT's embeddings, as a Prefect flow."""
+"""``cluster_flow``: the clustering methods (k-means, Sinkhorn-Knopp, SeLa heads, SCAN) on ROOT's
+embeddings, as a Prefect flow: progress per method, then per assigned part."""
 
 from __future__ import annotations
 
@@ -13,9 +14,13 @@ from lakelabel.pipeline.config import ClusterConfig
 @stage_task("cluster-embeddings", retries=1)
 def cluster_task(root: str, config: ClusterConfig, embeddings: str | None) -> dict:
     progress, finished = StageProgress("cluster", "method", total=len(config.methods)), []
+    parts = StageProgress("cluster", "part")
 
-    def log(record: dict) -> None:  # a method's training records, then {"method", "seconds"} at its end
-        if "method" in record and "seconds" in record:
+    def log(record: dict) -> None:
+        # a method's training records, {"method", "seconds"} at its end, then one record per part
+        if "assigned_parts" in record:
+            parts(record["assigned_parts"], record["of"])
+        elif "method" in record and "seconds" in record:
             finished.append(record["method"])
             progress(len(finished))
         else:

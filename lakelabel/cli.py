@@ -181,8 +181,18 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     from lakelabel.pipeline.config import ClusterConfig
 
     config = _section_config(ClusterConfig, "cluster", args)
-    log = (lambda r: print(json.dumps(r), file=sys.stderr)) if args.verbose else None
-    _emit(cluster(args.root, config, args.embeddings, log=log), args)
+    progress = Progress("cluster: assign", "part")
+
+    def log(record: dict) -> None:  # the parts' progress always; the methods' records with -v
+        if "assigned_parts" in record:
+            progress(record["assigned_parts"], record["of"])
+        elif args.verbose:
+            print(json.dumps(record), file=sys.stderr)
+
+    try:
+        _emit(cluster(args.root, config, args.embeddings, log=log), args)
+    finally:
+        progress.close()
     return 0
 
 
@@ -641,13 +651,17 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "cluster",
         help="cluster the embeddings: k-means, Sinkhorn equipartition, SeLa heads, SCAN",
-        description="Write ROOT/clusters/RUN/assignments.parquet: per image a cluster from each method "
-        "in --methods (each method's settings: --<method>-<setting>).",
+        description="Write ROOT/clusters/RUN/ (parts/asg-NNNNNN.parquet, one per embeddings part, "
+        "committed by assignments.json): per image a cluster from each method in --methods, fitted "
+        "on a bounded sample (--sample) and assigned part by part (each method's settings: "
+        "--<method>-<setting>).",
     )
     p.add_argument("root", help=ROOT_HELP)
     p.add_argument("--config", help="YAML file with a `cluster:` section (flags override it)")
     p.add_argument("--embeddings", help="encoder run name or embeddings directory name (default: newest)")
-    p.add_argument("-v", "--verbose", action="store_true", help="print SeLa training progress to stderr")
+    p.add_argument(
+        "-v", "--verbose", action="store_true", help="print the methods' training records to stderr"
+    )
     p.set_defaults(func=cmd_cluster)
 
     p = sub.add_parser(

@@ -3,6 +3,7 @@
 - Temperature scaling (Guo, Pleiss, Sun & Weinberger, ICML 2017, "On Calibration of Modern Neural
   Networks"): one scalar T > 0 minimising the NLL of held-out ``logits / T``.
 - Multinomial logistic regression (L2, L-BFGS): the same-run baseline every selection is held to.
+- Expected calibration error (ECE), how both are judged.
 """
 
 from __future__ import annotations
@@ -84,3 +85,18 @@ def fit_smoothed_temperature(
         return F.nll_loss(q.clamp_min(1e-12).log(), labels)
 
     return _fit_log_temperature(nll, iters)
+
+
+def expected_calibration_error(confidence: torch.Tensor, correct: torch.Tensor, bins: int = 15) -> float:
+    """ECE (Guo et al. 2017): bin-weighted |accuracy − confidence| over ``bins`` equal-width bins."""
+    edges = torch.linspace(0, 1, bins + 1)
+    ece, n = 0.0, confidence.numel()
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        in_bin = (confidence > lo) & (confidence <= hi)
+        if in_bin.any():
+            ece += (
+                float(in_bin.sum())
+                / n
+                * abs(float(correct[in_bin].float().mean()) - float(confidence[in_bin].mean()))
+            )
+    return ece

@@ -1,4 +1,5 @@
-"""SSL losses as pure functions (no state, no I/O). Shapes in each docstring."""
+"""Losses as pure functions (no state, no I/O): the SSL methods' and the pseudo-labels' (UPS's
+negative learning, eq. 5; the positives' ce / smoothing / gce). Shapes in each docstring."""
 
 from __future__ import annotations
 
@@ -84,3 +85,61 @@ def sliced_wasserstein(
     px, _ = torch.sort(x @ theta, dim=0)
     py, _ = torch.sort(y @ theta, dim=0)
     return (px - py).pow(2).mean(0).sum() / n_projections * x.shape[1]
+
+
+def negative_learning_loss(logits: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+    """UPS eq. 5: ``-Σ_c s_c log(1 - p_c) / Σ_c s_c`` per sample, averaged over samples with a negative.
+
+    ``logits`` ``(B, C)``, ``negative`` ``(B, C)`` bool/0-1. Non-negative; 0 when every ruled-out
+    class has probability 0; grows without bound as a ruled-out class's probability → 1.
+    Returns 0 (with a gradient path) when no sample has a negative label.
+    """
+    mask = negative.float()
+    per_sample = mask.sum(1)
+    rows = per_sample > 0
+    if not bool(rows.any()):
+        return logits.sum() * 0.0
+    p = F.softmax(logits[rows], dim=1)
+    log_not = torch.log((1 - p).clamp_min(1e-7))
+    return (-(mask[rows] * log_not).sum(1) / per_sample[rows]).mean()
+
+
+#: the positives' losses of :func:`pseudo_label_loss`, and generalised cross-entropy's q
+POSITIVE_LOSSES: tuple[str, ...] = ("ce", "smoothing", "gce")
+GCE_Q = 0.7
+
+
+def pseudo_label_loss(
+    logits: torch.Tensor,
+    label: torch.Tensor,
+    negatives: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    negative_weight: float = 1.0,
+    positive: str = "ce",
+) -> torch.Tensor:
+    """The positives' loss plus ``negative_weight`` × :func:`negative_learning_loss`.
+
+    ``logits`` ``(B, C)``; ``label`` ``(B,)`` int64, −1 for a row without a positive label;
+    ``negatives`` ``(B, C)`` bool; ``weight`` ``(B,)`` per-row weight of the positives' loss (the
+    weighted mean over labelled rows; uniform when None). A batch with neither gives 0 with a gradient path.
+    ``positive``: ``ce`` (cross-entropy), ``smoothing`` (cross-entropy with 0.1 label smoothing) or
+    ``gce`` (generalised cross-entropy, q = 0.7: Zhang & Sabuncu, NeurIPS 2018; robust to label noise).
+    """
+    if positive not in POSITIVE_LOSSES:
+        raise ValueError(f"unknown positive loss {positive!r}; valid: {', '.join(POSITIVE_LOSSES)}")
+    loss = logits.sum() * 0.0
+    has_label = label >= 0
+    if bool(has_label.any()):
+        rows, target = logits[has_label], label[has_label]
+        if positive == "gce":
+            p = torch.softmax(rows.float(), dim=1).gather(1, target.unsqueeze(1)).squeeze(1)
+            ce = (1 - p.clamp_min(1e-8) ** GCE_Q) / GCE_Q
+        else:
+            ce = F.cross_entropy(
+                rows, target, reduction="none", label_smoothing=0.1 if positive == "smoothing" else 0.0
+            )
+        w = torch.ones_like(ce) if weight is None else weight[has_label].to(ce.dtype)
+        loss = loss + (ce * w).sum() / w.sum()
+    if negative_weight and bool(negatives.any()):
+        loss = loss + negative_weight * negative_learning_loss(logits, negatives)
+    return loss

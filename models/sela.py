@@ -41,6 +41,8 @@ class SelaResult:
     posteriors: torch.Tensor  # (N, T) float32, each head's softmax probability of its label
     model: SelaHeads
     history: list[dict] = field(default_factory=list)
+    lams: list[float] = field(default_factory=list)  # per head, the λ of its last label optimisation
+    log_scales: list[torch.Tensor | None] = field(default_factory=list)  # per head, its Sinkhorn b
 
 
 def label_update_epochs(epochs: int, updates: int) -> list[int]:
@@ -148,4 +150,4 @@ def train_sela(
         relabel(epochs)
     probs = head_log_probs(model, x).exp()  # (T, N, K)
     posteriors = probs.gather(2, labels.T.unsqueeze(-1)).squeeze(-1).T.contiguous()
-    return SelaResult(labels, posteriors, model, history)
+    return SelaResult(labels, posteriors, model, history, lams, log_scales)

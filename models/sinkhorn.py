@@ -275,6 +275,49 @@ def sinkhorn_assign(
 
 
 @dataclass
+class BalancedScaling:
+    result: SinkhornResult  # the last solve (its ``lam`` is the λ finally used)
+    imbalance: float  # max_j |count_j / (N target_j) - 1| of the hard labels argmax(λS + b)
+
+
+def balanced_scaling(
+    scores: torch.Tensor | ChunkSource,
+    lam: float,
+    *,
+    balance: float = 0.1,
+    max_lam_factor: float = 64.0,
+    **kwargs,
+) -> BalancedScaling:
+    """The Sinkhorn solution whose hard labels ``argmax(λS + b)`` have cluster sizes within ``balance``
+    of the target, found without holding the labels: each candidate's sizes are counted chunk by chunk.
+
+    Sinkhorn makes the *soft* marginals exact; when rows are diffuse (an untrained head, similar
+    scores) the argmax can still be unbalanced. Then λ is doubled (warm-started: ``b`` scales with
+    λ) up to ``lam × max_lam_factor``; as λ grows the rounding approaches the exact balanced
+    assignment. ``kwargs`` go to :func:`sinkhorn_knopp` (``target``, ``tol``, ``n_rows``/``n_cols``,
+    ``reduce`` …); with ``reduce`` the counts are summed across processes too.
+    """
+    if not balance > 0:
+        raise ValueError(f"balance must be > 0, got {balance!r}")
+    source = tensor_chunks(scores, 1 << 16) if isinstance(scores, torch.Tensor) else scores
+    target, reduce = kwargs.get("target"), kwargs.get("reduce") or (lambda t: t)
+    init, current, limit = kwargs.pop("init_log_scale", None), float(lam), float(lam) * max_lam_factor
+    while True:
+        result = sinkhorn_knopp(scores, current, init_log_scale=init, **kwargs)
+        k = result.log_scale.numel()
+        counts = torch.zeros(k, dtype=torch.float64)
+        for chunk in source():
+            labels, _ = sinkhorn_assign(chunk, current, result.log_scale.to(chunk.device))
+            counts += torch.bincount(labels.cpu(), minlength=k).double()
+        counts = reduce(counts)
+        expected = check_target(target, k).double() * result.n_rows
+        imbalance = float((counts / expected - 1).abs().max())
+        if imbalance <= balance or current * 2 > limit:
+            return BalancedScaling(result, imbalance)
+        init, current = result.log_scale * 2, current * 2
+
+
+@dataclass
 class BalancedLabels:
     labels: torch.Tensor  # (N,) int64
     posterior: torch.Tensor  # (N,) float32, max of softmax(λS + b)
@@ -282,34 +325,12 @@ class BalancedLabels:
     imbalance: float  # max_j |count_j / (N target_j) - 1| of the hard labels
 
 
-def balanced_labels(
-    scores: torch.Tensor | ChunkSource,
-    lam: float,
-    *,
-    balance: float = 0.1,
-    max_lam_factor: float = 64.0,
-    **kwargs,
-) -> BalancedLabels:
-    """Hard labels ``argmax(λS + b)`` whose cluster sizes are within ``balance`` of the target.
-
-    Sinkhorn makes the *soft* marginals exact; when rows are diffuse (an untrained head, similar
-    scores) the argmax can still be unbalanced. Then λ is doubled (warm-started: ``b`` scales with
-    λ) up to ``lam × max_lam_factor``; as λ grows the rounding approaches the exact balanced
-    assignment. ``kwargs`` go to :func:`sinkhorn_knopp` (``target``, ``tol``, ``n_rows``/``n_cols`` …).
-    """
-    if not balance > 0:
-        raise ValueError(f"balance must be > 0, got {balance!r}")
+def balanced_labels(scores: torch.Tensor | ChunkSource, lam: float, **kwargs) -> BalancedLabels:
+    """:func:`balanced_scaling`, then every row's hard label and posterior in memory (``(N,)`` each);
+    per-chunk labels of a large input come from :func:`sinkhorn_assign` with the scaling instead."""
+    solved = balanced_scaling(scores, lam, **kwargs)
     source = tensor_chunks(scores, 1 << 16) if isinstance(scores, torch.Tensor) else scores
-    target = kwargs.get("target")
-    init, current, limit = kwargs.pop("init_log_scale", None), float(lam), float(lam) * max_lam_factor
-    while True:
-        result = sinkhorn_knopp(scores, current, init_log_scale=init, **kwargs)
-        parts = [sinkhorn_assign(chunk, current, result.log_scale) for chunk in source()]
-        labels = torch.cat([p[0] for p in parts])
-        posterior = torch.cat([p[1] for p in parts])
-        k = result.log_scale.numel()
-        expected = check_target(target, k).double() * labels.numel()
-        imbalance = float((torch.bincount(labels, minlength=k).double() / expected - 1).abs().max())
-        if imbalance <= balance or current * 2 > limit:
-            return BalancedLabels(labels, posterior, result, imbalance)
-        init, current = result.log_scale * 2, current * 2
+    parts = [sinkhorn_assign(chunk, solved.result.lam, solved.result.log_scale) for chunk in source()]
+    labels = torch.cat([p[0] for p in parts])
+    posterior = torch.cat([p[1] for p in parts])
+    return BalancedLabels(labels, posterior, solved.result, solved.imbalance)

@@ -34,7 +34,7 @@ PRETRAIN_STEMS = ("auto", *STEMS)
 LOSSES = ("default", "wasserstein")
 LABEL_SOURCES = ("clusters", "seed")
 TRAIN_MODES = ("auto", "head", "finetune")
-POSITIVE_LOSSES = ("ce", "smoothing", "gce")  # (models.ups.POSITIVE_LOSSES: config loads no torch)
+POSITIVE_LOSSES = ("ce", "smoothing", "gce")  # (models.losses.POSITIVE_LOSSES: config loads no torch)
 NAMINGS = ("hungarian", "majority")
 
 
@@ -217,6 +217,13 @@ class _Cluster(StrictModel):
     )
     target: list[float] | None = Field(
         None, description="Cluster proportions (K positive numbers) for lakes known to be imbalanced."
+    )
+    sample: int = Field(
+        100_000,
+        gt=1,
+        description="The methods train on a seeded uniform sample of at most this many images (all of a "
+        "smaller lake; memory: sample × dim × 4 bytes); Sinkhorn's label solves and the assignment of "
+        "every image run part by part over the whole lake.",
     )
     seed: int = Field(0, description="Seed of the methods (a method with T heads uses seed + t for head t).")
     run_name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$", description="Folder under ROOT/clusters.")

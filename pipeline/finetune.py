@@ -20,7 +20,8 @@ import torch
 
 from lakelabel.data_specs.embeddings import Embeddings
 from lakelabel.data_specs.layout import Layout
-from lakelabel.models.ups import DropoutClassifier, EncoderClassifier, TrainingLabels, pseudo_label_loss
+from lakelabel.models.losses import pseudo_label_loss
+from lakelabel.models.ups import DropoutClassifier, EncoderClassifier, TrainingLabels
 from lakelabel.pipeline.augment import classifier_transform
 from lakelabel.pipeline.checks import check_choice
 from lakelabel.pipeline.devices import PRECISIONS, compute_device

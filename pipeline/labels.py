@@ -56,7 +56,7 @@ def build_label_table(root: str | Path, selection_run: str = "default", run_id: 
     if missing.any():
         raise ValueError(f"{int(missing.sum())} selected keys are not in the manifest of {str(root)!r}")
     heads: pd.Series
-    if Layout(root).clusters(info.cluster_run).assignments.exists():
+    if Layout(root).clusters(info.cluster_run).committed:
         assignments = read_assignments(root, info.cluster_run)
         head_cols = head_columns(assignments)
         clusters = assignments.select(["key", *head_cols]).to_pandas().set_index("key")

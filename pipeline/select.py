@@ -28,16 +28,20 @@ from lakelabel.data_specs.embeddings import find_embeddings, read_embeddings
 from lakelabel.data_specs.labels import ROLES
 from lakelabel.data_specs.layout import Layout
 from lakelabel.data_specs.selections import SELECTION_SCHEMA
-from lakelabel.models.calibration import fit_smoothed_temperature, fit_temperature, logistic_regression
+from lakelabel.models.calibration import (
+    expected_calibration_error,
+    fit_smoothed_temperature,
+    fit_temperature,
+    logistic_regression,
+)
+from lakelabel.models.losses import negative_learning_loss
 from lakelabel.models.scan import mine_neighbours
 from lakelabel.models.ups import (
     DropoutClassifier,
     McStats,
     Selection,
     TrainingLabels,
-    expected_calibration_error,
     mc_dropout_stats,
-    negative_learning_loss,
     smooth_over_neighbours,
 )
 from lakelabel.pipeline.atomic import atomic_write, atomic_write_bytes

@@ -22,22 +22,6 @@ from lakelabel.pipeline.review.batch import write_batch
 from lakelabel.pipeline.truth import seeds_with_sources
 
 
-def sample_rows(emb, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A uniform sample of at most ``size`` rows (global indices, sorted) and their unit-norm vectors,
-    read part by part (memory: the sample, not the lake)."""
-    rng = np.random.default_rng(seed)  # (choice without replacement: no N-long permutation)
-    pick = np.sort(rng.choice(emb.n, size, replace=False)) if emb.n > size else np.arange(emb.n)
-    out, start = [], 0
-    for path, rows in emb.parts:
-        local = pick[(pick >= start) & (pick < start + rows)] - start
-        if len(local):
-            out.append(np.asarray(np.load(path, mmap_mode="r")[local], dtype=np.float32))
-        start += rows
-    x = np.concatenate(out)
-    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    return pick, x
-
-
 def typicality(x: np.ndarray, neighbours: int) -> np.ndarray:
     """TypiClust's typicality of each row of ``x``: 1 / mean L2 distance to its ``neighbours`` nearest."""
     k = min(neighbours, len(x) - 1)
@@ -105,7 +89,7 @@ def suggest(root: str | Path, config: SuggestConfig | None = None) -> dict:
     if config.reviewed_batches:
         for batch in list_batches(root):
             pending.update(read_batch(batch).key)
-    rows, x = sample_rows(emb, config.sample, config.seed)
+    rows, x = emb.sample(config.sample, config.seed)
     keys = emb.keys[rows]
     labelled = np.isin(keys, seeds.key.to_numpy())
     excluded = labelled | np.isin(keys, list(pending))

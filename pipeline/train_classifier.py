@@ -37,8 +37,8 @@ from lakelabel.data_specs.layout import Layout
 from lakelabel.data_specs.selections import read_selection_info
 from lakelabel.data_specs.validation import ContractError
 from lakelabel.models.classifier import Head, ImageClassifier, feature_scale
+from lakelabel.models.losses import pseudo_label_loss
 from lakelabel.models.optim import warmup_cosine
-from lakelabel.models.ups import pseudo_label_loss
 from lakelabel.pipeline.atomic import atomic_write, atomic_write_bytes
 from lakelabel.pipeline.augment import DecodeUint8, classifier_transform, eval_transform
 from lakelabel.pipeline.config import TrainClassifierConfig

@@ -27,10 +27,18 @@ class KMeans(ClusteringMethod):
         return [("kmeans", "label"), ("kmeans_similarity", "score")]
 
     def run(self, inputs: ClusterInputs) -> MethodOutput:
+        import torch
+
+        from lakelabel.models.kmeans import centroid_scores
+
         fit = inputs.kmeans(inputs.config.seed)
-        similarity, labels = inputs.similarities(inputs.config.seed).max(dim=1)
+
+        def assign(x: np.ndarray, start: int) -> dict[str, np.ndarray]:
+            similarity, labels = centroid_scores(torch.from_numpy(x), fit.centroids).max(dim=1)
+            return {"kmeans": labels.numpy().astype(np.int32), "kmeans_similarity": similarity.numpy()}
+
         return MethodOutput(
-            {"kmeans": labels.numpy().astype(np.int32), "kmeans_similarity": similarity.numpy()},
+            assign,
             {"objective": round(fit.objective, 3), "trained_on": fit.trained_on, "gpu": fit.gpu},
             {"centroids": fit.centroids},
         )

@@ -78,6 +78,11 @@ class Scan(ClusteringMethod):
             raise ValueError(
                 "scan.encoder_epochs > 0 needs the lake's shards: run it with `lakelabel cluster`"
             )
+        if s.encoder_epochs and inputs.n != inputs.lake_rows:
+            raise ValueError(
+                f"scan.encoder_epochs > 0 trains on every image: cluster.sample={inputs.n} is below the "
+                f"lake's {inputs.lake_rows} rows (raise it, or leave the encoder frozen)"
+            )
         neighbours = mine_neighbours(inputs.x, s.neighbours)
         x = torch.from_numpy(inputs.x) * float(np.sqrt(inputs.x.shape[1]))  # coordinates of order 1
         settings = s.model_dump(exclude=_HEAD_ONLY)
@@ -95,7 +100,13 @@ class Scan(ClusteringMethod):
             log=inputs.log,
         )
         summary: dict = {"head": scan.head, "history": scan.history}
-        labels, confidence = scan.labels, scan.confidence
+        head = scan.model.eval()
+        scale = float(np.sqrt(inputs.x.shape[1]))
+
+        def assign(x: np.ndarray, start: int) -> dict[str, np.ndarray]:
+            labels, confidence = predict(head, torch.from_numpy(x) * scale)
+            return {"scan": labels.numpy().astype(np.int32), "scan_confidence": confidence.numpy()}
+
         if s.encoder_epochs:
             features, summary["encoder_update"] = _update_encoder(inputs, x, scan.model, neighbours, s)
             gen = torch.Generator().manual_seed(seed)
@@ -114,12 +125,14 @@ class Scan(ClusteringMethod):
                 scan.history,
                 inputs.log,
             )
-            labels, confidence = predict(head, features)
-        return MethodOutput(
-            {"scan": labels.numpy().astype(np.int32), "scan_confidence": confidence.numpy()},
-            summary,
-            {"scan_head": scan.model.state_dict()},
-        )
+            head.eval()
+
+            def assign(x: np.ndarray, start: int) -> dict[str, np.ndarray]:  # noqa: F811 - the tuned one
+                # the re-embedded lake is in memory (an N-row exception; encoder_epochs is a GPU option)
+                labels, confidence = predict(head, features[start : start + len(x)])
+                return {"scan": labels.numpy().astype(np.int32), "scan_confidence": confidence.numpy()}
+
+        return MethodOutput(assign, summary, {"scan_head": scan.model.state_dict()})
 
 
 def _update_encoder(inputs: ClusterInputs, x, head, neighbours: np.ndarray, s: ScanSettings):

@@ -43,6 +43,7 @@ class SeLa(ClusteringMethod):
         import torch
 
         from lakelabel.models.sela import train_sela
+        from lakelabel.models.sinkhorn import sinkhorn_assign
 
         s, seed = self.settings, inputs.config.seed
         init = torch.stack([inputs.balanced(seed + t).labels for t in range(s.heads)], dim=1)
@@ -63,19 +64,63 @@ class SeLa(ClusteringMethod):
             seed=seed,
             log=inputs.log,
         )
-        columns: dict[str, np.ndarray] = {}
+        model = sela.model.eval()
+
+        # the lake's labels: per head, the label optimisation of the trained heads over every part
+        # (warm-started from the sample's last one; untrained heads: the initial k-means + Sinkhorn)
+        def head_scores(t: int):
+            if not s.epochs:
+                return inputs.centroid_scores(seed + t)
+
+            @torch.no_grad()
+            def scores(x: np.ndarray) -> torch.Tensor:
+                return torch.log_softmax(model.heads[t](torch.from_numpy(x)), dim=1)
+
+            return scores
+
+        solves = []
         for t in range(s.heads):
-            columns[f"head_{t}"] = sela.labels[:, t].numpy().astype(np.int32)
-            columns[f"posterior_{t}"] = sela.posteriors[:, t].numpy().astype(np.float32)
+            if s.epochs:
+                lam, init_b = sela.lams[t], sela.log_scales[t]
+            else:
+                lam, init_b = 1.0, None
+            solves.append(
+                inputs.balanced_lake(
+                    f"sela-{seed}-{t}",
+                    head_scores(t),
+                    lam,
+                    tol=s.tol if s.epochs else inputs.config.sinkhorn.tol,
+                    balance=inputs.config.sinkhorn.balance,
+                    init_log_scale=init_b,
+                ).result
+            )
+
+        @torch.no_grad()
+        def assign(x: np.ndarray, start: int) -> dict[str, np.ndarray]:
+            columns: dict[str, np.ndarray] = {}
+            for t, solved in enumerate(solves):
+                scores = head_scores(t)(x)
+                labels, posterior = sinkhorn_assign(scores, solved.lam, solved.log_scale)
+                if s.epochs:  # the head's own softmax probability of its label
+                    posterior = scores.exp().gather(1, labels[:, None])[:, 0]
+                columns[f"head_{t}"] = labels.numpy().astype(np.int32)
+                columns[f"posterior_{t}"] = posterior.numpy().astype(np.float32)
+            return columns
+
         initial = [inputs.balanced(seed + t).result for t in range(s.heads)]
         return MethodOutput(
-            columns,
+            assign,
             {
                 "initial_sinkhorn_iterations": [r.iterations for r in initial],
                 "sinkhorn_iterations": [
                     r["sinkhorn_iterations"] for r in sela.history if "sinkhorn_iterations" in r
                 ],
+                "lake_sinkhorn_iterations": [r.iterations for r in solves],
                 "history": sela.history,
             },
-            {"heads": sela.model.state_dict()},
+            {
+                "heads": sela.model.state_dict(),
+                "sela_log_scales": np.stack([r.log_scale.numpy() for r in solves]),
+                "sela_lambdas": np.array([r.lam for r in solves], np.float32),
+            },
         )

@@ -30,13 +30,28 @@ class Sinkhorn(ClusteringMethod):
         return [("sinkhorn", "label")]
 
     def run(self, inputs: ClusterInputs) -> MethodOutput:
-        solved = inputs.balanced(inputs.config.seed)
+        from lakelabel.models.sinkhorn import sinkhorn_assign
+
+        s, seed = self.settings, inputs.config.seed
+        scores_of = inputs.centroid_scores(seed)
+        # λ = 1: the scores are log_softmax(sim / τ), τ already sets their sharpness
+        solved = inputs.balanced_lake(f"sinkhorn-{seed}", scores_of, 1.0, tol=s.tol, balance=s.balance)
+        result = solved.result
+
+        def assign(x: np.ndarray, start: int) -> dict[str, np.ndarray]:
+            labels, _ = sinkhorn_assign(scores_of(x), result.lam, result.log_scale)
+            return {"sinkhorn": labels.numpy().astype(np.int32)}
+
         return MethodOutput(
-            {"sinkhorn": solved.labels.numpy().astype(np.int32)},
+            assign,
             {
-                "iterations": solved.result.iterations,
-                "lambda": solved.result.lam,
-                "marginal_error": round(solved.result.marginal_error, 6),
+                "iterations": result.iterations,
+                "lambda": result.lam,
+                "marginal_error": round(result.marginal_error, 6),
                 "imbalance": round(solved.imbalance, 4),
+            },
+            {
+                "sinkhorn_log_scale": result.log_scale.numpy(),
+                "sinkhorn_lambda": np.array([result.lam], np.float32),
             },
         )

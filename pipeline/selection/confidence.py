@@ -17,6 +17,6 @@ class Confidence(SelectionRule):
     Settings = ConfidenceSettings
 
     def select(self, stats):
-        from lakelabel.models.ups import confidence_select
+        from lakelabel.models.confidence import confidence_select
 
         return confidence_select(stats, self.settings.tau)

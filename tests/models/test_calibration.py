@@ -5,8 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lakelabel.models.calibration import fit_smoothed_temperature, fit_temperature, logistic_regression
-from lakelabel.models.ups import expected_calibration_error
+from lakelabel.models.calibration import (
+    expected_calibration_error,
+    fit_smoothed_temperature,
+    fit_temperature,
+    logistic_regression,
+)
 from tests.models.test_kmeans import blobs
 
 
@@ -66,3 +70,10 @@ def test_smoothed_temperature_calibrates_what_the_thresholds_read() -> None:
 def _smoothed_conf(probs: torch.Tensor, labels: torch.Tensor):
     conf, pred = probs.max(1)
     return conf, pred == labels
+
+
+def test_ece() -> None:
+    conf = torch.tensor([0.9, 0.9, 0.9, 0.9, 0.6, 0.6])
+    correct = torch.tensor([True, True, True, False, True, False])
+    # bin 0.9: acc 0.75 vs 0.9 (weight 4/6); bin 0.6: acc 0.5 vs 0.6 (weight 2/6)
+    assert expected_calibration_error(conf, correct) == pytest.approx(4 / 6 * 0.15 + 2 / 6 * 0.1)

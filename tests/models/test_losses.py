@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import math
+
 import ot
 import pytest
 import torch
 
 from lakelabel.models import losses
+from lakelabel.models.losses import negative_learning_loss, pseudo_label_loss
 
 
 def _pair(seed=0, b=32, d=16):
@@ -76,3 +79,41 @@ def test_wasserstein_similarity_is_a_symmetric_nonpositive_kernel_matching_pot()
     z1, z2 = _pair()
     w = losses.nt_xent(z1, z2, 0.05, similarity="wasserstein")
     assert w.item() == pytest.approx(losses.nt_xent(z2, z1, 0.05, similarity="wasserstein").item(), rel=1e-5)
+
+
+def test_negative_learning_loss_sign_and_value() -> None:
+    logits = torch.log(torch.tensor([[0.7, 0.2, 0.1], [0.5, 0.25, 0.25]]))
+    mask = torch.tensor([[False, True, True], [False, False, False]])
+    loss = negative_learning_loss(logits, mask)
+    expected = -(math.log(0.8) + math.log(0.9)) / 2  # only row 0 has negatives
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert loss.item() > 0
+    # pushing a ruled-out class's probability up raises the loss; gradient lowers it
+    worse = negative_learning_loss(
+        torch.log(torch.tensor([[0.1, 0.8, 0.1]])), torch.tensor([[False, True, False]])
+    )
+    assert worse.item() > loss.item()
+    x = torch.zeros(1, 3, requires_grad=True)
+    negative_learning_loss(x, torch.tensor([[False, True, False]])).backward()
+    assert x.grad[0, 1] > 0  # descent lowers the logit of the ruled-out class
+    assert negative_learning_loss(logits, torch.zeros_like(mask)).item() == 0.0
+
+
+def test_pseudo_label_loss_is_weighted_ce_plus_negative_learning() -> None:
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(6, 4, generator=gen, requires_grad=True)
+    label = torch.tensor([0, 2, -1, 1, -1, 3])
+    negatives = torch.zeros(6, 4, dtype=torch.bool)
+    negatives[2, 1] = negatives[4, [0, 3]] = True
+    weight = torch.tensor([1.0, 0.5, 9.0, 2.0, 9.0, 0.0])
+    has = label >= 0
+    ce = torch.nn.functional.cross_entropy(logits[has], label[has], reduction="none")
+    expected = (ce * weight[has]).sum() / weight[has].sum() + 0.5 * negative_learning_loss(logits, negatives)
+    got = pseudo_label_loss(logits, label, negatives, weight, negative_weight=0.5)
+    assert torch.allclose(got, expected)
+    # no weights: plain mean cross-entropy; no negatives: cross-entropy only
+    assert torch.allclose(pseudo_label_loss(logits, label, torch.zeros_like(negatives)), ce.mean())
+    # neither labels nor negatives: zero, and still differentiable
+    empty = pseudo_label_loss(logits, torch.full((6,), -1), torch.zeros_like(negatives))
+    empty.backward()
+    assert float(empty.detach()) == 0.0 and logits.grad is not None

@@ -1,23 +1,11 @@
-"""UPS selection rule, negative-learning loss and MC dropout (models/ups.py)."""
+"""UPS selection rule and MC dropout (models/ups.py)."""
 
 from __future__ import annotations
-
-import math
 
 import pytest
 import torch
 
-from lakelabel.models.ups import (
-    DropoutClassifier,
-    McStats,
-    balance_classes,
-    confidence_select,
-    expected_calibration_error,
-    mc_dropout_stats,
-    negative_learning_loss,
-    pseudo_label_loss,
-    ups_select,
-)
+from lakelabel.models.ups import DropoutClassifier, McStats, balance_classes, mc_dropout_stats, ups_select
 
 
 def stats(mean, std, mean_neg=None, std_neg=None) -> McStats:
@@ -53,36 +41,11 @@ def test_selection_rule_every_branch() -> None:
     assert strict.negative[2].tolist() == [False, False, False]
 
 
-def test_confidence_only_ignores_uncertainty() -> None:
-    s = stats(mean=[[0.97, 0.03], [0.97, 0.03], [0.6, 0.4]], std=[[0.01, 0.01], [0.3, 0.3], [0.0, 0.0]])
-    sel = confidence_select(s, tau=0.95)
-    assert sel.positive.tolist() == [True, True, False]
-    assert not sel.negative.any()
-
-
 def test_class_balance_keeps_the_most_confident() -> None:
     label = torch.tensor([0, 0, 0, 1, 1, 2])
     score = torch.tensor([0.9, 0.99, 0.95, 0.8, 0.85, 0.7])
     out = balance_classes(torch.ones(6, dtype=torch.bool), label, score, 3)
     assert out.tolist() == [False, True, False, False, True, True]
-
-
-def test_negative_learning_loss_sign_and_value() -> None:
-    logits = torch.log(torch.tensor([[0.7, 0.2, 0.1], [0.5, 0.25, 0.25]]))
-    mask = torch.tensor([[False, True, True], [False, False, False]])
-    loss = negative_learning_loss(logits, mask)
-    expected = -(math.log(0.8) + math.log(0.9)) / 2  # only row 0 has negatives
-    assert loss.item() == pytest.approx(expected, rel=1e-5)
-    assert loss.item() > 0
-    # pushing a ruled-out class's probability up raises the loss; gradient lowers it
-    worse = negative_learning_loss(
-        torch.log(torch.tensor([[0.1, 0.8, 0.1]])), torch.tensor([[False, True, False]])
-    )
-    assert worse.item() > loss.item()
-    x = torch.zeros(1, 3, requires_grad=True)
-    negative_learning_loss(x, torch.tensor([[False, True, False]])).backward()
-    assert x.grad[0, 1] > 0  # descent lowers the logit of the ruled-out class
-    assert negative_learning_loss(logits, torch.zeros_like(mask)).item() == 0.0
 
 
 def test_mc_dropout_is_stochastic_and_seeded() -> None:
@@ -100,30 +63,3 @@ def test_mc_dropout_is_stochastic_and_seeded() -> None:
         mc_dropout_stats(model, x, passes=1)
     no_dropout = DropoutClassifier(8, 3, hidden=16, dropout=0.0)
     assert mc_dropout_stats(no_dropout, x, passes=3).std.abs().max() < 1e-6
-
-
-def test_ece() -> None:
-    conf = torch.tensor([0.9, 0.9, 0.9, 0.9, 0.6, 0.6])
-    correct = torch.tensor([True, True, True, False, True, False])
-    # bin 0.9: acc 0.75 vs 0.9 (weight 4/6); bin 0.6: acc 0.5 vs 0.6 (weight 2/6)
-    assert expected_calibration_error(conf, correct) == pytest.approx(4 / 6 * 0.15 + 2 / 6 * 0.1)
-
-
-def test_pseudo_label_loss_is_weighted_ce_plus_negative_learning() -> None:
-    gen = torch.Generator().manual_seed(3)
-    logits = torch.randn(6, 4, generator=gen, requires_grad=True)
-    label = torch.tensor([0, 2, -1, 1, -1, 3])
-    negatives = torch.zeros(6, 4, dtype=torch.bool)
-    negatives[2, 1] = negatives[4, [0, 3]] = True
-    weight = torch.tensor([1.0, 0.5, 9.0, 2.0, 9.0, 0.0])
-    has = label >= 0
-    ce = torch.nn.functional.cross_entropy(logits[has], label[has], reduction="none")
-    expected = (ce * weight[has]).sum() / weight[has].sum() + 0.5 * negative_learning_loss(logits, negatives)
-    got = pseudo_label_loss(logits, label, negatives, weight, negative_weight=0.5)
-    assert torch.allclose(got, expected)
-    # no weights: plain mean cross-entropy; no negatives: cross-entropy only
-    assert torch.allclose(pseudo_label_loss(logits, label, torch.zeros_like(negatives)), ce.mean())
-    # neither labels nor negatives: zero, and still differentiable
-    empty = pseudo_label_loss(logits, torch.full((6,), -1), torch.zeros_like(negatives))
-    empty.backward()
-    assert float(empty.detach()) == 0.0 and logits.grad is not None

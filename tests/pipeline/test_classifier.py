@@ -97,7 +97,7 @@ def test_finetune_mode_starts_from_the_head(seeded_root) -> None:
 
 
 def test_the_losses_and_a_bad_request(seeded_root) -> None:
-    from lakelabel.models.ups import POSITIVE_LOSSES as MODEL_LOSSES
+    from lakelabel.models.losses import POSITIVE_LOSSES as MODEL_LOSSES
 
     assert POSITIVE_LOSSES == MODEL_LOSSES
     root, truth = seeded_root

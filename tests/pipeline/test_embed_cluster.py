@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from lakelabel.cli import main
-from lakelabel.data_specs.clusters import read_assignments, validate_assignments
+from lakelabel.data_specs.clusters import iter_assignments, read_assignments, validate_assignments
 from lakelabel.data_specs.embeddings import read_embeddings
 from lakelabel.data_specs.manifest import read_manifest
 from lakelabel.data_specs.validation import ContractError
@@ -104,12 +104,15 @@ def test_cluster_assignments_and_eval(cifar_root, tmp_path) -> None:
     for column in ("sinkhorn", "head_0", "head_1"):
         sizes = np.bincount(table.column(column).to_numpy(), minlength=10)
         assert sizes.min() >= 25 and sizes.max() <= 55, (column, sizes)  # equipartition: 40 each
-    assert (
-        pq.read_metadata(root / "clusters" / "default" / "assignments.parquet").metadata[
-            b"lakelabel.contract"
-        ]
-        == b"clusters"
-    )
+    parts = sorted((root / "clusters" / "default" / "parts").iterdir())  # one per embeddings part
+    assert [p.name for p in parts] == [
+        "asg-000000.parquet",
+        "asg-000001.parquet",
+        "asg-000002.parquet",
+        "asg-000003.parquet",
+    ]
+    assert all(pq.read_metadata(p).metadata[b"lakelabel.contract"] == b"clusters" for p in parts)
+    assert [t.num_rows for t in iter_assignments(root)] == [100] * 4
     assert cluster(root, config)["skipped"] is True
     fewer = cluster(root, config.model_copy(update={"methods": ["kmeans", "scan"]}))
     assert fewer["skipped"] is False and list(fewer["methods"]) == ["kmeans", "scan"]
@@ -152,7 +155,9 @@ def test_cli_embed_cluster_eval(cifar_root, tmp_path, capsys) -> None:
         )
         == 0
     )
-    assert json.loads(capsys.readouterr().out)["k"] == 5
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["k"] == 5
+    assert "cluster: assign: 4 of 4 parts" in captured.err  # one line per part off a terminal
     assert main(["eval", str(root), "--truth", str(truth), "--run", "r5"]) == 0
     printed = capsys.readouterr().out
     assert "| kmeans |" in printed and "| head_0 |" in printed and "400 of 400" in printed
@@ -179,3 +184,41 @@ def test_scan_can_update_the_encoder_on_the_shards(cifar_root, tmp_path) -> None
     after = read_assignments(root).column("scan").to_numpy()
     assert len(after) == 400 and not np.array_equal(before, after)  # labels of the tuned features
     assert evaluate_clusters(root, truth)["columns"]["scan"]["acc"] > 0.1
+
+
+def test_cluster_fits_a_bounded_sample_and_resumes_between_parts(cifar_root, tmp_path, monkeypatch) -> None:
+    """The methods see ``cluster.sample`` rows, every image is assigned; a run killed after its first
+    part leaves no commit, and its re-run keeps that part and writes the rest (the same labels)."""
+    import lakelabel.pipeline.cluster as stage
+
+    src, _, _ = cifar_root
+    root = tmp_path / "root"
+    copy_root(src, root)
+    embed(root, EmbedConfig(encoder="tiny", workers=0))
+    config = ClusterConfig(
+        k=10, sample=150, methods=["kmeans", "sinkhorn", "sela"], sela={"heads": 1, "epochs": 2}
+    )
+    whole = cluster(root, config.model_copy(update={"run_name": "whole"}))
+    assert whole["sample"] == 150 and whole["methods"]["kmeans"]["trained_on"] == 150
+    assert sum(whole["cluster_sizes"]["sinkhorn"]) == 400 and min(whole["cluster_sizes"]["sinkhorn"]) >= 25
+
+    written = []
+    real_write = stage.atomic_write
+
+    def dies_after_one_part(path, write):
+        real_write(path, write)
+        if path.parent.name == "parts":
+            written.append(path.name)
+            raise KeyboardInterrupt("killed between parts")
+
+    monkeypatch.setattr(stage, "atomic_write", dies_after_one_part)
+    with pytest.raises(KeyboardInterrupt):
+        cluster(root, config.model_copy(update={"run_name": "killed"}))
+    monkeypatch.setattr(stage, "atomic_write", real_write)
+    with pytest.raises(FileNotFoundError, match="no committed cluster run 'killed'"):
+        read_assignments(root, "killed")
+    first = root / "clusters" / "killed" / "parts" / written[0]
+    before = first.stat().st_mtime_ns
+    cluster(root, config.model_copy(update={"run_name": "killed"}))
+    assert first.stat().st_mtime_ns == before  # kept, not rewritten
+    assert read_assignments(root, "killed").equals(read_assignments(root, "whole"))
