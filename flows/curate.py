@@ -64,7 +64,7 @@ def curate_flow(config: LakelabelConfig | None = None) -> dict:
     else:
         pretrain = stage("pretrain", lambda: pretrain_flow(root, config.pretrain))
     embed = stage("embed", lambda: embed_flow(root, config.embed, config.runner))
-    clusters = stage("cluster", lambda: cluster_flow(root, config.cluster, embed["encoder"]))
+    clusters = stage("cluster", lambda: cluster_flow(root, config.cluster, embed["encoder"], config.runner))
     config.select.embeddings = config.select.embeddings or embed["encoder"]
     selection = stage("select", lambda: select_flow(root, config.select))
     published = stage(

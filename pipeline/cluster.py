@@ -14,7 +14,9 @@ import hashlib
 import json
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -40,20 +42,36 @@ _STATE_KEY = b"lakelabel.state"
 
 
 def _fingerprint(parts: list[tuple[str, int]], config: ClusterConfig) -> str:
-    digest = hashlib.sha256(config.model_dump_json().encode())
+    digest = hashlib.sha256(config.model_dump_json(exclude={"parts_per_task"}).encode())  # (no result)
     for path, rows in parts:
         digest.update(f"{Path(path).name}:{rows}:{Path(path).stat().st_size}".encode())
     return digest.hexdigest()
 
 
-def cluster(
-    root: str | Path,
-    config: ClusterConfig | None = None,
-    embeddings: str | None = None,
-    log=None,
-) -> dict:
-    """Cluster ROOT's embeddings (``embeddings``: encoder run name or directory name; default the newest).
-    Returns the summary; the methods' training histories are only in ``summary.json``."""
+@dataclass
+class ClusterFit:
+    """The fitted methods of one cluster run, what :func:`assign_parts` needs to assign any part
+    anywhere (picklable: it travels to Dask workers), or ``skipped``: the unchanged run's summary."""
+
+    skipped: dict | None
+    config: ClusterConfig | None = None
+    emb: Any = None
+    out: Any = None  # the run's ClusterRunPaths
+    assigners: list = field(default_factory=list)  # (method, its columns, assign) in order
+    schema: pa.Schema | None = None
+    digest: str = ""
+    summary: dict = field(default_factory=dict)  # the summary so far (methods, timings, sample …)
+
+    @property
+    def parts(self) -> list[int]:
+        return list(range(len(self.emb.parts))) if self.emb is not None else []
+
+
+def fit_clusters(
+    root: str | Path, config: ClusterConfig | None = None, embeddings: str | None = None, log=None
+) -> ClusterFit:
+    """Fit the configured methods on ROOT's embeddings (a bounded sample, and reductions over the
+    parts), save their states and uncommit the old run; ``skipped`` when the run is unchanged."""
     config = config or ClusterConfig()
     root = Path(root)
     emb = read_embeddings(find_embeddings(root, embeddings))
@@ -65,7 +83,7 @@ def cluster(
     if out.committed and out.summary.exists():
         previous = json.loads(out.summary.read_text())
         if previous.get("fingerprint") == fingerprint:
-            return _without_histories(previous) | {"skipped": True}
+            return ClusterFit(_without_histories(previous) | {"skipped": True})
     out.dir.mkdir(parents=True, exist_ok=True)
     out.commit.unlink(missing_ok=True)  # uncommit the old run before rewriting
     out.assignments.unlink(missing_ok=True)  # (a run of the single-file layout)
@@ -95,13 +113,6 @@ def cluster(
                 atomic_write(out.dir / f"{state_name}.pt", lambda f, d=state: torch.save(d, f))
         if log:
             log({"method": name, "seconds": timings[f"{name}_s"]})
-    inputs.cache.clear()
-
-    start = time.perf_counter()
-    schema = assignments_schema(declared)
-    digest = state_digest(states)
-    written, sizes = _assign_parts(emb, inputs, assigners, schema, config.k, digest, out.parts, log)
-    timings["assign_s"] = round(time.perf_counter() - start, 2)
     summary = {
         "clusters": str(out.dir),
         "embeddings": str(emb.directory),
@@ -113,59 +124,109 @@ def cluster(
         "methods": methods,
         "config": config.model_dump(),
         "fingerprint": fingerprint,
-        "state_sha256": digest,
-        "cluster_sizes": {name: counts.tolist() for name, counts in sizes.items()},
         "timings": timings,
     }
-    atomic_write_bytes(out.summary, json.dumps(summary, indent=1).encode())
-    commit = {
-        "schema_version": CLUSTERS_SCHEMA_VERSION,
-        "k": config.k,
-        "state_sha256": digest,
-        "parts": written,
-    }
-    atomic_write_bytes(out.commit, json.dumps(commit, indent=1).encode())  # the commit
-    return _without_histories(summary) | {"skipped": False}
+    digest = state_digest(states)
+    return ClusterFit(None, config, emb, out, assigners, assignments_schema(declared), digest, summary)
 
 
-def _assign_parts(emb, inputs, assigners, schema, k, digest, folder: Path, log):
-    """Write every embeddings part's assignments part (temp, then rename) unless one assigned with the
-    same fitted states is there; remove parts of other embeddings. Returns ``([name, rows] per part,
-    cluster sizes per label column)``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    labels = [f.name for f in schema if f.type == pa.int32()]
-    sizes = {name: np.zeros(k, np.int64) for name in labels}
-    written, start, reused = [], 0, 0
-    for i, (npy, rows) in enumerate(emb.parts):
-        path = folder / assignment_part_name(npy)
-        table = _reusable(path, digest, rows)
+@dataclass
+class PartDone:
+    """One assigned part: its file name, rows, cluster sizes per label column, and whether a resumed
+    run found it already written."""
+
+    index: int
+    name: str
+    rows: int
+    sizes: dict[str, np.ndarray]
+    reused: bool
+
+
+def assign_parts(fit: ClusterFit, indices: list[int]) -> list[PartDone]:
+    """Write the assignments parts of embeddings parts ``indices`` (temp, then rename) unless one
+    assigned with the same fitted states is there. Pure in the parts: any process may run any subset."""
+    fit.out.parts.mkdir(parents=True, exist_ok=True)
+    starts = np.concatenate([[0], np.cumsum([rows for _, rows in fit.emb.parts])])
+    labels = [f.name for f in fit.schema if f.type == pa.int32()]
+    k, done = fit.config.k, []
+    for i in indices:
+        npy, rows = fit.emb.parts[i]
+        path = fit.out.parts / assignment_part_name(npy)
+        table = _reusable(path, fit.digest, rows)
+        reused = table is not None
         if table is None:
-            x = inputs.part(i)
-            columns = emb.part_keys(i).select(["key", "shard"]).to_pydict()
-            for name, declared, assign in assigners:
-                values = assign(x, start)
+            part = fit.emb.part(i, np.float32)
+            x = part / np.maximum(np.linalg.norm(part, axis=1, keepdims=True), 1e-12)
+            columns = fit.emb.part_keys(i).select(["key", "shard"]).to_pydict()
+            for name, declared, assign in fit.assigners:
+                values = assign(x, int(starts[i]))
                 if list(values) != declared:
                     raise RuntimeError(f"clustering method {name!r} assigned {list(values)}, not {declared}")
                 columns.update(values)
             table = validate_assignments(
-                pa.table({f.name: pa.array(columns[f.name], f.type) for f in schema}, schema=schema), k
+                pa.table({f.name: pa.array(columns[f.name], f.type) for f in fit.schema}, schema=fit.schema),
+                k,
             )
-            meta = {**table.schema.metadata, _STATE_KEY: digest.encode()}
-            table = table.replace_schema_metadata(meta)
+            table = table.replace_schema_metadata({**table.schema.metadata, _STATE_KEY: fit.digest.encode()})
             atomic_write(path, lambda f, t=table: pq.write_table(t, f))
-        else:
-            reused += 1
-        for name in labels:
-            sizes[name] += np.bincount(table.column(name).to_numpy(), minlength=k)
-        written.append([path.name, rows])
-        start += rows
-        if log:
-            log({"assigned_parts": i + 1, "of": len(emb.parts), "reused": reused})
-    keep = {name for name, _ in written}
-    for stale in folder.iterdir():
+        sizes = {name: np.bincount(table.column(name).to_numpy(), minlength=k) for name in labels}
+        done.append(PartDone(i, path.name, rows, sizes, reused))
+    return done
+
+
+def commit_clusters(fit: ClusterFit, done: list[PartDone], seconds: float | None = None) -> dict:
+    """Check that every part is assigned, remove parts of other embeddings, write the summary and then
+    ``assignments.json`` (the commit); returns the summary (without the methods' histories)."""
+    if fit.skipped is not None:
+        return fit.skipped
+    by_index = {d.index: d for d in done}
+    missing = [i for i in fit.parts if i not in by_index]
+    if missing:
+        raise RuntimeError(f"cluster: {len(missing)} parts were not assigned (first: {missing[0]})")
+    ordered = [by_index[i] for i in fit.parts]
+    keep = {d.name for d in ordered}
+    for stale in fit.out.parts.iterdir():
         if stale.name not in keep:
             stale.unlink() if stale.is_file() else shutil.rmtree(stale)
-    return written, sizes
+    sizes = {name: sum(d.sizes[name] for d in ordered) for name in ordered[0].sizes}
+    summary = {
+        **fit.summary,
+        "state_sha256": fit.digest,
+        "cluster_sizes": {name: np.asarray(counts).tolist() for name, counts in sizes.items()},
+        "parts_reused": sum(d.reused for d in ordered),
+    }
+    if seconds is not None:
+        summary["timings"] = {**summary["timings"], "assign_s": round(seconds, 2)}
+    atomic_write_bytes(fit.out.summary, json.dumps(summary, indent=1).encode())
+    commit = {
+        "schema_version": CLUSTERS_SCHEMA_VERSION,
+        "k": fit.config.k,
+        "state_sha256": fit.digest,
+        "parts": [[d.name, d.rows] for d in ordered],
+    }
+    atomic_write_bytes(fit.out.commit, json.dumps(commit, indent=1).encode())  # the commit
+    return _without_histories(summary) | {"skipped": False}
+
+
+def cluster(
+    root: str | Path,
+    config: ClusterConfig | None = None,
+    embeddings: str | None = None,
+    log=None,
+) -> dict:
+    """Cluster ROOT's embeddings (``embeddings``: encoder run name or directory name; default the newest)
+    in this process: :func:`fit_clusters`, :func:`assign_parts` part by part, :func:`commit_clusters`
+    (``cluster_flow`` maps the parts over Prefect's task runner instead). Returns the summary; the
+    methods' training histories are only in ``summary.json``."""
+    fit = fit_clusters(root, config, embeddings, log)
+    if fit.skipped is not None:
+        return fit.skipped
+    start, done = time.perf_counter(), []
+    for i in fit.parts:
+        done += assign_parts(fit, [i])
+        if log:
+            log({"assigned_parts": i + 1, "of": len(fit.parts), "reused": sum(d.reused for d in done)})
+    return commit_clusters(fit, done, time.perf_counter() - start)
 
 
 def _reusable(path: Path, digest: str, rows: int) -> pa.Table | None:

@@ -226,6 +226,9 @@ class _Cluster(StrictModel):
         "every image run part by part over the whole lake.",
     )
     seed: int = Field(0, description="Seed of the methods (a method with T heads uses seed + t for head t).")
+    parts_per_task: int = Field(
+        16, gt=0, description="Embeddings parts per mapped assignment task in cluster_flow."
+    )
     run_name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$", description="Folder under ROOT/clusters.")
 
     @field_validator("methods")

@@ -95,7 +95,7 @@ def embed(
             )
     else:
         atomic_write_bytes(out_dir / "meta.json", json.dumps(validate_meta(meta), indent=1).encode())
-    remove_uncommitted(out_dir)
+    remove_uncommitted(out_dir, [Path(s).name for s in all_shards])  # (only its own: tasks run side by side)
     pending = [s for s in all_shards if not (out_dir / part_names(Path(s).name)[0]).exists()]
     counts = sharded_counts(root)
     images = _embed_shards(encoder, pending, counts, out_dir, config, device, progress) if pending else 0
@@ -175,12 +175,17 @@ def _write_part(out_dir: Path, shard: str, keys: list[str], matrix: np.ndarray, 
     atomic_write(out_dir / keys_name, lambda f: pq.write_table(table, f))
 
 
-def remove_uncommitted(directory: Path) -> int:
-    """Delete ``.npy`` files without their Parquet marker and temp files; returns how many."""
+def remove_uncommitted(directory: Path, shards: list[str]) -> int:
+    """Delete what an interrupted embedding of ``shards`` left: its temp files and a ``.npy`` without
+    its Parquet marker; returns how many. Only these shards' files: embed tasks of other shards may be
+    writing theirs in the same folder."""
     removed = 0
-    for path in list(directory.glob(".*.tmp")) + [
-        p for p in directory.glob("emb-*.npy") if not p.with_suffix(".parquet").exists()
-    ]:
-        path.unlink(missing_ok=True)
-        removed += 1
+    for shard in shards:
+        keys_name, npy_name = part_names(shard)
+        leftovers = [*directory.glob(f".{npy_name}*.tmp"), *directory.glob(f".{keys_name}*.tmp")]
+        if not (directory / keys_name).exists() and (directory / npy_name).exists():
+            leftovers.append(directory / npy_name)
+        for path in leftovers:
+            path.unlink(missing_ok=True)
+            removed += 1
     return removed

@@ -78,6 +78,7 @@ class SeLa(ClusteringMethod):
 
             return scores
 
+        scorers = [head_scores(t) for t in range(s.heads)]  # (assign carries these, not the inputs)
         solves = []
         for t in range(s.heads):
             if s.epochs:
@@ -87,7 +88,7 @@ class SeLa(ClusteringMethod):
             solves.append(
                 inputs.balanced_lake(
                     f"sela-{seed}-{t}",
-                    head_scores(t),
+                    scorers[t],
                     lam,
                     tol=s.tol if s.epochs else inputs.config.sinkhorn.tol,
                     balance=inputs.config.sinkhorn.balance,
@@ -99,7 +100,7 @@ class SeLa(ClusteringMethod):
         def assign(x: np.ndarray, start: int) -> dict[str, np.ndarray]:
             columns: dict[str, np.ndarray] = {}
             for t, solved in enumerate(solves):
-                scores = head_scores(t)(x)
+                scores = scorers[t](x)
                 labels, posterior = sinkhorn_assign(scores, solved.lam, solved.log_scale)
                 if s.epochs:  # the head's own softmax probability of its label
                     posterior = scores.exp().gather(1, labels[:, None])[:, 0]

@@ -1,4 +1,5 @@
-"""embed_flow and cluster_flow on a real (temp-DB) Prefect server, over CIFAR-10 images."""
+"""embed_flow and cluster_flow on a real (temp-DB) Prefect server, over CIFAR-10 images, with threads and
+on a Dask LocalCluster (the same labels as the in-process path)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from lakelabel.data_specs.clusters import read_assignments
 from lakelabel.data_specs.embeddings import read_embeddings
 from lakelabel.flows.cluster import cluster_flow
 from lakelabel.flows.embed import embed_flow
+from lakelabel.pipeline.cluster import cluster
 from lakelabel.pipeline.config import ClusterConfig, EmbedConfig, IngestConfig, RunnerConfig
 from lakelabel.pipeline.ingest import run_ingest
 from tests.cifar import cifar_subset
@@ -26,7 +28,25 @@ def test_embed_and_cluster_flows(tmp_path):
         again = embed_flow(str(root), config, RunnerConfig(kind="threads", max_workers=2))
         assert again["shards_embedded"] == 0 and again["shards_skipped"] == 5
         assert read_embeddings(summary["embeddings"]).n == 250
-        clusters = cluster_flow(str(root), ClusterConfig(k=5, sela={"heads": 2, "epochs": 2}))
+        config = ClusterConfig(k=5, sela={"heads": 2, "epochs": 2}, parts_per_task=2)
+        clusters = cluster_flow(str(root), config, runner=RunnerConfig(kind="threads", max_workers=2))
         assert clusters["skipped"] is False and clusters["images"] == 250
-        assert cluster_flow(str(root), ClusterConfig(k=5, sela={"heads": 2, "epochs": 2}))["skipped"] is True
+        assert cluster_flow(str(root), config)["skipped"] is True
+        # on a Dask LocalCluster (worker processes): the same labels as this process's cluster()
+        from distributed import LocalCluster
+
+        with LocalCluster(
+            n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None, processes=True
+        ) as dask:
+            on_dask = cluster_flow(
+                str(root),
+                config.model_copy(update={"run_name": "dask", "methods": ["kmeans", "sinkhorn", "sela"]}),
+                runner=RunnerConfig(dask_address=dask.scheduler_address),
+            )
+    assert on_dask["skipped"] is False and on_dask["cluster_sizes"]["sinkhorn"] != []
+    local = cluster(
+        root, config.model_copy(update={"run_name": "local", "methods": ["kmeans", "sinkhorn", "sela"]})
+    )
+    assert local["state_sha256"] == on_dask["state_sha256"]
+    assert read_assignments(root, "dask").equals(read_assignments(root, "local"))
     assert read_assignments(root).num_rows == 250

@@ -51,6 +51,14 @@ def test_embed_parts_follow_the_contract_and_resume(cifar_root, tmp_path) -> Non
     assert np.array_equal(np.load(out / "emb-000001.npy"), before)  # deterministic
     assert not list(out.glob(".*.tmp"))
 
+    # a task embedding other shards leaves this shard's uncommitted part alone (tasks run side by side)
+    (out / "emb-000003.parquet").unlink()
+    (out / ".emb-000003.npy.99-1.tmp").write_bytes(b"in flight")
+    assert embed(root, config, shards=["shard-000000.tar"])["shards_embedded"] == 0
+    assert (out / "emb-000003.npy").exists() and (out / ".emb-000003.npy.99-1.tmp").exists()
+    assert embed(root, config, shards=["shard-000003.tar"])["shards_embedded"] == 1
+    assert not list(out.glob(".*.tmp"))
+
     # incremental: new images → one new shard → only it is embedded
     extra = tmp_path / "more"
     for i, path in enumerate(sorted(lake.rglob("*.jpg"))[:30]):
