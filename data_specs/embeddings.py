@@ -119,6 +119,16 @@ class Embeddings:
         """Part ``i``'s ``key``/``shard`` table, in its rows' order."""
         return pq.read_table(Path(self.parts[i][0]).with_suffix(".parquet"))
 
+    def keys_at(self, rows: np.ndarray) -> pa.Table:
+        """``key``/``shard`` of the global row indices ``rows`` (sorted), reading only their parts."""
+        tables, start = [], 0
+        for i, (_, n) in enumerate(self.parts):
+            local = rows[(rows >= start) & (rows < start + n)] - start
+            if len(local):
+                tables.append(self.part_keys(i).take(pa.array(local)))
+            start += n
+        return pa.concat_tables(tables) if tables else EMBEDDING_KEYS_SCHEMA.empty_table()
+
     def part(self, i: int, dtype=np.float32) -> np.ndarray:
         """Part ``i``'s matrix ``(rows, dim)``."""
         return np.load(self.parts[i][0]).astype(dtype, copy=False)

@@ -87,6 +87,8 @@ def fit_clusters(
     out.dir.mkdir(parents=True, exist_ok=True)
     out.commit.unlink(missing_ok=True)  # uncommit the old run before rewriting
     out.assignments.unlink(missing_ok=True)  # (a run of the single-file layout)
+    for scratch in out.dir.glob(".sinkhorn-*"):  # score files of a run that was killed
+        shutil.rmtree(scratch, ignore_errors=True)
 
     _, sample = emb.sample(config.sample, config.seed)
     inputs = ClusterInputs(sample, config.k, config, target, log, root=root, emb=emb, scratch=out.dir)

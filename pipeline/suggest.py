@@ -90,7 +90,8 @@ def suggest(root: str | Path, config: SuggestConfig | None = None) -> dict:
         for batch in list_batches(root):
             pending.update(read_batch(batch).key)
     rows, x = emb.sample(config.sample, config.seed)
-    keys = emb.keys[rows]
+    sampled = emb.keys_at(rows)  # (the sample's keys only: memory bounded by the sample)
+    keys = sampled.column("key").to_numpy(zero_copy_only=False)
     labelled = np.isin(keys, seeds.key.to_numpy())
     excluded = labelled | np.isin(keys, list(pending))
     if (~excluded).sum() < config.budget:
@@ -100,11 +101,10 @@ def suggest(root: str | Path, config: SuggestConfig | None = None) -> dict:
         )
     # labelled images, and images already in a batch (to be answered), cover their clusters
     picks, scores = typiclust(x, excluded, config.budget, config)
-    chosen = rows[picks]
     table = pd.DataFrame(
         {
-            "key": emb.keys[chosen],
-            "shard": emb.shards[chosen],
+            "key": keys[picks],
+            "shard": sampled.column("shard").to_numpy(zero_copy_only=False)[picks],
             "predicted_name": "",
             "candidates": "",
             "uncertainty": np.round(scores, 5),

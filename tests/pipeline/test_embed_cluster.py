@@ -227,6 +227,8 @@ def test_cluster_fits_a_bounded_sample_and_resumes_between_parts(cifar_root, tmp
         read_assignments(root, "killed")
     first = root / "clusters" / "killed" / "parts" / written[0]
     before = first.stat().st_mtime_ns
+    (root / "clusters" / "killed" / ".sinkhorn-leftover").mkdir()  # a run killed inside a solve
     cluster(root, config.model_copy(update={"run_name": "killed"}))
     assert first.stat().st_mtime_ns == before  # kept, not rewritten
+    assert not list((root / "clusters" / "killed").glob(".sinkhorn-*"))  # no scratch scores left
     assert read_assignments(root, "killed").equals(read_assignments(root, "whole"))
