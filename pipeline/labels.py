@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from lakelabel.data_specs.clusters import head_columns, read_assignments
@@ -47,8 +48,11 @@ def build_label_table(root: str | Path, selection_run: str = "default", run_id: 
     root = Path(root)
     selection = read_selection(root, selection_run)
     info = read_selection_info(root, selection_run)
-    manifest = pq.read_table(
-        manifest_of(root), columns=["key", "sha256", "source_uri", "status"], schema=MANIFEST_SCHEMA
+    manifest = pq.read_table(  # only the selection's rows of the manifest
+        manifest_of(root),
+        columns=["key", "sha256", "source_uri", "status"],
+        schema=MANIFEST_SCHEMA,
+        filters=pc.field("key").isin(pa.array(selection.key.to_numpy(), pa.string())),
     )
     manifest = manifest.to_pandas()
     manifest = manifest[manifest.status == "sharded"].drop_duplicates("key").set_index("key")
