@@ -105,15 +105,15 @@ class Embeddings:
 
     @cached_property
     def keys(self) -> np.ndarray:
-        return np.concatenate(
-            [self.part_keys(i).column("key").to_numpy(zero_copy_only=False) for i in range(len(self.parts))]
-        )
+        return self._key_column("key")
 
     @cached_property
     def shards(self) -> np.ndarray:
-        return np.concatenate(
-            [self.part_keys(i).column("shard").to_numpy(zero_copy_only=False) for i in range(len(self.parts))]
-        )
+        return self._key_column("shard")
+
+    def _key_column(self, name: str) -> np.ndarray:
+        columns = [self.part_keys(i).column(name) for i in range(len(self.parts))]
+        return np.concatenate([c.to_numpy(zero_copy_only=False) for c in columns])
 
     def part_keys(self, i: int) -> pa.Table:
         """Part ``i``'s ``key``/``shard`` table, in its rows' order."""
@@ -121,17 +121,26 @@ class Embeddings:
 
     def keys_at(self, rows: np.ndarray) -> pa.Table:
         """``key``/``shard`` of the global row indices ``rows`` (sorted), reading only their parts."""
-        tables, start = [], 0
+        tables = [self.part_keys(i).take(pa.array(local)) for i, local in self._local_rows(rows)]
+        return pa.concat_tables(tables) if tables else EMBEDDING_KEYS_SCHEMA.empty_table()
+
+    def _local_rows(self, rows: np.ndarray):
+        """``(part index, its local row indices)`` of the sorted global ``rows`` (parts without one
+        are left out)."""
+        start = 0
         for i, (_, n) in enumerate(self.parts):
             local = rows[(rows >= start) & (rows < start + n)] - start
             if len(local):
-                tables.append(self.part_keys(i).take(pa.array(local)))
+                yield i, local
             start += n
-        return pa.concat_tables(tables) if tables else EMBEDDING_KEYS_SCHEMA.empty_table()
 
     def part(self, i: int, dtype=np.float32) -> np.ndarray:
         """Part ``i``'s matrix ``(rows, dim)``."""
         return np.load(self.parts[i][0]).astype(dtype, copy=False)
+
+    def unit_part(self, i: int) -> np.ndarray:
+        """Part ``i``'s rows as unit-norm float32 (stored float16 rows are only near unit norm)."""
+        return unit_rows(self.part(i, np.float32))
 
     def matrix(self, dtype=np.float32) -> np.ndarray:
         """Every row in memory (N × dim); for lakes that fit. :meth:`part` and :meth:`sample` stream."""
@@ -150,15 +159,17 @@ class Embeddings:
         rng = np.random.default_rng(seed)  # (choice without replacement: no N-long permutation)
         n = self.n
         pick = np.sort(rng.choice(n, size, replace=False)) if n > size else np.arange(n)
-        out, start = [], 0
-        for path, rows in self.parts:
-            local = pick[(pick >= start) & (pick < start + rows)] - start
-            if len(local):
-                out.append(np.asarray(np.load(path, mmap_mode="r")[local], dtype=np.float32))
-            start += rows
-        x = np.concatenate(out)
-        x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-        return pick, x
+        out = [
+            np.asarray(np.load(self.parts[i][0], mmap_mode="r")[local], dtype=np.float32)
+            for i, local in self._local_rows(pick)
+        ]
+        return pick, unit_rows(np.concatenate(out))
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """``x`` ``(n, dim)`` float32 with each row scaled to unit norm, in place."""
+    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return x
 
 
 def read_embeddings(directory: str | Path, validate: bool = True) -> Embeddings:

@@ -12,7 +12,8 @@ from typing import BinaryIO
 
 
 def temp_path(path: Path) -> Path:
-    """The temp name a file is written under before its rename (``.NAME.tmp``; recovery removes these)."""
+    """``.NAME.tmp``: the temp name of a file whose one writer owns it (the shard writer); recovery
+    removes these. :func:`atomic_write` names its temp files per process and thread instead."""
     return path.with_name(f".{path.name}.tmp")
 
 

@@ -154,11 +154,10 @@ def assign_parts(fit: ClusterFit, indices: list[int]) -> list[PartDone]:
     for i in indices:
         npy, rows = fit.emb.parts[i]
         path = fit.out.parts / assignment_part_name(npy)
-        table = _reusable(path, fit.digest, rows)
+        table = _reusable(path, fit.digest, rows, labels)
         reused = table is not None
         if table is None:
-            part = fit.emb.part(i, np.float32)
-            x = part / np.maximum(np.linalg.norm(part, axis=1, keepdims=True), 1e-12)
+            x = fit.emb.unit_part(i)
             columns = fit.emb.part_keys(i).select(["key", "shard"]).to_pydict()
             for name, declared, assign in fit.assigners:
                 values = assign(x, int(starts[i]))
@@ -179,8 +178,6 @@ def assign_parts(fit: ClusterFit, indices: list[int]) -> list[PartDone]:
 def commit_clusters(fit: ClusterFit, done: list[PartDone], seconds: float | None = None) -> dict:
     """Check that every part is assigned, remove parts of other embeddings, write the summary and then
     ``assignments.json`` (the commit); returns the summary (without the methods' histories)."""
-    if fit.skipped is not None:
-        return fit.skipped
     by_index = {d.index: d for d in done}
     missing = [i for i in fit.parts if i not in by_index]
     if missing:
@@ -223,25 +220,27 @@ def cluster(
     fit = fit_clusters(root, config, embeddings, log)
     if fit.skipped is not None:
         return fit.skipped
-    start, done = time.perf_counter(), []
+    start, done, reused = time.perf_counter(), [], 0
     for i in fit.parts:
         done += assign_parts(fit, [i])
+        reused += done[-1].reused
         if log:
-            log({"assigned_parts": i + 1, "of": len(fit.parts), "reused": sum(d.reused for d in done)})
+            log({"assigned_parts": i + 1, "of": len(fit.parts), "reused": reused})
     return commit_clusters(fit, done, time.perf_counter() - start)
 
 
-def _reusable(path: Path, digest: str, rows: int) -> pa.Table | None:
-    """The part at ``path`` when a run with the same fitted states wrote it (a resumed run), else None."""
+def _reusable(path: Path, digest: str, rows: int, labels: list[str]) -> pa.Table | None:
+    """The label columns of the part at ``path`` when a run with the same fitted states wrote it (a
+    resumed run), else None."""
     if not path.is_file():
         return None
     try:
-        table = pq.read_table(path)
+        meta = pq.read_metadata(path)
+        if (meta.metadata or {}).get(_STATE_KEY) != digest.encode() or meta.num_rows != rows:
+            return None
+        return pq.read_table(path, columns=labels)
     except (OSError, pa.ArrowInvalid):
         return None
-    if (table.schema.metadata or {}).get(_STATE_KEY) != digest.encode() or table.num_rows != rows:
-        return None
-    return table
 
 
 def _without_histories(summary: dict) -> dict:

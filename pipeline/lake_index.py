@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lakelabel.data_specs.shards import key_for_sha256
-from lakelabel.pipeline.atomic import atomic_write, fsync_dir, temp_path
+from lakelabel.pipeline.atomic import atomic_write, fsync_dir
 
 if TYPE_CHECKING:
     import numpy as np
@@ -423,7 +423,7 @@ class LakeIndex:
         first, last = int(parts[:, 0].min()), int(parts[:, 0].max())
         path = self.path / f"run-{first:06d}-{last:06d}-t{tier}.idx"
         n = 0
-        while path.exists() or temp_path(path).exists():  # the same parts again (a re-index)
+        while path.exists():  # the same parts again (a re-index)
             n += 1
             path = self.path / f"run-{first:06d}-{last:06d}-t{tier}-{n}.idx"
         _write_run(path, tier, parts, n_keys, n_uris, fill)

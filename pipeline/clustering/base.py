@@ -103,12 +103,7 @@ class ClusterInputs:
             yield self.x
             return
         for i in range(len(self.emb.parts)):
-            yield self.part(i)
-
-    def part(self, i: int) -> np.ndarray:
-        """Part ``i`` of the lake: its unit-norm float32 rows."""
-        part = self.emb.part(i, np.float32)
-        return part / np.maximum(np.linalg.norm(part, axis=1, keepdims=True), 1e-12)
+            yield self.emb.unit_part(i)
 
     def kmeans(self, seed: int):
         """Spherical k-means (the config's ``kmeans`` block) on the sample with ``seed``; memoised."""

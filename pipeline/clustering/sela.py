@@ -79,22 +79,23 @@ class SeLa(ClusteringMethod):
             return scores
 
         scorers = [head_scores(t) for t in range(s.heads)]  # (assign carries these, not the inputs)
-        solves = []
+        balance, solves = inputs.config.sinkhorn.balance, []
         for t in range(s.heads):
             if s.epochs:
-                lam, init_b = sela.lams[t], sela.log_scales[t]
-            else:
-                lam, init_b = 1.0, None
-            solves.append(
-                inputs.balanced_lake(
+                solved = inputs.balanced_lake(
                     f"sela-{seed}-{t}",
                     scorers[t],
-                    lam,
-                    tol=s.tol if s.epochs else inputs.config.sinkhorn.tol,
-                    balance=inputs.config.sinkhorn.balance,
-                    init_log_scale=init_b,
-                ).result
-            )
+                    sela.lams[t],
+                    tol=s.tol,
+                    balance=balance,
+                    init_log_scale=sela.log_scales[t],
+                )
+            else:  # the Sinkhorn method's own solve for seed + t (shared when it ran)
+                tol = inputs.config.sinkhorn.tol
+                solved = inputs.balanced_lake(
+                    f"sinkhorn-{seed + t}", scorers[t], 1.0, tol=tol, balance=balance
+                )
+            solves.append(solved.result)
 
         @torch.no_grad()
         def assign(x: np.ndarray, start: int) -> dict[str, np.ndarray]:
