@@ -1,8 +1,11 @@
-"""The stages after embed at lake scale: peak memory and time per row of ``lakelabel cluster`` as the
-lake grows, on synthetic embeddings whose classes are known.
+"""The stages after embed at lake scale: peak memory and time per row of ``lakelabel cluster``,
+``select`` (from the clusters, and from 10 seed labels per class) and ``publish`` as the lake grows,
+on synthetic embeddings whose classes are known; ``--dask`` runs cluster and select once more as
+Prefect flows on a Dask ``LocalCluster`` (2 worker processes, a memory limit each).
 
 Usage: python benchmarks/scale.py --work /big/disk/scale [--sizes 1000000,4000000,8000000] [--dim 256]
-           [--methods kmeans,sinkhorn,scan] [--baseline-src DIR] > results.json
+           [--methods kmeans,sinkhorn,scan] [--stages cluster,select,publish] [--dask]
+           [--baseline-src DIR] > results.json
 
 Input: a Gaussian mixture of ``--classes`` classes (random unit centres, isotropic noise set so that
 k-means is right about 85 % of the time), rows L2-normalised and stored as float16 in the
@@ -10,7 +13,10 @@ k-means is right about 85 % of the time), rows L2-normalised and stored as float
 ``--work/<rows>x<dim>/`` (a done-marker: a later run reuses it). Each stage runs as its own
 ``python -m lakelabel`` process; its peak RSS comes from ``wait4`` (the kernel's ``ru_maxrss`` of that
 process and its children), its wall time from the parent. ACC: Hungarian accuracy of each label column
-against the mixture's classes, counted part by part.
+(of a selection: its ``predicted`` column, and the precision and coverage of its positives) against
+the mixture's classes, counted part by part. The root also gets a manifest (one part per shard, as
+ingest writes it) and ``seeds.csv`` (key, label: 10 rows per class) so that select and publish run
+as they do on a real lake; select's review queue is off (there are no images to show).
 
 ``--baseline-src DIR``: a checkout of an earlier lakelabel whose ``cluster`` is run on the smallest
 size too (its package first on ``sys.path``; ``--baseline-methods``), for the same-run comparison of
@@ -25,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -85,6 +92,49 @@ def generate(folder: Path, rows: int, dim: int, classes: int, noise: float) -> P
     return emb_dir
 
 
+def add_manifest(folder: Path, classes: int) -> None:
+    """``manifest/part-NNNNNN.parquet`` for each embeddings part (its keys, status sharded) and
+    ``seeds.csv`` (10 keys per class from the first parts); skipped when ``seeds.csv`` exists."""
+    from datetime import UTC, datetime
+
+    from lakelabel.data_specs.manifest import MANIFEST_SCHEMA
+
+    if (folder / "seeds.csv").is_file():
+        return
+    (folder / "manifest").mkdir(exist_ok=True)
+    emb_dir = folder / "embeddings" / "synthetic-000000000000"
+    seeds: dict[int, list[str]] = {c: [] for c in range(classes)}
+    now = datetime.now(UTC)
+    for keys_path in sorted(emb_dir.glob("emb-*.parquet")):
+        keys = pq.read_table(keys_path)
+        n, number = keys.num_rows, keys_path.stem.removeprefix("emb-")
+        key = keys.column("key").to_pylist()
+        table = pa.table(
+            {
+                "source_uri": [f"file:///synthetic/{k}.jpg" for k in key],
+                "status": ["sharded"] * n,
+                "reason": pa.nulls(n, pa.string()),
+                "key": key,
+                "shard": keys.column("shard"),
+                "width": [32] * n,
+                "height": [32] * n,
+                "bytes": [1000] * n,
+                "sha256": [k * 2 for k in key],
+                "format": ["jpeg"] * n,
+                "reencoded": [False] * n,
+                "run_id": ["synthetic"] * n,
+                "ingested_at": pa.array([now] * n, MANIFEST_SCHEMA.field("ingested_at").type),
+            }
+        ).cast(MANIFEST_SCHEMA)
+        pq.write_table(table, folder / "manifest" / f"part-{number}.parquet")
+        truth = np.load(folder / "truth" / f"part-{number}.npy")
+        for k, c in zip(key, truth, strict=True):
+            if len(seeds[int(c)]) < 10:
+                seeds[int(c)].append(k)
+    lines = ["key,label"] + [f"{k},{c}" for c, ks in seeds.items() for k in ks]
+    (folder / "seeds.csv").write_text("\n".join(lines) + "\n")
+
+
 def run_stage(argv: list[str], src: str | None = None) -> dict:
     """Run ``python -m lakelabel ARGV`` (``src``: an older checkout first on the path); wall seconds,
     peak RSS (MiB) of the process tree, and rc."""
@@ -125,6 +175,87 @@ def accuracy(root: Path, run: str, classes: int) -> dict[str, float]:
     return out
 
 
+def selection_quality(root: Path, run: str, classes: int) -> dict[str, float]:
+    """ACC of selection ``run``'s ``predicted`` column, and precision/coverage of its non-seed positives
+    (predicted classes mapped to the mixture's by the Hungarian match), part by part."""
+    from lakelabel.data_specs.selections import iter_selection
+
+    counts = np.zeros((classes, classes), np.int64)
+    positive = np.zeros((classes, classes), np.int64)
+    parts = iter(sorted((root / "truth").glob("part-*.npy")))
+    for table in iter_selection(root, run, columns=["predicted", "role", "is_seed"]):
+        truth = np.load(next(parts)).astype(np.int64)
+        predicted = table.column("predicted").to_numpy().astype(np.int64)
+        np.add.at(counts, (predicted, truth), 1)
+        chosen = (table.column("role").to_numpy(zero_copy_only=False) == "positive") & ~table.column(
+            "is_seed"
+        ).to_numpy(zero_copy_only=False)
+        np.add.at(positive, (predicted[chosen], truth[chosen]), 1)
+    rows, cols = linear_sum_assignment(-counts)
+    hits = positive[rows, cols].sum()
+    return {
+        "acc": round(float(counts[rows, cols].sum() / counts.sum()), 4),
+        "positive_precision": round(float(hits / max(positive.sum(), 1)), 4),
+        "coverage": round(float(positive.sum() / counts.sum()), 4),
+    }
+
+
+def on_dask(root: Path, size: int, args) -> list[dict]:
+    """cluster_flow and select_flow (from the clusters) on a Dask LocalCluster of 2 worker processes
+    (``--worker-memory`` each), under a temporary Prefect server; peak RSS of this driver and of each
+    worker, labels' quality as above."""
+    import resource
+
+    from distributed import Client, LocalCluster
+    from prefect.testing.utilities import prefect_test_harness
+
+    from lakelabel.flows.cluster import cluster_flow
+    from lakelabel.flows.select import select_flow
+    from lakelabel.pipeline.config import ClusterConfig, RunnerConfig, SelectConfig
+
+    out = []
+    with (
+        prefect_test_harness(server_startup_timeout=180),
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            memory_limit=args.worker_memory,
+            host="127.0.0.1",
+            dashboard_address=None,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        runner = RunnerConfig(dask_address=cluster.scheduler_address)
+        for stage in ("cluster", "select"):
+            start = time.perf_counter()
+            if stage == "cluster":
+                config = ClusterConfig(
+                    k=args.classes, methods=args.methods.split(","), sample=args.sample, run_name="dask"
+                )
+                cluster_flow(str(root), config, runner=runner)
+                quality = {"acc": accuracy(root, "dask", args.classes)}
+            else:
+                config = SelectConfig(cluster_run="dask", review_budget=0, run_name="dask")
+                select_flow(str(root), config, runner=runner)
+                quality = selection_quality(root, "dask", args.classes)
+            seconds = time.perf_counter() - start
+            workers = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+            row = {
+                "size": size,
+                "dim": args.dim,
+                "stage": f"{stage}-dask",
+                "seconds": round(seconds, 1),
+                "driver_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                "worker_peak_rss_mib": sorted(round(v, 1) for v in workers.values()),
+                "rows_per_s": round(size / seconds),
+                **quality,
+            }
+            out.append(row)
+            print(json.dumps(row), flush=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", required=True)
@@ -134,6 +265,10 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=6.0, help="noise norm relative to a centre's")
     parser.add_argument("--methods", default="kmeans,sinkhorn,scan")
     parser.add_argument("--sample", type=int, default=100_000, help="cluster.sample")
+    parser.add_argument("--stages", default="cluster,select,publish")
+    parser.add_argument("--dask", action="store_true", help="cluster and select on a Dask LocalCluster too")
+    parser.add_argument("--dask-sizes", default="1000000", help="the sizes --dask runs")
+    parser.add_argument("--worker-memory", default="3GiB", help="memory limit of each Dask worker")
     parser.add_argument("--baseline-src", help="an earlier checkout, run on the smallest size too")
     parser.add_argument(
         "--baseline-methods",
@@ -147,8 +282,10 @@ def main() -> None:
         root = Path(args.work) / f"{size}x{args.dim}"
         started = time.perf_counter()
         generate(root, size, args.dim, args.classes, args.noise)
+        add_manifest(root, args.classes)
         print(json.dumps({"size": size, "generated_s": round(time.perf_counter() - started, 1)}), flush=True)
-        runs = [("cluster", None)]
+        stages = args.stages.split(",")
+        runs = [("cluster", None)] if "cluster" in stages else []
         if args.baseline_src and size == min(sizes):
             runs.append(("cluster-baseline", args.baseline_src))
         for stage, src in runs:
@@ -170,13 +307,49 @@ def main() -> None:
             }
             rows_out.append(row)
             print(json.dumps(row), flush=True)
-    ours = [r for r in rows_out if r["stage"] == "cluster"]
-    if len(ours) > 1:
+        later = [("select-clusters", ["--cluster-run", "cluster"])] if "select" in stages else []
+        if "select" in stages:
+            later.append(
+                ("select-seeds", ["--labels-from", "seed", "--seed-labels", str(root / "seeds.csv")])
+            )
+        for stage, flags in later:
+            argv = ["select", str(root), *flags, "--review-budget", "0", "--run-name", stage]
+            result = run_stage(argv + ["--cluster-run", "cluster"] if "--cluster-run" not in flags else argv)
+            result.pop("stdout")
+            row = {"size": size, "dim": args.dim, "stage": stage, **result}
+            row |= {
+                "rows_per_s": round(size / result["seconds"]),
+                "us_per_row": round(1e6 * result["seconds"] / size, 2),
+            }
+            row |= selection_quality(root, stage, args.classes)
+            rows_out.append(row)
+            print(json.dumps(row), flush=True)
+        if "publish" in stages:
+            shutil.rmtree(root / "labels", ignore_errors=True)
+            result = run_stage(["publish", str(root), "--selection", "select-seeds"])
+            result.pop("stdout")
+            row = {"size": size, "dim": args.dim, "stage": "publish", **result}
+            row |= {
+                "rows_per_s": round(size / result["seconds"]),
+                "us_per_row": round(1e6 * result["seconds"] / size, 2),
+            }
+            row["table_mib"] = round(
+                sum(f.stat().st_size for f in (root / "labels").rglob("*") if f.is_file()) / 2**20, 1
+            )
+            rows_out.append(row)
+            print(json.dumps(row), flush=True)
+    for size in [int(s) for s in args.dask_sizes.split(",")] if args.dask else []:
+        # last: a child forked from a process that ran Dask would report that process's peak as its own
+        rows_out += on_dask(Path(args.work) / f"{size}x{args.dim}", size, args)
+    for stage in ("cluster", "select-clusters", "select-seeds", "publish"):
+        ours = [r for r in rows_out if r["stage"] == stage]
+        if len(ours) < 2:
+            continue
         small, large = ours[0], ours[-1]
         print(
             json.dumps(
                 {
-                    "summary": "cluster",
+                    "summary": stage,
                     "sizes": [small["size"], large["size"]],
                     "peak_rss_ratio": round(large["peak_rss_mib"] / small["peak_rss_mib"], 3),
                     "max_peak_rss_mib": max(r["peak_rss_mib"] for r in ours),

@@ -154,16 +154,38 @@ class Embeddings:
         """A seeded uniform sample of at most ``size`` rows: ``(global row indices, sorted; their unit-norm
         float32 vectors)``, read part by part (memory: the sample, not the lake). All rows, in order,
         when the lake has at most ``size``."""
+        pick = self.sample_rows(size, seed)
+        return pick, self.take(pick)
+
+    def sample_rows(self, size: int, seed: int) -> np.ndarray:
+        """The sorted global rows of :meth:`sample` (no N-long permutation)."""
         if size < 1:
             raise ValueError(f"sample size must be >= 1, got {size}")
-        rng = np.random.default_rng(seed)  # (choice without replacement: no N-long permutation)
         n = self.n
-        pick = np.sort(rng.choice(n, size, replace=False)) if n > size else np.arange(n)
+        return (
+            np.sort(np.random.default_rng(seed).choice(n, size, replace=False)) if n > size else np.arange(n)
+        )
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """Unit-norm float32 vectors of the sorted global ``rows``, reading only their parts' rows."""
         out = [
             np.asarray(np.load(self.parts[i][0], mmap_mode="r")[local], dtype=np.float32)
-            for i, local in self._local_rows(pick)
+            for i, local in self._local_rows(rows)
         ]
-        return pick, unit_rows(np.concatenate(out))
+        return unit_rows(np.concatenate(out)) if out else np.empty((0, self.meta["dim"]), np.float32)
+
+    def rows_of(self, keys: np.ndarray) -> np.ndarray:
+        """The global row of each of ``keys`` (−1 where not embedded), reading the keys part by part."""
+        wanted = pa.array(np.asarray(keys, dtype=object), pa.string())
+        out = np.full(len(wanted), -1, np.int64)
+        start = 0
+        for i, (_, n) in enumerate(self.parts):
+            part = self.part_keys(i).column("key")
+            at = pc.index_in(wanted, value_set=part)
+            found = at.is_valid().to_numpy(zero_copy_only=False)
+            out[found] = start + at.fill_null(0).to_numpy()[found]
+            start += n
+        return out
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:

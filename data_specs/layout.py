@@ -65,13 +65,28 @@ class ClusterRunPaths:
 
 @dataclass(frozen=True)
 class SelectionRunPaths:
-    """``ROOT/selections/<run>/``: ``selection.parquet`` (the commit), ``summary.json``."""
+    """``ROOT/selections/<run>/``: ``parts/sel-NNNNNN.parquet`` (one per embeddings part),
+    ``selection.json`` (the commit), ``summary.json``; runs written before parts hold one
+    ``selection.parquet`` (the legacy commit)."""
 
     dir: Path
 
     @property
+    def parts(self) -> Path:
+        return self.dir / "parts"
+
+    @property
+    def commit(self) -> Path:
+        return self.dir / "selection.json"
+
+    @property
     def selection(self) -> Path:
+        """The single-file selection of a run written before parts (read, never written)."""
         return self.dir / "selection.parquet"
+
+    @property
+    def committed(self) -> bool:
+        return self.commit.is_file() or self.selection.is_file()
 
     @property
     def summary(self) -> Path:

@@ -66,7 +66,7 @@ def curate_flow(config: LakelabelConfig | None = None) -> dict:
     embed = stage("embed", lambda: embed_flow(root, config.embed, config.runner))
     clusters = stage("cluster", lambda: cluster_flow(root, config.cluster, embed["encoder"], config.runner))
     config.select.embeddings = config.select.embeddings or embed["encoder"]
-    selection = stage("select", lambda: select_flow(root, config.select))
+    selection = stage("select", lambda: select_flow(root, config.select, config.runner))
     published = stage(
         "publish", lambda: publish_labels_flow(root, config.select.run_name, config.labels_dest)
     )

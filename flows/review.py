@@ -49,7 +49,7 @@ def review_flow(config: LakelabelConfig | None = None) -> dict:
         logger.info("no newly filled review batch under %s: nothing to do", Layout(root).batches_dir)
         return {"skipped": True, "batches": []}
     logger.info("filled review batches %s: selecting again", ", ".join(batches))
-    selection = select_flow(root, config.select)
+    selection = select_flow(root, config.select, config.runner)
     published = publish_labels_flow(root, config.select.run_name, config.labels_dest)
     logger.info("label run %s; next review batch: %s", published["run_id"], selection["review"]["batch"])
     return {

@@ -213,9 +213,18 @@ def cmd_select(args: argparse.Namespace) -> int:
     from lakelabel.pipeline.select import select
 
     config = _section_config(SelectConfig, "select", args)
-    log = (lambda r: print(json.dumps(r), file=sys.stderr)) if args.verbose else None
-    summary = select(args.root, config, log=log)
-    _emit(summary, args)
+    progress = Progress("select: apply", "part")
+
+    def log(record: dict) -> None:  # the parts' progress always; the rounds' records with -v
+        if "selected_parts" in record:
+            progress(record["selected_parts"], record["of"])
+        elif args.verbose:
+            print(json.dumps(record), file=sys.stderr)
+
+    try:
+        _emit(select(args.root, config, log=log), args)
+    finally:
+        progress.close()
     return 0
 
 

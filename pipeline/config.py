@@ -336,7 +336,18 @@ class _Select(StrictModel):
         "auto", description="auto (bf16 on CUDA) | fp32 | bf16 (fine-tuning)"
     )
     truth: str | None = Field(None, description="Ground-truth CSV, for evaluation only (never trains).")
-    seed: int = Field(0, description="Seed of training, dropout and fold splits.")
+    sample: int = Field(
+        100_000,
+        gt=1,
+        description="The rounds train, calibrate and pick the review queue on a working sample of at most "
+        "this many images plus every seed (class-balanced over the cluster labels with labels_from=clusters; "
+        "all of a smaller lake; memory: sample × dim × 4 bytes); every other image is then selected part by "
+        "part with the last round's classifier, its neighbours searched in the sample.",
+    )
+    parts_per_task: int = Field(
+        16, gt=0, description="Embeddings parts per mapped selection task in select_flow."
+    )
+    seed: int = Field(0, description="Seed of training, dropout, fold splits and the working sample.")
     run_name: str = Field(
         "default", pattern=r"^[A-Za-z0-9_.-]+$", description="Folder under ROOT/selections."
     )

@@ -23,6 +23,7 @@ matplotlib.use("Agg")  # no display: files only
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import pyarrow as pa  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
 from lakelabel.data_specs.batches import read_batch  # noqa: E402
@@ -33,6 +34,7 @@ from lakelabel.data_specs.labels import ROLE_MEANINGS, ROLES, default_dest, read
 from lakelabel.data_specs.layout import Layout  # noqa: E402
 from lakelabel.data_specs.selections import (  # noqa: E402
     SelectionInfo,
+    iter_selection,
     read_selection_info,
     read_selection_summary,
 )
@@ -227,10 +229,10 @@ def build_report(
     selection_run = Layout(root).selections(record["selection_run"])
     summary = read_selection_summary(root, record["selection_run"])
     info = read_selection_info(root, record["selection_run"])
-    selection_path = selection_run.selection
     predicted = None
-    if selection_path.exists():
-        selection = pd.read_parquet(selection_path, columns=["key", "predicted"]).set_index("key").predicted
+    if selection_run.committed:
+        parts = iter_selection(root, record["selection_run"], columns=["key", "predicted"])
+        selection = pa.concat_tables(parts).to_pandas().set_index("key").predicted
         if set(selection.index) == set(table.key):
             candidate = table.key.map(selection)
             check = (table.role == "positive") & ~table.is_seed

@@ -10,6 +10,8 @@ import warnings
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from lakelabel.data_specs.batches import answered_labels, list_batches
@@ -30,22 +32,23 @@ def read_label_csv(csv: str | Path) -> pd.DataFrame:
 
 
 def attach_keys(root: str | Path, labels: pd.DataFrame) -> pd.DataFrame:
-    """``labels`` with a ``key`` column (the kept sample key of each labeled file); unmatched rows dropped."""
-    manifest = pq.read_table(
-        Layout(root).manifest, columns=["source_uri", "status", "key"], schema=MANIFEST_SCHEMA
-    )
-    manifest = manifest.to_pandas()
-    manifest = manifest[manifest.status.isin(["sharded", "duplicate"])]
+    """``labels`` with a ``key`` column (the kept sample key of each labeled file); unmatched rows dropped.
+    The manifest is read part by part (memory: one part and the labels, not the lake)."""
     wanted = set(labels.path)
     depth = max(str(p).count("/") for p in wanted) + 1 if wanted else 1
     by_suffix = {}
-    for uri, key in zip(manifest.source_uri, manifest.key, strict=True):
-        parts = uri.rsplit("/", depth)
-        for d in range(1, depth + 1):
-            suffix = "/".join(parts[-d:])
-            if suffix in wanted:
-                by_suffix[suffix] = key
-                break
+    for part in sorted(Layout(root).manifest.glob("part-*.parquet")):
+        manifest = pq.read_table(part, columns=["source_uri", "status", "key"], schema=MANIFEST_SCHEMA)
+        manifest = manifest.filter(pc.is_in(manifest.column("status"), pa.array(["sharded", "duplicate"])))
+        for uri, key in zip(
+            manifest.column("source_uri").to_pylist(), manifest.column("key").to_pylist(), strict=True
+        ):
+            parts = uri.rsplit("/", depth)
+            for d in range(1, depth + 1):
+                suffix = "/".join(parts[-d:])
+                if suffix in wanted:
+                    by_suffix[suffix] = key
+                    break
     out = labels.assign(key=labels.path.map(by_suffix))
     return out.dropna(subset=["key"]).reset_index(drop=True)
 

@@ -4,6 +4,7 @@ interface, as img2dataset's writers share one (the stages and the CLI use only t
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -28,10 +29,11 @@ class LabelStore(ABC):
         """One run's rows (``None``: the latest), as the store is or was at ``version``, validated."""
 
     @abstractmethod
-    def append(self, table: pa.Table, record: dict) -> dict[str, Any]:
-        """Publish one run (``table``: contract rows of one ``run_id``; ``record``: its lineage with a
-        ``content_sha256``) in one atomic commit; returns the record with its ``version`` and
-        ``skipped`` (a run of the same content was there: nothing written)."""
+    def append(self, parts: Callable[[], Iterator[pa.Table]], record: dict) -> dict[str, Any]:
+        """Publish one run (``parts()``: its contract rows of one ``run_id``, part by part, read again on
+        a retry; ``record``: its lineage with a ``content_sha256``) in one atomic commit, never holding
+        the whole run; returns the record with its ``version`` and ``skipped`` (a run of the same
+        content was there: nothing written)."""
 
     @abstractmethod
     def vacuum(self, keep: int) -> dict[str, Any]:

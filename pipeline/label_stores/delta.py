@@ -15,6 +15,7 @@ import json
 import random
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -94,12 +95,12 @@ class DeltaLabelStore(LabelStore):
     def read(self, run_id: str | None = None, version: int | str | datetime | None = None) -> pa.Table:
         return read_labels(self.dest, run_id, self.storage_options, version)
 
-    def append(self, table: pa.Table, record: dict) -> dict[str, Any]:
+    def append(self, parts: Callable[[], Iterator[pa.Table]], record: dict) -> dict[str, Any]:
         if has_old_layout(self.dest, self.storage_options):  # convert the earlier layout first
             self.migrate()
-        return self._commit(table, record)
+        return self._commit(parts, record)
 
-    def _commit(self, table: pa.Table, record: dict) -> dict[str, Any]:
+    def _commit(self, parts: Callable[[], Iterator[pa.Table]], record: dict) -> dict[str, Any]:
         """Append one validated run as one Delta commit with ``record`` as its lineage; returns the record
         with the commit's version, or the record of a run of the same content already there.
         A commit that loses a race is tried again (bounded, with backoff); the content check is part of
@@ -134,7 +135,10 @@ class DeltaLabelStore(LabelStore):
             try:
                 write_deltalake(
                     delta,
-                    validate_labels(table),
+                    pa.RecordBatchReader.from_batches(
+                        LABELS_SCHEMA,
+                        (batch for part in parts() for batch in validate_labels(part).to_batches()),
+                    ),
                     # the schema must match the table's: a difference is an error, never a merge
                     mode="append",
                     storage_options=delta_options(self.storage_options),
@@ -220,7 +224,7 @@ class DeltaLabelStore(LabelStore):
             record = {k: v for k, v in old.items() if k != "path"} | {
                 "migrated_from": "pre-Delta layout (_commits/)"
             }
-            self._commit(table, record)
+            self._commit(lambda t=table: iter([t]), record)
             migrated.append(old["run_id"])
         for old in records:
             part = f"{base}/run_id={old['run_id']}/part-00000.parquet"

@@ -1,5 +1,5 @@
-"""embed_flow and cluster_flow on a real (temp-DB) Prefect server, over CIFAR-10 images, with threads and
-on a Dask LocalCluster (the same labels as the in-process path)."""
+"""embed_flow, cluster_flow and select_flow on a real (temp-DB) Prefect server, over CIFAR-10 images,
+with threads and on a Dask LocalCluster (the same labels as the in-process path)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,14 @@ from prefect.testing.utilities import prefect_test_harness
 
 from lakelabel.data_specs.clusters import read_assignments
 from lakelabel.data_specs.embeddings import read_embeddings
+from lakelabel.data_specs.selections import read_selection
 from lakelabel.flows.cluster import cluster_flow
 from lakelabel.flows.embed import embed_flow
+from lakelabel.flows.select import select_flow
 from lakelabel.pipeline.cluster import cluster
-from lakelabel.pipeline.config import ClusterConfig, EmbedConfig, IngestConfig, RunnerConfig
+from lakelabel.pipeline.config import ClusterConfig, EmbedConfig, IngestConfig, RunnerConfig, SelectConfig
 from lakelabel.pipeline.ingest import run_ingest
+from lakelabel.pipeline.select import select
 from tests.cifar import cifar_subset
 
 
@@ -43,6 +46,22 @@ def test_embed_and_cluster_flows(tmp_path):
                 config.model_copy(update={"run_name": "dask", "methods": ["kmeans", "sinkhorn", "sela"]}),
                 runner=RunnerConfig(dask_address=dask.scheduler_address),
             )
+            # select on Dask too: rounds on a working sample of 120 of the 250 images, parts in pairs
+            selecting = SelectConfig(
+                rounds=1,
+                epochs=1,
+                min_steps=20,
+                passes=3,
+                hidden=16,
+                review_budget=5,
+                sample=120,
+                parts_per_task=2,
+            )
+            selected = select_flow(
+                str(root),
+                selecting.model_copy(update={"run_name": "dask"}),
+                runner=RunnerConfig(dask_address=dask.scheduler_address),
+            )
     assert on_dask["skipped"] is False and on_dask["cluster_sizes"]["sinkhorn"] != []
     local = cluster(
         root, config.model_copy(update={"run_name": "local", "methods": ["kmeans", "sinkhorn", "sela"]})
@@ -50,3 +69,7 @@ def test_embed_and_cluster_flows(tmp_path):
     assert local["state_sha256"] == on_dask["state_sha256"]
     assert read_assignments(root, "dask").equals(read_assignments(root, "local"))
     assert read_assignments(root).num_rows == 250
+    local_selection = select(root, selecting.model_copy(update={"run_name": "local"}))
+    assert selected["working_sample"] < 250 and selected["state_sha256"] == local_selection["state_sha256"]
+    assert read_selection(root, "dask").equals(read_selection(root, "local"))
+    assert selected["roles"] == local_selection["roles"] and sum(selected["roles"].values()) == 250

@@ -46,10 +46,11 @@ def race_root(selected_root, tmp_path_factory) -> Path:
     for i in range(PUBLISHERS):
         folder = root / "selections" / f"race{i}"
         copy_root(root / "selections" / "default", folder)
-        table = pq.read_table(folder / "selection.parquet")
-        nudged = pa.compute.multiply(table.column("uncertainty"), pa.scalar(1.0 + i / 1000, pa.float32()))
-        table = table.set_column(table.schema.get_field_index("uncertainty"), "uncertainty", nudged)
-        pq.write_table(table, folder / "selection.parquet")
+        for part in sorted((folder / "parts").glob("sel-*.parquet")):
+            table = pq.read_table(part)
+            nudged = pa.compute.multiply(table.column("uncertainty"), pa.scalar(1.0 + i / 1000, pa.float32()))
+            table = table.set_column(table.schema.get_field_index("uncertainty"), "uncertainty", nudged)
+            pq.write_table(table, part)
     return root
 
 

@@ -29,6 +29,7 @@ from lakelabel.data_specs.labels import (
     list_runs,
     read_labels,
 )
+from lakelabel.data_specs.selections import read_selection
 from lakelabel.data_specs.validation import ContractError
 from lakelabel.pipeline.config import SelectConfig
 from lakelabel.pipeline.labels import migrate_labels, publish_labels, vacuum_labels
@@ -135,7 +136,7 @@ def _check_nothing_lost_or_mixed(root: Path, dest: str, records: list[dict], opt
     for record in records:  # each publisher's version is its own commit, holding its whole run
         at_version = read_labels(dest, record["run_id"], options, version=record["version"])
         assert at_version.num_rows == record["rows"] == 400
-        selection = pd.read_parquet(root / "selections" / record["selection_run"] / "selection.parquet")
+        selection = read_selection(root, record["selection_run"])
         assert sorted(at_version.column("key").to_pylist()) == sorted(selection.key)
         assert at_version.to_pandas().role.value_counts().to_dict() == record["roles"]
 
@@ -169,6 +170,7 @@ import pyarrow.parquet as pq
 import lakelabel.pipeline.labels as labels
 
 def write_then_die(table_or_uri, data, **kwargs):  # delta-rs writes the data files, then commits
+    data = data.read_all()  # (publish streams the run's parts)
     folder = os.path.join(sys.argv[2], "run_id=" + data.column("run_id")[0].as_py())
     os.makedirs(folder, exist_ok=True)
     pq.write_table(data.drop(["run_id"]), os.path.join(folder, "part-00000-crashed.parquet"))

@@ -317,3 +317,60 @@ def test_auto_cluster_column_takes_what_the_cluster_run_has(selection_root, tmp_
     cluster(root, ClusterConfig(k=10, methods=["kmeans"]))
     summary = select(root, small(rounds=1))
     assert summary["cluster_column"] == "kmeans" and summary["classes"] == 10
+
+
+def test_a_working_sample_smaller_than_the_lake_still_selects_every_image(selection_root) -> None:
+    """sample=150 of 400 images (4 parts): the rounds see the sample and every seed; the other rows are
+    selected part by part with the last classifier and neighbours in the sample; the labels stay close
+    to those of the run that saw the whole lake."""
+    root, truth, seed_csv = selection_root
+    base = small(
+        labels_from="seed", seed_labels=[str(seed_csv)], truth=str(truth), ups={"tau_p": 0.2}, calibrate=False
+    )
+    whole = select(root, base.model_copy(update={"run_name": "whole"}))
+    part = select(root, base.model_copy(update={"run_name": "part", "sample": 150}))
+    assert whole["working_sample"] == 400 and 150 <= part["working_sample"] <= 190  # + the 40 seeds
+    table = read_selection(root, "part")
+    assert len(table) == 400 and table.key.is_unique and table.is_seed.sum() == 40
+    assert part["metrics"]["evaluated"] == 360 and sum(part["roles"].values()) == 400
+    assert (table.role == "review").sum() == 30
+    outside = table[~table.is_seed & (table.role == "positive")]
+    assert len(outside) and outside.label.notna().all()
+    for name in ("accuracy_full_coverage", "precision_at_50pct_coverage"):
+        assert part["metrics"][name] >= whole["metrics"][name] - 0.1, (name, part["metrics"], whole)
+    # clusters train: the sample is class-balanced over the cluster labels (each cluster capped alike)
+    from lakelabel.data_specs.clusters import read_assignments
+    from lakelabel.pipeline.select.stage import balanced_quota
+
+    balanced = select(root, small(sample=100, run_name="balanced", review_budget=0))
+    counts = np.bincount(read_assignments(root).column(balanced["cluster_column"]).to_numpy(), minlength=10)
+    assert balanced_quota(counts, 100) <= counts.max() and 60 <= balanced["working_sample"] <= 140
+    assert balanced_quota(np.array([5, 50, 500]), 105) == 50.0
+
+
+def test_selection_parts_survive_a_kill_between_parts_and_resume(selection_root) -> None:
+    """Killed after 2 of 4 parts: no commit, the 2 parts stay; the re-run keeps them (same seeded fit)
+    and writes the rest; the result equals an uninterrupted run's."""
+    from lakelabel.data_specs.layout import Layout
+    from lakelabel.data_specs.selections import iter_selection
+
+    root, _, seed_csv = selection_root
+    config = small(labels_from="seed", seed_labels=[str(seed_csv)], sample=150, run_name="killed")
+
+    def kill(record: dict) -> None:
+        if record.get("selected_parts") == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        select(root, config, log=kill)
+    paths = Layout(root).selections("killed")
+    assert not paths.committed and len(list(paths.parts.glob("sel-*.parquet"))) == 2
+    with pytest.raises(FileNotFoundError, match="no committed selection run 'killed'"):
+        read_selection(root, "killed")
+    resumed = select(root, config)
+    assert resumed["parts_reused"] == 2 and paths.committed
+    fresh = select(root, config.model_copy(update={"run_name": "unkilled"}))
+    assert fresh["parts_reused"] == 0 and fresh["state_sha256"] == resumed["state_sha256"]
+    assert read_selection(root, "killed").equals(read_selection(root, "unkilled"))
+    parts = list(iter_selection(root, "killed"))
+    assert [p.num_rows for p in parts] == [100] * 4
