@@ -522,9 +522,16 @@ def selection_frame(
             "is_seed": seeded,
             "confidence": np.where(seeded, 1.0, selection.confidence.numpy()).astype(np.float32),
             "uncertainty": np.where(seeded, 0.0, selection.uncertainty.numpy()).astype(np.float32),
-            "negative_labels": [np.nonzero(row)[0].astype(np.int32).tolist() for row in negatives.numpy()],
+            "negative_labels": _lists(negatives.numpy()),
         }
     )
+
+
+def _lists(mask: np.ndarray) -> list[list[int]]:
+    """Each row's True columns of ``mask`` ``(n, C)`` as a list (vectorised: ~100x a loop of nonzero)."""
+    rows, cols = np.nonzero(mask)
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=len(mask)))]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(cols.astype(np.int32))).to_pylist()
 
 
 def export_review(fit: SelectFit, review_pos: np.ndarray) -> dict:
