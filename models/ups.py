@@ -10,6 +10,7 @@ ECE in ``models/calibration.py``.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -66,6 +67,10 @@ class McStats:
     std_neg: torch.Tensor
 
 
+#: held while a call seeds and draws from torch's global generator (see :func:`mc_dropout_stats`)
+_GLOBAL_RNG = threading.Lock()
+
+
 @torch.no_grad()
 def mc_dropout_stats(
     model: nn.Module,
@@ -76,12 +81,14 @@ def mc_dropout_stats(
     seed: int = 0,
 ) -> McStats:
     """``passes`` stochastic forward passes (dropout on) over ``x`` ``(N, D)``; deterministic under
-    ``seed``."""
+    ``seed``, also when threads share ``model``: dropout draws from torch's global generator, so one
+    call at a time seeds it, switches the model's mode and draws (a lock; the passes themselves still
+    use torch's threads)."""
     if passes < 2:
         raise ValueError(f"passes must be >= 2 for a standard deviation, got {passes}")
-    model.train()  # dropout on: that is the point of MC dropout
     out = {name: [] for name in ("mean", "std", "mean_neg", "std_neg")}
-    with torch.random.fork_rng(devices=[]):
+    with _GLOBAL_RNG, torch.random.fork_rng(devices=[]):
+        model.train()  # dropout on: that is the point of MC dropout
         torch.manual_seed(seed)
         for i in range(0, x.shape[0], batch):
             logits = torch.stack([model(x[i : i + batch]) for _ in range(passes)])  # (M, B, C)
@@ -90,7 +97,7 @@ def mc_dropout_stats(
             out["std"].append(p.std(0))
             out["mean_neg"].append(q.mean(0))
             out["std_neg"].append(q.std(0))
-    model.eval()
+        model.eval()
     return McStats(**{k: torch.cat(v) for k, v in out.items()})
 
 

@@ -11,6 +11,7 @@ commit (``data_specs/selections.md``). Memory: the sample and one part, whatever
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import shutil
@@ -387,11 +388,14 @@ def _uncalibrated(
     model, x: torch.Tensor, neighbours: torch.Tensor, config: SelectConfig, seed: int
 ) -> torch.Tensor:
     """Confidence of ``model`` at temperature 1 (the same dropout draws): the ECE before calibration."""
-    temperature, model.temperature = model.temperature, 1.0
-    try:
-        return _mc_stats(model, x, neighbours, config, seed).mean.max(dim=1).values
-    finally:
-        model.temperature = temperature
+    return _mc_stats(_at_one(model), x, neighbours, config, seed).mean.max(dim=1).values
+
+
+def _at_one(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` at temperature 1 (threads share ``model``: it is never changed in place)."""
+    plain = copy.deepcopy(model)
+    plain.temperature = 1.0
+    return plain
 
 
 def _digest(fit: SelectFit) -> str:
@@ -456,11 +460,7 @@ def _part_selection(
         for name, value in vars(chosen).items():
             getattr(out, name)[others] = value.to(getattr(out, name).dtype)
         if "uncalibrated" in fit.extras:
-            temperature, fit.model.temperature = fit.model.temperature, 1.0
-            try:
-                plain = raw_mc_stats(fit.model, xo, config, seed)
-            finally:
-                fit.model.temperature = temperature
+            plain = raw_mc_stats(_at_one(fit.model), xo, config, seed)
             if near is not None:
                 plain = _smooth_to(plain, near, _reference_at_one(fit), config.neighbour_smoothing)
             extras["uncalibrated"][~inside] = plain.mean.max(dim=1).values.numpy()
@@ -474,13 +474,9 @@ def _part_selection(
 def _reference_at_one(fit: SelectFit) -> tuple[torch.Tensor, torch.Tensor]:
     """The sample's raw MC means at temperature 1 (for the uncalibrated ECE of the other rows)."""
     if "reference_at_one" not in fit.extras:
-        temperature, fit.model.temperature = fit.model.temperature, 1.0
-        try:
-            x = torch.from_numpy(fit.emb.take(fit.rows)).mul_(float(np.sqrt(fit.emb.meta["dim"])))
-            raw = raw_mc_stats(fit.model, x, fit.config, fit.mc_seed)
-        finally:
-            fit.model.temperature = temperature
-        fit.extras["reference_at_one"] = (raw.mean, raw.mean_neg)
+        x = torch.from_numpy(fit.emb.take(fit.rows)).mul_(float(np.sqrt(fit.emb.meta["dim"])))
+        raw = raw_mc_stats(_at_one(fit.model), x, fit.config, fit.mc_seed)
+        fit.extras["reference_at_one"] = (raw.mean, raw.mean_neg)  # (threads may both compute it: same)
     return fit.extras["reference_at_one"]
 
 

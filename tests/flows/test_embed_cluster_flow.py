@@ -21,7 +21,7 @@ from tests.cifar import cifar_subset
 
 @pytest.mark.slow
 def test_embed_and_cluster_flows(tmp_path):
-    lake, _ = cifar_subset(tmp_path, n_train=0, n_test=250)
+    lake, truth = cifar_subset(tmp_path, n_train=0, n_test=250)
     root = tmp_path / "root"
     run_ingest(str(lake), root, IngestConfig(workers=0, shard_max_count=50))
     config = EmbedConfig(encoder="random", stem="imagenet", workers=0, shards_per_task=2, parallel_tasks=2)
@@ -69,6 +69,18 @@ def test_embed_and_cluster_flows(tmp_path):
     assert local["state_sha256"] == on_dask["state_sha256"]
     assert read_assignments(root, "dask").equals(read_assignments(root, "local"))
     assert read_assignments(root).num_rows == 250
+    # select on 2 threads, with a truth CSV (its evaluation columns too): parts side by side in one
+    # process give the labels and metrics of one part at a time (dropout's global generator is locked)
+    with_truth = selecting.model_copy(update={"truth": str(truth)})
+    with prefect_test_harness(server_startup_timeout=120):
+        threaded = select_flow(
+            str(root),
+            with_truth.model_copy(update={"run_name": "threads"}),
+            runner=RunnerConfig(kind="threads", max_workers=2),
+        )
+    alone = select(root, with_truth.model_copy(update={"run_name": "alone"}))
+    assert read_selection(root, "threads").equals(read_selection(root, "alone"))
+    assert threaded["metrics"] == alone["metrics"] and alone["metrics"]["evaluated"] == 250
     local_selection = select(root, selecting.model_copy(update={"run_name": "local"}))
     assert selected["working_sample"] < 250 and selected["state_sha256"] == local_selection["state_sha256"]
     assert read_selection(root, "dask").equals(read_selection(root, "local"))
