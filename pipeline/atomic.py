@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -54,3 +55,19 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def parts_in_order(parts: list[int], done: list, folder: Path, stage: str) -> list:
+    """The records ``done`` (each with ``index`` and ``name``) of every part index in ``parts``, in that
+    order; fails naming the first part without one; removes every other file under ``folder`` (parts of
+    other embeddings, or of an older layout), so the commit that follows lists exactly what is there."""
+    by_index = {d.index: d for d in done}
+    missing = [i for i in parts if i not in by_index]
+    if missing:
+        raise RuntimeError(f"{stage}: {len(missing)} parts were not written (first: {missing[0]})")
+    ordered = [by_index[i] for i in parts]
+    keep = {d.name for d in ordered}
+    for stale in folder.iterdir():
+        if stale.name not in keep:
+            stale.unlink() if stale.is_file() else shutil.rmtree(stale)
+    return ordered

@@ -32,7 +32,7 @@ from lakelabel.data_specs.clusters import (
 from lakelabel.data_specs.embeddings import find_embeddings, read_embeddings
 from lakelabel.data_specs.layout import Layout
 from lakelabel.models.sinkhorn import check_target
-from lakelabel.pipeline.atomic import atomic_write, atomic_write_bytes
+from lakelabel.pipeline.atomic import atomic_write, atomic_write_bytes, parts_in_order
 from lakelabel.pipeline.clustering import METHODS, ClusterInputs
 from lakelabel.pipeline.clustering.base import state_digest
 from lakelabel.pipeline.config import ClusterConfig
@@ -178,15 +178,7 @@ def assign_parts(fit: ClusterFit, indices: list[int]) -> list[PartDone]:
 def commit_clusters(fit: ClusterFit, done: list[PartDone], seconds: float | None = None) -> dict:
     """Check that every part is assigned, remove parts of other embeddings, write the summary and then
     ``assignments.json`` (the commit); returns the summary (without the methods' histories)."""
-    by_index = {d.index: d for d in done}
-    missing = [i for i in fit.parts if i not in by_index]
-    if missing:
-        raise RuntimeError(f"cluster: {len(missing)} parts were not assigned (first: {missing[0]})")
-    ordered = [by_index[i] for i in fit.parts]
-    keep = {d.name for d in ordered}
-    for stale in fit.out.parts.iterdir():
-        if stale.name not in keep:
-            stale.unlink() if stale.is_file() else shutil.rmtree(stale)
+    ordered = parts_in_order(fit.parts, done, fit.out.parts, "cluster")
     sizes = {name: sum(d.sizes[name] for d in ordered) for name in ordered[0].sizes}
     summary = {
         **fit.summary,

@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from lakelabel.data_specs.layout import Layout
 from lakelabel.data_specs.selections import SELECTION_SCHEMA, SELECTIONS_SCHEMA_VERSION, selection_part_name
 from lakelabel.models.scan import NeighbourIndex
 from lakelabel.models.ups import McStats, Selection, TrainingLabels, smooth_over_neighbours
-from lakelabel.pipeline.atomic import atomic_write, atomic_write_bytes
+from lakelabel.pipeline.atomic import atomic_write, atomic_write_bytes, parts_in_order
 from lakelabel.pipeline.checks import check_choice
 from lakelabel.pipeline.clustering import METHODS as CLUSTERING_METHODS
 from lakelabel.pipeline.config import SelectConfig
@@ -618,15 +617,7 @@ def _reusable(path: Path, digest: str, rows: int) -> pa.Table | None:
 def commit_selection(fit: SelectFit, done: list[PartDone], seconds: float | None = None) -> dict:
     """Check that every part is selected, remove parts of other embeddings, evaluate (truth given),
     write ``summary.json`` and then ``selection.json`` (the commit); returns the summary."""
-    by_index = {d.index: d for d in done}
-    missing = [i for i in fit.parts if i not in by_index]
-    if missing:
-        raise RuntimeError(f"select: {len(missing)} parts were not selected (first: {missing[0]})")
-    ordered = [by_index[i] for i in fit.parts]
-    keep = {d.name for d in ordered}
-    for stale in fit.out.parts.iterdir():
-        if stale.name not in keep:
-            stale.unlink() if stale.is_file() else shutil.rmtree(stale)
+    ordered = parts_in_order(fit.parts, done, fit.out.parts, "select")
     roles: Counter = Counter()
     positives: Counter = Counter()
     for d in ordered:
